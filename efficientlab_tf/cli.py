@@ -1,0 +1,233 @@
+"""Command line of run_meta.py: the only module that defines absl flags.
+
+`define_flags()` declares every flag (each has a default, so
+`python run_meta.py --algo=fomaml` runs the synthetic demo);
+`config_from_flags(FLAGS)` turns them into an `ExperimentConfig` once;
+`main()` writes `<workdir>/flags.txt` (a flagfile that repeats the run) and
+`config.json`, then trains, or compares initializations (`--mode=compare`).
+"""
+
+import dataclasses
+import os
+import sys
+
+import keras
+import tensorflow as tf
+from absl import app
+from absl import flags
+from absl import logging
+
+from efficientlab_tf import config as config_lib
+
+FLAGS = flags.FLAGS
+_DEFINED = []
+MODES = ("train", "compare")
+
+# Input errors that `main` reports as one line instead of a stack trace.
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
+                FileExistsError)
+
+
+def _define(kind, name, default, *args):
+    getattr(flags, f"DEFINE_{kind}")(name, default, *args)
+    _DEFINED.append(name)
+
+
+def define_flags():
+    """Defines every flag of run_meta.py (call once, from run_meta.py)."""
+    if _DEFINED:
+        return
+    # Flag defaults are the CPU demo (ExperimentConfig.demo()); the paper's
+    # values are the dataclass defaults and flags/fss1000_fomaml_5shot.flags.
+    demo = config_lib.ExperimentConfig.demo()
+    m, d, me, e, r = demo.model, demo.data, demo.meta, demo.eval, demo.run
+    _define("enum", "mode", "train", MODES,
+            "train: (meta-)train; compare: score initializations on the same "
+            "meta-test tasks (--compare_runs).")
+    # Model.
+    _define("enum", "encoder", m.encoder, config_lib.ENCODERS, "Encoder network.")
+    _define("string", "encoder_weights", m.encoder_weights,
+            "'none', 'imagenet' or a local Keras weights file for the encoder.")
+    _define("integer", "image_size", m.image_size, "Input size S (multiple of 32).")
+    _define("integer", "cut_stage", m.cut_stage,
+            "EfficientNet-paper stage feeding the decoder (6 = 1/16).")
+    _define("integer", "skip_stage", m.skip_stage,
+            "Stage of the long skip connection (3 = 1/4).")
+    _define("enum", "decoder", m.decoder, config_lib.DECODERS,
+            "Decoder variant (paper Table 1).")
+    _define("integer", "decoder_filters", m.decoder_filters,
+            "Filters of the RSD 3x3 fusion conv.")
+    _define("float", "dropout", m.dropout, "Dropout before the final 1x1 conv.")
+    _define("float", "drop_connect_rate", m.drop_connect_rate,
+            "Encoder stochastic-depth rate.")
+    _define("enum", "bn_mode", m.bn_mode, config_lib.BN_MODES,
+            "running: moving averages at inference, restored after each task, "
+            "meta-learned toward post-adaptation values (paper). batch: batch "
+            "statistics always, also on the query batch (transductive).")
+    # Data.
+    _define("enum", "dataset", d.dataset, config_lib.DATASETS, "Task family.")
+    _define("string", "data_dir", None, "Dataset root (on-disk datasets).")
+    _define("integer", "query_shots", d.query_shots, "Query images per task.")
+    _define("integer", "synthetic_classes", d.synthetic_classes,
+            "Classes of the synthetic family.")
+    _define("integer", "split_seed", d.split_seed, "Seed of the class split.")
+    _define("integer", "val_classes", d.val_classes, "Meta-val classes.")
+    _define("integer", "test_classes", d.test_classes,
+            "Meta-test classes (synthetic).")
+    # Meta-learning.
+    _define("enum", "algo", me.algo, config_lib.ALGORITHMS,
+            "fomaml, reptile, or joint (classical training baseline).")
+    _define("integer", "train_shots", me.train_shots,
+            "Training shots per task (|D_tr u D_val|).")
+    _define("integer", "foml_tail", me.foml_tail,
+            "FOMAML: shots of the final batch D_val.")
+    _define("integer", "inner_iters", me.inner_iters,
+            "Inner-loop steps k of U during meta-training.")
+    _define("integer", "inner_batch", me.inner_batch, "Inner minibatch size.")
+    _define("float", "inner_lr", me.inner_lr, "Inner learning rate alpha.")
+    _define("enum", "inner_optimizer", me.inner_optimizer,
+            config_lib.INNER_OPTIMIZERS, "Inner optimizer (adam: beta1 = 0).")
+    _define("integer", "meta_batch", me.meta_batch, "Tasks per meta-update.")
+    _define("float", "meta_step", me.meta_step, "Meta step size epsilon.")
+    _define("float", "meta_step_final", me.meta_step_final,
+            "epsilon at the end of linear annealing.")
+    _define("integer", "meta_iters", me.meta_iters, "Meta-iterations.")
+    _define("enum", "meta_optimizer", me.meta_optimizer,
+            config_lib.META_OPTIMIZERS,
+            "interpolate: theta += epsilon * mean delta; adam: Keras Adam.")
+    _define("float", "weight_decay", me.weight_decay,
+            "lambda of H - log J + lambda ||theta||^2.")
+    # Evaluation.
+    _define("integer", "eval_shots", e.shots, "Support shots k at evaluation.")
+    _define("integer", "eval_tasks", e.tasks, "Tasks per evaluation.")
+    _define("integer", "eval_inner_iters", None,
+            "Adaptation steps at test time (default: --inner_iters).")
+    _define("float", "eval_inner_lr", None,
+            "Adaptation learning rate at test time (default: --inner_lr).")
+    _define("integer", "eval_every", e.every,
+            "Meta-iterations between meta-val evaluations (0: end only).")
+    _define("integer", "eval_seed", e.seed, "Seed of the evaluation tasks.")
+    # Run.
+    _define("string", "workdir", r.workdir,
+            "Checkpoints, TensorBoard events, results and SavedModel.")
+    _define("integer", "seed", r.seed, "Global seed.")
+    _define("integer", "checkpoint_every", r.checkpoint_every,
+            "Meta-iterations between checkpoints.")
+    _define("integer", "keep_checkpoints", r.keep_checkpoints,
+            "Checkpoints to keep.")
+    _define("integer", "log_every", r.log_every, "Iterations between logs.")
+    _define("integer", "image_every", r.image_every,
+            "Iterations between image summaries (0: none).")
+    _define("string", "init_from", None,
+            "Checkpoint or run folder to initialise from (warm start).")
+    _define("bool", "jit_compile", r.jit_compile, "XLA-compile the steps.")
+    _define("bool", "run_eagerly", r.run_eagerly,
+            "Run tf.functions eagerly (debugging).")
+    _define("bool", "export", r.export, "Export a SavedModel at the end.")
+    _define("list", "compare_runs", [],
+            "compare mode: run folders (or checkpoints) to score.")
+    _define("integer", "random_steps_factor", 10,
+            "compare mode: the random init also gets this many times the steps.")
+
+
+def config_from_flags(f):
+    """ExperimentConfig from parsed flags (raises ValueError on bad values)."""
+    cfg = config_lib
+    return cfg.ExperimentConfig(
+        model=cfg.ModelConfig(
+            encoder=f.encoder, encoder_weights=f.encoder_weights,
+            image_size=f.image_size, cut_stage=f.cut_stage,
+            skip_stage=f.skip_stage, decoder=f.decoder,
+            decoder_filters=f.decoder_filters, dropout=f.dropout,
+            drop_connect_rate=f.drop_connect_rate, bn_mode=f.bn_mode),
+        data=cfg.DataConfig(
+            dataset=f.dataset, data_dir=f.data_dir, query_shots=f.query_shots,
+            synthetic_classes=f.synthetic_classes, split_seed=f.split_seed,
+            val_classes=f.val_classes, test_classes=f.test_classes),
+        meta=cfg.MetaConfig(
+            algo=f.algo, train_shots=f.train_shots,
+            foml_tail=f.foml_tail if f.algo == "fomaml" else None,
+            inner_iters=f.inner_iters, inner_batch=f.inner_batch,
+            inner_lr=f.inner_lr, inner_optimizer=f.inner_optimizer,
+            meta_batch=f.meta_batch, meta_step=f.meta_step,
+            meta_step_final=f.meta_step_final, meta_iters=f.meta_iters,
+            meta_optimizer=f.meta_optimizer, weight_decay=f.weight_decay),
+        eval=cfg.EvalConfig(
+            shots=f.eval_shots, tasks=f.eval_tasks,
+            inner_iters=f.eval_inner_iters, inner_lr=f.eval_inner_lr,
+            every=f.eval_every, seed=f.eval_seed),
+        run=cfg.RunConfig(
+            workdir=f.workdir, seed=f.seed,
+            checkpoint_every=f.checkpoint_every,
+            keep_checkpoints=f.keep_checkpoints, log_every=f.log_every,
+            image_every=f.image_every, init_from=f.init_from,
+            jit_compile=f.jit_compile, run_eagerly=f.run_eagerly,
+            export=f.export),
+    )
+
+
+def write_flagfile(path, f=FLAGS):
+    """Writes the package's flags in flagfile format (atomically)."""
+    lines = [f"# Resolved flags of this run; repeat with --flagfile={path}"]
+    for name in _DEFINED:
+        text = f[name].serialize()
+        if text:
+            lines.append(text)
+    with open(path + ".tmp", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def _fail(message):
+    """One line on stderr and exit status 2 (no stack trace)."""
+    sys.stderr.write(f"run_meta.py: error: {message}\n")
+    sys.exit(2)
+
+
+def main(argv):
+    """Entry point for app.run."""
+    if len(argv) > 1:
+        _fail(f"unexpected positional arguments {argv[1:]}; use --flag=value.")
+    from efficientlab_tf import training
+    from efficientlab_tf.evaluation import compare
+
+    try:
+        config = config_from_flags(FLAGS)
+    except ValueError as e:
+        _fail(str(e))
+    if config.run.run_eagerly:
+        tf.config.run_functions_eagerly(True)
+    keras.utils.set_random_seed(config.run.seed)
+    workdir = config.run.workdir
+    try:
+        training.prepare_workdir(workdir)
+        write_flagfile(os.path.join(workdir, "flags.txt"))
+        training.write_json(os.path.join(workdir, "config.json"),
+                            dataclasses.asdict(config))
+        if FLAGS.mode == "compare":
+            return _compare(config, training, compare)
+        prepared = training.prepare(config)
+    except _USER_ERRORS as e:
+        _fail(str(e))
+    training.run(prepared)
+
+
+def _compare(config, training, compare):
+    if not FLAGS.compare_runs:
+        raise ValueError("--mode=compare needs --compare_runs=<run dir>,...")
+    exp = training.Experiment(config)
+    prefixes = [(os.path.basename(os.path.normpath(p)),
+                 training.resolve_checkpoint(p)) for p in FLAGS.compare_runs]
+    inits = [("random init", None)] + [
+        (name, lambda p=prefix: training.load_model_weights(exp.model, p))
+        for name, prefix in prefixes]
+    tasks = exp.eval_tasks("test")
+    logging.info("Comparing %d initializations on %d meta-test %d-shot tasks.",
+                 len(inits), len(tasks), config.eval.shots)
+    rows = compare.compare_inits(
+        exp, inits, tasks, config.eval_inner_iters, config.eval_inner_lr,
+        random_factor=FLAGS.random_steps_factor)
+    ref = f"random init, {FLAGS.random_steps_factor}x steps"
+    compare.add_paired(rows, ref)
+    path = compare.write_table(rows, ref, config.run.workdir)
+    print(open(path).read())

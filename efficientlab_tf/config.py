@@ -1,0 +1,323 @@
+"""Frozen, validated configuration dataclasses, one per concern.
+
+Defaults are the paper's values (Hendryx et al., "Meta-Learning Initializations
+for Image Segmentation", section 5 and the authors' posted command). Library
+code takes these objects; only `cli.py` reads flags and builds them.
+"""
+
+import dataclasses
+from typing import Optional
+
+ALGORITHMS = ("fomaml", "reptile", "joint")
+DATASETS = ("synthetic", "fss1000")
+DECODERS = ("rsd", "rsd_3_6", "rsd_no_residual", "none")
+BN_MODES = ("running", "batch")
+INNER_OPTIMIZERS = ("sgd", "adam")
+META_OPTIMIZERS = ("interpolate", "adam")
+ENCODERS = (
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnet_b4",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "efficientnet_v2_b0",
+    "efficientnet_v2_b1",
+    "efficientnet_v2_b2",
+    "efficientnet_v2_b3",
+    "efficientnet_v2_s",
+)
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}; got {value!r}.")
+
+
+def _check_positive(name, value, allow_zero=False):
+    bad = value < 0 if allow_zero else value <= 0
+    if bad:
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"`{name}` must be {kind}; got {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """EfficientLab architecture (paper section 4, Table 1).
+
+    Attributes:
+        encoder: Keras EfficientNet variant used as the encoder.
+        encoder_weights: "none" (random), "imagenet" (Keras download), or the
+            path of a local Keras weights file for the encoder.
+        image_size: Square input size in pixels; must be divisible by 32.
+        cut_stage: EfficientNet-paper stage whose output feeds the decoder
+            (6: 1/16 resolution, Keras `block5*`).
+        skip_stage: Stage of the long skip connection (3: 1/4 resolution,
+            Keras `block2*`).
+        decoder: "rsd" (RSD at the skip stage, the paper's best), "rsd_3_6"
+            (RSD at stages 3 and 6), "rsd_no_residual", or "none".
+        decoder_filters: Filters of the RSD's 3x3 output convolution (112).
+        dropout: Dropout rate before the final 1x1 convolution (0.2).
+        drop_connect_rate: EfficientNet stochastic-depth rate in the encoder.
+        bn_mode: Batch-norm policy. "running": moving averages at inference,
+            updated by inner-loop steps, part of the snapshot/restore (the
+            paper). "batch": every batch-norm layer always normalises with
+            the statistics of the batch it sees, also at prediction time
+            (transductive over the query batch).
+        num_classes: Output channels (background, target).
+    """
+
+    encoder: str = "efficientnet_b0"
+    encoder_weights: str = "none"
+    image_size: int = 224
+    cut_stage: int = 6
+    skip_stage: int = 3
+    decoder: str = "rsd"
+    decoder_filters: int = 112
+    dropout: float = 0.2
+    drop_connect_rate: float = 0.2
+    bn_mode: str = "running"
+    num_classes: int = 2
+
+    def __post_init__(self):
+        _check_choice("encoder", self.encoder, ENCODERS)
+        _check_choice("decoder", self.decoder, DECODERS)
+        _check_choice("bn_mode", self.bn_mode, BN_MODES)
+        if self.image_size <= 0 or self.image_size % 32:
+            raise ValueError(
+                "`image_size` must be a positive multiple of 32; "
+                f"got {self.image_size!r}."
+            )
+        if not 2 <= self.skip_stage < self.cut_stage <= 8:
+            raise ValueError(
+                "stages must satisfy 2 <= skip_stage < cut_stage <= 8; got "
+                f"skip_stage={self.skip_stage}, cut_stage={self.cut_stage}."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1); got {self.dropout!r}.")
+        if not 0.0 <= self.drop_connect_rate < 1.0:
+            raise ValueError(
+                "`drop_connect_rate` must be in [0, 1); "
+                f"got {self.drop_connect_rate!r}."
+            )
+        _check_positive("decoder_filters", self.decoder_filters)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where tasks come from.
+
+    Attributes:
+        dataset: "synthetic" (embedded procedural family) or "fss1000".
+        data_dir: Root of an on-disk dataset (unused for "synthetic").
+        query_shots: Query images per task (5, as in FSS-1000 evaluation).
+        synthetic_classes: Number of classes in the synthetic family.
+        split_seed: Seed of the class split into meta-train/val/test.
+        val_classes: Classes held out for meta-validation.
+        test_classes: Classes held out for meta-testing (synthetic only).
+    """
+
+    dataset: str = "synthetic"
+    data_dir: Optional[str] = None
+    query_shots: int = 5
+    synthetic_classes: int = 192
+    split_seed: int = 0
+    val_classes: int = 32
+    test_classes: int = 32
+
+    def __post_init__(self):
+        _check_choice("dataset", self.dataset, DATASETS)
+        _check_positive("query_shots", self.query_shots)
+        if self.dataset != "synthetic" and not self.data_dir:
+            raise ValueError(f"`data_dir` is required for dataset={self.dataset!r}.")
+        if self.dataset == "synthetic":
+            needed = self.val_classes + self.test_classes + 2
+            if self.synthetic_classes < needed:
+                raise ValueError(
+                    f"`synthetic_classes` must be at least {needed} "
+                    "(val + test + 2 meta-train classes); "
+                    f"got {self.synthetic_classes}."
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+    """Inner- and outer-loop hyperparameters (paper section 5, eqs. 5-9).
+
+    Attributes:
+        algo: "fomaml", "reptile" or "joint" (classical training baseline).
+        train_shots: Examples per meta-training task (10).
+        foml_tail: Shots of the final FOMAML batch D_val (5); None for Reptile.
+        inner_iters: Inner-loop steps per task (5).
+        inner_batch: Inner-loop minibatch size (8).
+        inner_lr: Inner-loop learning rate alpha (0.005).
+        inner_optimizer: "sgd" or "adam" (Adam with beta1 = 0).
+        meta_batch: Tasks per meta-update (5).
+        meta_step: Initial meta step size epsilon (0.1).
+        meta_step_final: Meta step size at the end of linear annealing.
+        meta_iters: Meta-iterations (50000).
+        meta_optimizer: "interpolate" (theta += epsilon * mean delta, as in
+            Reptile and the paper) or "adam" (Keras Adam on -mean delta).
+        weight_decay: lambda of the loss H - log J + lambda ||theta||^2.
+    """
+
+    algo: str = "fomaml"
+    train_shots: int = 10
+    foml_tail: Optional[int] = 5
+    inner_iters: int = 5
+    inner_batch: int = 8
+    inner_lr: float = 0.005
+    inner_optimizer: str = "sgd"
+    meta_batch: int = 5
+    meta_step: float = 0.1
+    meta_step_final: float = 1e-5
+    meta_iters: int = 50000
+    meta_optimizer: str = "interpolate"
+    weight_decay: float = 5e-4
+
+    def __post_init__(self):
+        _check_choice("algo", self.algo, ALGORITHMS)
+        _check_choice("inner_optimizer", self.inner_optimizer, INNER_OPTIMIZERS)
+        _check_choice("meta_optimizer", self.meta_optimizer, META_OPTIMIZERS)
+        for name in ("train_shots", "inner_iters", "inner_batch", "meta_batch"):
+            _check_positive(name, getattr(self, name))
+        _check_positive("meta_iters", self.meta_iters)
+        _check_positive("inner_lr", self.inner_lr)
+        _check_positive("meta_step", self.meta_step, allow_zero=True)
+        _check_positive("meta_step_final", self.meta_step_final, allow_zero=True)
+        _check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        if self.algo == "fomaml":
+            if self.foml_tail is None or not 0 < self.foml_tail < self.train_shots:
+                raise ValueError(
+                    "`foml_tail` must be in [1, train_shots) for algo='fomaml'; "
+                    f"got foml_tail={self.foml_tail!r}, "
+                    f"train_shots={self.train_shots}."
+                )
+            if self.inner_iters < 2:
+                raise ValueError(
+                    "FOMAML needs `inner_iters` >= 2 (steps on D_tr, then one "
+                    f"on the tail D_val); got {self.inner_iters}."
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation with the update routine.
+
+    Attributes:
+        shots: Support examples k per evaluation task.
+        tasks: Evaluation tasks per evaluation (same tasks every time).
+        inner_iters: Adaptation steps at test time (None: meta.inner_iters).
+        inner_lr: Adaptation learning rate (None: meta.inner_lr).
+        every: Meta-iterations between meta-validation runs (0: only at end).
+        seed: Seed of the evaluation task draw.
+    """
+
+    shots: int = 5
+    tasks: int = 40
+    inner_iters: Optional[int] = None
+    inner_lr: Optional[float] = None
+    every: int = 500
+    seed: int = 1234
+
+    def __post_init__(self):
+        _check_positive("shots", self.shots)
+        _check_positive("tasks", self.tasks)
+        _check_positive("every", self.every, allow_zero=True)
+        if self.inner_iters is not None:
+            _check_positive("eval inner_iters", self.inner_iters, allow_zero=True)
+        if self.inner_lr is not None:
+            _check_positive("eval inner_lr", self.inner_lr)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Bookkeeping of one run.
+
+    Attributes:
+        workdir: Folder for checkpoints, TensorBoard events and exports.
+        seed: Global seed; tasks and inner-loop shuffles derive from it.
+        checkpoint_every: Meta-iterations between checkpoints.
+        keep_checkpoints: Checkpoints kept by the CheckpointManager.
+        log_every: Meta-iterations between console/TensorBoard scalars.
+        image_every: Meta-iterations between image summaries (0: never).
+        init_from: Checkpoint (file prefix or run folder) to start from,
+            e.g. a joint-trained network (warm start).
+        jit_compile: Compile the meta step with XLA (faster on GPU).
+        run_eagerly: Run tf.functions eagerly (debugging).
+        export: Write a SavedModel under workdir/export at the end.
+    """
+
+    workdir: str = "runs/demo"
+    seed: int = 0
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    image_every: int = 100
+    init_from: Optional[str] = None
+    jit_compile: bool = False
+    run_eagerly: bool = False
+    export: bool = True
+
+    def __post_init__(self):
+        _check_positive("checkpoint_every", self.checkpoint_every)
+        _check_positive("keep_checkpoints", self.keep_checkpoints)
+        _check_positive("log_every", self.log_every)
+        _check_positive("image_every", self.image_every, allow_zero=True)
+        if not self.workdir:
+            raise ValueError("`workdir` must be a non-empty path.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one `run_meta.py` invocation needs."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        if self.meta.algo != "joint" and self.meta.train_shots < 2:
+            raise ValueError(
+                f"`train_shots` must be >= 2 for meta-learning; got "
+                f"{self.meta.train_shots}."
+            )
+
+    @property
+    def eval_inner_iters(self) -> int:
+        it = self.eval.inner_iters
+        return self.meta.inner_iters if it is None else it
+
+    @property
+    def eval_inner_lr(self) -> float:
+        lr = self.eval.inner_lr
+        return self.meta.inner_lr if lr is None else lr
+
+    @classmethod
+    def demo(cls, workdir: str = "runs/demo") -> "ExperimentConfig":
+        """The CPU demo; mirrors flags/synthetic_demo.flags (flag defaults)."""
+        return cls(
+            model=ModelConfig(image_size=64, bn_mode="batch"),
+            data=DataConfig(),
+            meta=MetaConfig(inner_lr=0.05, meta_step=1.0, meta_step_final=0.1,
+                            meta_iters=200),
+            eval=EvalConfig(tasks=40, every=100),
+            run=RunConfig(workdir=workdir, checkpoint_every=25, log_every=10,
+                          image_every=50),
+        )
+
+    @classmethod
+    def smoke(cls, workdir: str = "runs/smoke") -> "ExperimentConfig":
+        """A seconds-long run; mirrors flags/synthetic_smoke.flags."""
+        return cls(
+            model=ModelConfig(image_size=64, bn_mode="batch"),
+            data=DataConfig(),
+            meta=MetaConfig(inner_lr=0.05, meta_step=1.0, meta_iters=2,
+                            meta_batch=2, inner_iters=2, foml_tail=5),
+            eval=EvalConfig(tasks=2, every=0),
+            run=RunConfig(workdir=workdir, checkpoint_every=1, log_every=1),
+        )

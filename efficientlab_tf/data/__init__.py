@@ -1,0 +1,1 @@
+"""Few-shot segmentation tasks as fixed-shape tensors."""

@@ -1,0 +1,49 @@
+"""One interface over every task family: meta-train streams and fixed eval sets."""
+
+import tensorflow as tf
+
+from efficientlab_tf.data import synthetic
+
+
+class SyntheticSource:
+    """Tasks of the embedded synthetic family (`--dataset=synthetic`)."""
+
+    def __init__(self, data_config, image_size):
+        self.family = synthetic.SyntheticFamily(
+            data_config.synthetic_classes, image_size, data_config.split_seed)
+        self.splits = dict(zip(
+            ("train", "val", "test"),
+            synthetic.class_splits(
+                data_config.synthetic_classes, data_config.val_classes,
+                data_config.test_classes, data_config.split_seed),
+        ))
+
+    def classes(self, split):
+        if split not in self.splits:
+            raise ValueError(
+                f"split must be one of {sorted(self.splits)}; got {split!r}.")
+        return self.splits[split]
+
+    def tasks(self, split, shots, query_shots, seed, start=0, count=None):
+        """tf.data stream of unbatched TaskBatch; task i depends on (seed, i)."""
+        return synthetic.task_dataset(
+            self.family, self.classes(split), shots, query_shots, seed,
+            start=start, count=count)
+
+
+def build_task_source(config):
+    """TaskSource for `config.data.dataset`."""
+    if config.data.dataset == "synthetic":
+        return SyntheticSource(config.data, config.model.image_size)
+    raise ValueError(
+        f"dataset {config.data.dataset!r} has no task source yet; "
+        "use --dataset=synthetic.")
+
+
+def meta_batches(source, config, start_step):
+    """Endless, prefetched meta-batches for meta-iterations >= start_step."""
+    meta = config.meta
+    ds = source.tasks("train", meta.train_shots, config.data.query_shots,
+                      config.run.seed, start=start_step * meta.meta_batch)
+    return ds.batch(meta.meta_batch, drop_remainder=True).prefetch(
+        tf.data.AUTOTUNE)

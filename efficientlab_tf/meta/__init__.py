@@ -1,0 +1,1 @@
+"""Meta-learning around one update routine (meta/adapter.py)."""

@@ -1,0 +1,240 @@
+"""The update routine U(theta; D, omega): the only inner loop of the package.
+
+Meta-training (FOMAML, Reptile, joint), evaluation, UHO and the exported
+few-shot signature all adapt weights through `Adapter.adapt`, whose single
+step is `Adapter.step`. The step is written over weight *tensors* with Keras
+3's `model.stateless_call`, and the loop runs it in one of two ways over the
+same math:
+
+* in place (default for training and evaluation): snapshot every model
+  variable, run the steps writing the new values into the variables, read
+  the adapted values, restore the snapshot bit for bit;
+* on tensors carried through the loop (`in_place=False`): the variables are
+  never written, which the served few-shot signature needs (concurrent
+  requests must not see each other) and which per-replica adaptation needs.
+
+State of one adaptation (`AdaptState`): the trainable weights, the float
+non-trainable state (batch-norm moving statistics) and the inner optimizer's
+slots (fresh per task). Random state (Keras seed generators, used by dropout)
+is never written: each step feeds the seed generators values derived from
+the task seed and the step index, so tasks get fresh but reproducible noise
+and a restore is exact.
+
+omega = (lr, steps, batch_size, optimizer): lr and steps are tensors, so UHO
+can try many values without retracing; batch_size and optimizer are fixed
+when the Adapter is built (they change shapes and state structure).
+"""
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from efficientlab_tf.meta import weights as weights_lib
+from efficientlab_tf.model.efficientlab import foreground_probability
+
+
+class AdaptState(NamedTuple):
+    """Weights being adapted: trainable, float non-trainable, optimizer slots."""
+
+    trainable: list
+    stats: list
+    opt: tuple
+
+
+def _is_seed_state(variable):
+    return variable.path.endswith("seed_generator_state")
+
+
+def _is_float(variable):
+    return tf.as_dtype(variable.dtype).is_floating
+
+
+class Adapter:
+    """U(theta; D, omega) for a Keras model and a loss.
+
+    Args:
+        model: Any built `keras.Model` mapping images to logits.
+        loss_fn: `loss_fn(masks, logits, trainable_weights) -> scalar`.
+        optimizer: Inner optimizer from `meta/inner_opt.py`.
+        batch_size: Inner minibatch size; a support set of n < batch_size
+            examples is used whole.
+        in_place: Run the loop on the model's variables (snapshot, steps in
+            place, restore) rather than on carried tensors.
+    """
+
+    def __init__(self, model, loss_fn, optimizer, batch_size=8, in_place=True):
+        if batch_size <= 0:
+            raise ValueError(f"`batch_size` must be positive; got {batch_size}.")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.batch_size = int(batch_size)
+        self.in_place = bool(in_place)
+        non_trainable = model.non_trainable_variables
+        self._seed_idx = [
+            i for i, v in enumerate(non_trainable) if _is_seed_state(v)
+        ]
+        self._stat_idx = [
+            i for i, v in enumerate(non_trainable)
+            if _is_float(v) and not _is_seed_state(v)
+        ]
+
+    # ----------------------------------------------------------------- state
+    @property
+    def trainable_variables(self):
+        return self.model.trainable_variables
+
+    @property
+    def stat_variables(self):
+        non_trainable = self.model.non_trainable_variables
+        return [non_trainable[i] for i in self._stat_idx]
+
+    def initial_state(self):
+        """AdaptState holding the current variable values and fresh slots."""
+        trainable = weights_lib.snapshot(self.trainable_variables)
+        stats = weights_lib.snapshot(self.stat_variables)
+        return AdaptState(trainable, stats, self.optimizer.init(trainable))
+
+    def _non_trainable_values(self, stats, seed):
+        """Full non-trainable list for stateless_call: stats + derived seeds."""
+        values = [v.value for v in self.model.non_trainable_variables]
+        for i, x in zip(self._stat_idx, stats, strict=True):
+            values[i] = x
+        if self._seed_idx:
+            draws = tf.random.stateless_uniform(
+                [len(self._seed_idx), 2], seed, minval=0, maxval=2**30,
+                dtype=tf.int32,
+            )
+            for j, i in enumerate(self._seed_idx):
+                values[i] = tf.cast(draws[j], values[i].dtype)
+        return values
+
+    # ------------------------------------------------------------------ math
+    def step(self, state, images, masks, lr, step, seed):
+        """One inner update on a minibatch: the single definition of the math.
+
+        Args:
+            state: AdaptState before the step.
+            images: float32 [b, S, S, 3]; masks: [b, S, S, 1].
+            lr: Scalar learning rate alpha.
+            step: Scalar int step index (for optimizer bias correction).
+            seed: int32 [2] seed of this step's dropout noise.
+
+        Returns:
+            (AdaptState after the step, loss before the step).
+        """
+        non_trainable = self._non_trainable_values(state.stats, seed)
+        trainable = list(state.trainable)
+        with tf.GradientTape() as tape:
+            tape.watch(trainable)
+            logits, new_non_trainable = self.model.stateless_call(
+                trainable, non_trainable, images, training=True
+            )
+            loss = self.loss_fn(masks, logits, trainable)
+        grads = tape.gradient(loss, trainable)
+        grads = [tf.zeros_like(p) if g is None else g
+                 for p, g in zip(trainable, grads)]
+        new_trainable, new_opt = self.optimizer.update(
+            trainable, grads, state.opt, lr, step
+        )
+        new_stats = [new_non_trainable[i] for i in self._stat_idx]
+        return AdaptState(new_trainable, new_stats, new_opt), loss
+
+    def predict(self, state, images, seed=(0, 0)):
+        """Foreground probability [B, S, S] of `images` under `state` (inference)."""
+        non_trainable = self._non_trainable_values(
+            state.stats, tf.constant(seed, tf.int32)
+            if not isinstance(seed, tf.Tensor) else seed
+        )
+        logits, _ = self.model.stateless_call(
+            list(state.trainable), non_trainable, images, training=False
+        )
+        return foreground_probability(logits)
+
+    # ------------------------------------------------------------------ loop
+    def _minibatch(self, images, masks, order, t):
+        n = images.shape[0]
+        b = min(self.batch_size, n)
+        idx = tf.gather(order, tf.math.floormod(t * b + tf.range(b), n))
+        return tf.gather(images, idx), tf.gather(masks, idx)
+
+    def adapt(self, images, masks, lr, steps, seed, start=None, first_step=0,
+              restore=True):
+        """Runs U: `steps` inner updates over the support set.
+
+        Minibatches walk through a seeded permutation of the support set
+        (without replacement within a pass, as SR's Reptile).
+
+        Args:
+            images: float32 [n, S, S, 3] support images (n static).
+            masks: [n, S, S, 1] support masks.
+            lr: Scalar learning rate (tensor or float).
+            steps: Scalar number of steps (tensor: no retracing per value).
+            seed: int32 [2] task seed.
+            start: AdaptState to start from; None = current variables.
+            first_step: Index of the first step (optimizer bias correction).
+            restore: In-place mode only; False keeps the adapted values in
+                the variables (classical training).
+
+        Returns:
+            (AdaptState after adaptation, mean inner loss over the steps).
+        """
+        seed = tf.cast(seed, tf.int32)
+        lr = tf.cast(lr, tf.float32)
+        steps = tf.cast(steps, tf.int32)
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(images.shape[0]), seed
+        )
+        if start is None:
+            start = self.initial_state()
+        if self.in_place:
+            return self._adapt_in_place(
+                images, masks, lr, steps, seed, start, first_step, order, restore
+            )
+
+        def body(t, state, loss_sum):
+            x, y = self._minibatch(images, masks, order, t)
+            step_seed = tf.random.experimental.stateless_fold_in(seed, t)
+            state, loss = self.step(state, x, y, lr, t + first_step, step_seed)
+            return t + 1, state, loss_sum + loss
+
+        _, state, loss_sum = tf.while_loop(
+            lambda t, *_: t < steps, body,
+            (tf.constant(0), start, tf.constant(0.0)),
+        )
+        return state, loss_sum / tf.maximum(tf.cast(steps, tf.float32), 1.0)
+
+    def _adapt_in_place(self, images, masks, lr, steps, seed, start,
+                        first_step, order, restore):
+        variables = self.model.variables
+        saved = weights_lib.snapshot(variables) if restore else None
+        trainable_vars = self.trainable_variables
+        stat_vars = self.stat_variables
+        weights_lib.restore(trainable_vars, start.trainable)
+        weights_lib.restore(stat_vars, start.stats)
+
+        def body(t, opt, loss_sum):
+            state = AdaptState(
+                [v.value for v in trainable_vars],
+                [v.value for v in stat_vars],
+                opt,
+            )
+            x, y = self._minibatch(images, masks, order, t)
+            step_seed = tf.random.experimental.stateless_fold_in(seed, t)
+            state, loss = self.step(state, x, y, lr, t + first_step, step_seed)
+            weights_lib.restore(trainable_vars, state.trainable)
+            weights_lib.restore(stat_vars, state.stats)
+            return t + 1, state.opt, loss_sum + loss
+
+        _, opt, loss_sum = tf.while_loop(
+            lambda t, *_: t < steps, body,
+            (tf.constant(0), start.opt, tf.constant(0.0)),
+        )
+        adapted = AdaptState(
+            weights_lib.snapshot(trainable_vars),
+            weights_lib.snapshot(stat_vars),
+            opt,
+        )
+        if restore:
+            weights_lib.restore(variables, saved)
+        return adapted, loss_sum / tf.maximum(tf.cast(steps, tf.float32), 1.0)

@@ -1,0 +1,46 @@
+"""First-order MAML meta-gradient (paper eqs. 5-7; SR's FOML with tail shots).
+
+theta_tr = U(theta; D_tr) with `steps - 1` updates on the first n - tail
+shots; theta_val = U(theta_tr; D_val), one update on the last `tail` shots
+(never seen before). Meta-direction = theta_val - theta_tr, i.e. minus the
+first-order MAML gradient scaled by the inner learning rate. Batch-norm
+statistics move toward their post-adaptation values (theta_val's stats).
+"""
+
+import tensorflow as tf
+
+from efficientlab_tf.meta import weights as weights_lib
+
+
+def meta_gradient(adapter, images, masks, lr, steps, tail, seed, start):
+    """FOMAML direction for one task.
+
+    Args:
+        adapter: The update routine.
+        images, masks: The task's training shots [n, S, S, ...]; the last
+            `tail` of them form D_val.
+        lr, steps: Inner learning rate and total number of inner steps.
+        tail: Static number of D_val shots.
+        seed: int32 [2] task seed.
+        start: AdaptState of theta.
+
+    Returns:
+        (trainable direction, stats direction, theta_val AdaptState, loss of
+        the D_val step evaluated at theta_tr).
+    """
+    n = images.shape[0]
+    steps = tf.cast(steps, tf.int32)
+    theta_tr, _ = adapter.adapt(
+        images[: n - tail], masks[: n - tail], lr, steps - 1, seed, start=start
+    )
+    theta_val, tail_loss = adapter.adapt(
+        images[n - tail:], masks[n - tail:], lr, 1,
+        tf.random.experimental.stateless_fold_in(seed, 7919),
+        start=theta_tr, first_step=steps - 1,
+    )
+    return (
+        weights_lib.subtract(theta_val.trainable, theta_tr.trainable),
+        weights_lib.subtract(theta_val.stats, start.stats),
+        theta_val,
+        tail_loss,
+    )

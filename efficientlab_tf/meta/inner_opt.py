@@ -1,0 +1,58 @@
+"""Functional inner-loop optimizers with explicit state.
+
+The state is a tuple of tensors created fresh for every task and carried
+through the inner loop, so nothing leaks from one task to the next (SR kept
+Adam moments across tasks; here there is nothing to reset). Adam uses
+beta1 = 0, as in SR's Reptile.
+"""
+
+import tensorflow as tf
+
+
+class SGD:
+    """theta <- theta - lr * g. No state."""
+
+    name = "sgd"
+
+    def init(self, params):
+        del params
+        return ()
+
+    def update(self, params, grads, state, lr, step):
+        del step
+        new = [p - lr * g for p, g in zip(params, grads, strict=True)]
+        return new, state
+
+
+class Adam:
+    """Adam with beta1 = 0: theta <- theta - lr g / (sqrt(v_hat) + eps)."""
+
+    name = "adam"
+
+    def __init__(self, beta2=0.999, epsilon=1e-8):
+        self.beta2 = beta2
+        self.epsilon = epsilon
+
+    def init(self, params):
+        return tuple(tf.zeros_like(p) for p in params)
+
+    def update(self, params, grads, state, lr, step):
+        t = tf.cast(step, tf.float32) + 1.0
+        correction = 1.0 - tf.pow(self.beta2, t)
+        new_params, new_state = [], []
+        for p, g, v in zip(params, grads, state, strict=True):
+            v = self.beta2 * v + (1.0 - self.beta2) * tf.square(g)
+            new_params.append(
+                p - lr * g / (tf.sqrt(v / correction) + self.epsilon)
+            )
+            new_state.append(v)
+        return new_params, tuple(new_state)
+
+
+def get_inner_optimizer(name):
+    """'sgd' or 'adam' -> optimizer object."""
+    if name == "sgd":
+        return SGD()
+    if name == "adam":
+        return Adam()
+    raise ValueError(f"`inner_optimizer` must be 'sgd' or 'adam'; got {name!r}.")

@@ -1,0 +1,153 @@
+"""MetaLearner: the one place that compiles (tf.function) steps.
+
+It owns the update routine, the outer update and the compiled functions:
+
+* `meta_step(tasks, meta_lr, seed)`: one meta-iteration over a meta-batch of
+  tasks (FOMAML or Reptile directions, averaged, then the outer update);
+* `joint_step(tasks, lr, seed)`: classical training on the tasks' examples
+  through the same update routine, without restore (`--algo=joint`);
+* `eval_task(support, query, lr, steps, seed)`: adapt, predict the query,
+  restore; returns IoU per query image.
+
+lr, steps and meta_lr are tensors and every task has a fixed shape, so each
+function traces once per shape (tests count traces).
+"""
+
+import functools
+
+import keras
+import tensorflow as tf
+
+from efficientlab_tf.meta import fomaml
+from efficientlab_tf.meta import inner_opt
+from efficientlab_tf.meta import reptile
+from efficientlab_tf.meta.adapter import Adapter
+from efficientlab_tf.model.losses import segmentation_loss
+from efficientlab_tf.model.metrics import binary_iou
+
+
+def build_adapter(model, meta_config, in_place=True, batch_size=None):
+    """The update routine configured from a `MetaConfig`."""
+    return Adapter(
+        model,
+        functools.partial(segmentation_loss,
+                          weight_decay=meta_config.weight_decay),
+        inner_opt.get_inner_optimizer(meta_config.inner_optimizer),
+        batch_size=batch_size or meta_config.inner_batch,
+        in_place=in_place,
+    )
+
+
+def linear_meta_step(meta_config, step):
+    """Meta step size epsilon annealed linearly to meta_step_final."""
+    frac = min(max(step / max(meta_config.meta_iters, 1), 0.0), 1.0)
+    return (1.0 - frac) * meta_config.meta_step + frac * meta_config.meta_step_final
+
+
+class MetaLearner:
+    """Compiled meta-training and evaluation steps for a Keras model.
+
+    Args:
+        model: Built keras.Model (images -> logits).
+        meta_config: MetaConfig.
+        bn_mode: "running" (statistics are meta-learned toward their
+            post-adaptation values) or "batch" (statistics unused; left as
+            they are).
+        jit_compile: XLA for the compiled steps.
+    """
+
+    def __init__(self, model, meta_config, bn_mode="running", jit_compile=False):
+        self.model = model
+        self.config = meta_config
+        self.bn_mode = bn_mode
+        self.adapter = build_adapter(model, meta_config)
+        self.meta_optimizer = None
+        if meta_config.meta_optimizer == "adam":
+            self.meta_optimizer = keras.optimizers.Adam(meta_config.meta_step)
+            self.meta_optimizer.build(model.trainable_variables)
+        # One trace per task shape; XLA is opt-in because it helps on GPU but
+        # slows CPU compilation of the nested while loops considerably.
+        compile_fn = functools.partial(
+            tf.function, jit_compile=jit_compile, reduce_retracing=True)
+        self.meta_step = compile_fn(self._meta_step_impl)
+        self.joint_step = compile_fn(self._joint_step_impl)
+        # Evaluation is never XLA-compiled: it runs once per task and shape.
+        self.eval_task = tf.function(self._eval_task_impl, reduce_retracing=True)
+
+    # ------------------------------------------------------------ training
+    def _direction(self, images, masks, lr, steps, seed, start):
+        if self.config.algo == "fomaml":
+            return fomaml.meta_gradient(
+                self.adapter, images, masks, lr, steps,
+                self.config.foml_tail, seed, start)
+        return reptile.meta_gradient(
+            self.adapter, images, masks, lr, steps, seed, start)
+
+    def _meta_step_impl(self, tasks, meta_lr, seed):
+        """tasks: TaskBatch with a leading meta-batch axis M."""
+        cfg = self.config
+        adapter = self.adapter
+        start = adapter.initial_state()
+        num_tasks = tasks.support_images.shape[0]
+        lr = tf.constant(cfg.inner_lr, tf.float32)
+        steps = tf.constant(cfg.inner_iters, tf.int32)
+
+        def body(i, acc, acc_stats, loss, pre, post):
+            task_seed = tf.random.experimental.stateless_fold_in(seed, i)
+            direction, stats_dir, adapted, task_loss = self._direction(
+                tasks.support_images[i], tasks.support_masks[i], lr, steps,
+                task_seed, start)
+            q_img, q_mask = tasks.query_images[i], tasks.query_masks[i]
+            pre_iou = tf.reduce_mean(binary_iou(q_mask, adapter.predict(start, q_img)))
+            post_iou = tf.reduce_mean(binary_iou(q_mask, adapter.predict(adapted, q_img)))
+            return (i + 1,
+                    [a + d for a, d in zip(acc, direction)],
+                    [a + d for a, d in zip(acc_stats, stats_dir)],
+                    loss + task_loss, pre + pre_iou, post + post_iou)
+
+        zeros = [tf.zeros_like(w) for w in start.trainable]
+        zeros_stats = [tf.zeros_like(w) for w in start.stats]
+        _, acc, acc_stats, loss, pre, post = tf.while_loop(
+            lambda i, *_: i < num_tasks, body,
+            (tf.constant(0), zeros, zeros_stats, 0.0, 0.0, 0.0),
+        )
+        scale = 1.0 / num_tasks
+        direction = [a * scale for a in acc]
+        if self.meta_optimizer is None:
+            for v, d in zip(adapter.trainable_variables, direction):
+                v.assign_add(meta_lr * d)
+        else:
+            self.meta_optimizer.learning_rate.assign(meta_lr)
+            self.meta_optimizer.apply([-d for d in direction],
+                                      adapter.trainable_variables)
+        if self.bn_mode == "running":
+            for v, d in zip(adapter.stat_variables, acc_stats):
+                v.assign_add(meta_lr * d * scale)
+        return {
+            "meta_train_loss": loss * scale,
+            "pre_adapt_query_iou": pre * scale,
+            "post_adapt_query_iou": post * scale,
+            "meta_grad_norm": tf.linalg.global_norm(direction),
+        }
+
+    def _joint_step_impl(self, tasks, lr, seed):
+        """Classical training: `inner_iters` updates on all tasks' examples."""
+        shape = tasks.support_images.shape
+        images = tf.reshape(tasks.support_images, [-1] + shape[2:].as_list())
+        masks = tf.reshape(tasks.support_masks,
+                           [-1] + tasks.support_masks.shape[2:].as_list())
+        adapted, loss = self.adapter.adapt(
+            images, masks, lr, self.config.inner_iters, seed, restore=False)
+        q_img = tasks.query_images[0]
+        q_mask = tasks.query_masks[0]
+        iou = tf.reduce_mean(binary_iou(q_mask, self.adapter.predict(adapted, q_img)))
+        return {"meta_train_loss": loss, "pre_adapt_query_iou": iou,
+                "post_adapt_query_iou": iou}
+
+    # ---------------------------------------------------------- evaluation
+    def _eval_task_impl(self, support_images, support_masks, query_images,
+                        query_masks, lr, steps, seed):
+        adapted, _ = self.adapter.adapt(
+            support_images, support_masks, lr, steps, seed)
+        probs = self.adapter.predict(adapted, query_images)
+        return binary_iou(query_masks, probs), probs

@@ -1,0 +1,42 @@
+"""Weight arithmetic on lists of variables or tensors (after SR's variables.py).
+
+All functions are plain TensorFlow: they run eagerly and inside tf.function.
+"""
+
+import tensorflow as tf
+
+
+def snapshot(variables):
+    """Copies of the current values of `variables` (a list of tensors)."""
+    return [tf.identity(_value(v)) for v in variables]
+
+
+def restore(variables, values):
+    """Assigns `values` back to `variables` (inverse of `snapshot`)."""
+    for v, x in zip(variables, values, strict=True):
+        v.assign(x)
+
+
+def subtract(a, b):
+    """Element-wise a - b over two lists of tensors."""
+    return [x - y for x, y in zip(a, b, strict=True)]
+
+
+def add_scaled(a, b, scale):
+    """a + scale * b over two lists of tensors."""
+    return [x + scale * y for x, y in zip(a, b, strict=True)]
+
+
+def interpolate(a, b, t):
+    """(1 - t) a + t b: t = 0 gives a exactly and t = 1 gives b exactly."""
+    return [(1.0 - t) * x + t * y for x, y in zip(a, b, strict=True)]
+
+
+def average(lists):
+    """Element-wise mean of several equally long lists of tensors."""
+    return [tf.add_n(list(group)) / float(len(group)) for group in zip(*lists)]
+
+
+def _value(v):
+    # Keras 3 variables expose the backend tensor as `.value`.
+    return v.value if hasattr(v, "value") and not isinstance(v, tf.Tensor) else v

@@ -1,0 +1,1 @@
+"""EfficientLab: encoder, decoder layers, loss and metrics (no meta-learning)."""

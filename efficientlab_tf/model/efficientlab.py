@@ -1,0 +1,97 @@
+"""EfficientLab: EfficientNet encoder + residual skip decoder (paper section 4).
+
+    images float32 [B, S, S, 3] in [0, 255]
+      -> encoder stage 6 (1/16) --4x bilinear--> concat(stage 3 skip, 1/4)
+      -> RSD -> dropout 0.2 -> 1x1 conv -> bilinear upsampling to S
+      -> logits float32 [B, S, S, 2] (softmax over {background, target})
+
+The network returns logits; `foreground_probability` applies the softmax.
+"""
+
+import keras
+import tensorflow as tf
+
+from efficientlab_tf.model.encoder import build_encoder
+from efficientlab_tf.model.encoder import endpoint_name
+from efficientlab_tf.model.layers import ResidualSkipDecoder
+
+
+def foreground_probability(logits):
+    """Softmax probability of the target class: [B, H, W, 2] -> [B, H, W]."""
+    return tf.nn.softmax(logits, axis=-1)[..., 1]
+
+
+def _upsample(x, factor, name):
+    if factor == 1:
+        return x
+    return keras.layers.UpSampling2D(
+        size=factor, interpolation="bilinear", name=name
+    )(x)
+
+
+def _check_encoder(encoder, config):
+    if not isinstance(encoder, keras.Model):
+        raise TypeError(
+            f"`encoder` must be a keras.Model; got {type(encoder).__name__}."
+        )
+    required = {endpoint_name(config.skip_stage), endpoint_name(config.cut_stage)}
+    outputs = encoder.output if isinstance(encoder.output, dict) else {}
+    if not required.issubset(outputs):
+        raise ValueError(
+            f"`encoder` must expose endpoints {sorted(required)}; "
+            f"got {sorted(outputs)}."
+        )
+
+
+def build_efficientlab(config, encoder=None):
+    """Builds EfficientLab as a functional `keras.Model`.
+
+    Args:
+        config: `ModelConfig`.
+        encoder: Optional encoder (see `model/encoder.py` for the contract);
+            built from `config` when None. Tests pass a tiny one.
+
+    Returns:
+        keras.Model: float32 [B, S, S, 3] in [0, 255] -> logits [B, S, S, C].
+
+    Raises:
+        ValueError: the encoder lacks the endpoints or its feature sizes do
+            not divide each other.
+    """
+    if encoder is None:
+        encoder = build_encoder(config)
+    _check_encoder(encoder, config)
+    size = config.image_size
+    batch_stats = config.bn_mode == "batch"
+    images = keras.Input((size, size, 3), name="images")
+    features = encoder(images)
+    x = features[endpoint_name(config.cut_stage)]
+    if config.decoder != "none":
+        skip = features[endpoint_name(config.skip_stage)]
+        if config.decoder == "rsd_3_6":
+            x = ResidualSkipDecoder(
+                config.decoder_filters, batch_stats=batch_stats,
+                name=f"rsd_stage{config.cut_stage}",
+            )(x)
+        if skip.shape[1] % x.shape[1]:
+            raise ValueError(
+                f"skip features ({skip.shape[1]} px) are not a multiple of the "
+                f"deep features ({x.shape[1]} px)."
+            )
+        x = _upsample(x, skip.shape[1] // x.shape[1], "upsample_deep")
+        x = keras.layers.Concatenate(name="skip_concat")([x, skip])
+        x = ResidualSkipDecoder(
+            config.decoder_filters,
+            residual=config.decoder != "rsd_no_residual",
+            batch_stats=batch_stats,
+            name=f"rsd_stage{config.skip_stage}",
+        )(x)
+    x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
+    x = keras.layers.Conv2D(config.num_classes, 1, name="head_logits")(x)
+    if size % x.shape[1]:
+        raise ValueError(
+            f"image size {size} is not a multiple of the decoder output "
+            f"({x.shape[1]} px)."
+        )
+    logits = _upsample(x, size // x.shape[1], "upsample_logits")
+    return keras.Model(images, logits, name="efficientlab")

@@ -1,0 +1,145 @@
+"""Keras EfficientNet encoders exposing EfficientNet-paper stage endpoints.
+
+The EfficientNet paper numbers its stages 1-9 (stage 1 is the stem
+convolution, stages 2-8 the MBConv groups). Keras names those groups
+`block1` ... `block7`, so paper stage s is the last layer of Keras `block{s-1}`:
+stage 3 is `block2*` (1/4 resolution, 24 channels for B0) and stage 6 is
+`block5*` (1/16 resolution, 112 channels for B0).
+
+An encoder here is a `keras.Model` mapping float32 [B, H, W, 3] images in
+[0, 255] to a dict {"stage_<s>": feature map}. Tests inject tiny encoders
+with the same contract.
+"""
+
+import os
+import re
+
+import keras
+
+from efficientlab_tf.model.layers import BatchNorm
+
+_KERAS_ENCODERS = {
+    "efficientnet_b0": "EfficientNetB0",
+    "efficientnet_b1": "EfficientNetB1",
+    "efficientnet_b2": "EfficientNetB2",
+    "efficientnet_b3": "EfficientNetB3",
+    "efficientnet_b4": "EfficientNetB4",
+    "efficientnet_b5": "EfficientNetB5",
+    "efficientnet_b6": "EfficientNetB6",
+    "efficientnet_b7": "EfficientNetB7",
+    "efficientnet_v2_b0": "EfficientNetV2B0",
+    "efficientnet_v2_b1": "EfficientNetV2B1",
+    "efficientnet_v2_b2": "EfficientNetV2B2",
+    "efficientnet_v2_b3": "EfficientNetV2B3",
+    "efficientnet_v2_s": "EfficientNetV2S",
+}
+
+
+class EncoderWeightsError(ValueError):
+    """Encoder weights could not be obtained or do not fit the encoder."""
+
+
+def endpoint_name(stage):
+    """Key of a stage's feature map in an encoder's output dict."""
+    return f"stage_{stage}"
+
+
+def stage_layer_name(model, stage):
+    """Name of the last Keras layer of EfficientNet-paper stage `stage`."""
+    pattern = re.compile(rf"^block{stage - 1}[a-z]_")
+    names = [layer.name for layer in model.layers if pattern.match(layer.name)]
+    if not names:
+        available = sorted(
+            {int(m.group(1)) + 1 for layer in model.layers
+             if (m := re.match(r"^block(\d+)[a-z]_", layer.name))}
+        )
+        raise ValueError(
+            f"stage {stage} does not exist in encoder {model.name!r}; "
+            f"available stages: {available}."
+        )
+    return names[-1]
+
+
+def _replace_layers(batch_stats, drop_connect_rate):
+    """clone_model hook: our BatchNorm policy and the drop-connect rate."""
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            return BatchNorm(batch_stats=batch_stats, **config)
+        if isinstance(layer, keras.layers.Dropout) and layer.name.endswith("_drop"):
+            config["rate"] = drop_connect_rate
+            return keras.layers.Dropout.from_config(config)
+        return layer.__class__.from_config(config)
+
+    return clone
+
+
+def _load_weights_file(model, path, encoder_name):
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"`encoder_weights` file {path!r} does not exist."
+        )
+    try:
+        model.load_weights(path)
+    except Exception as e:  # Keras raises many types for a bad file.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EncoderWeightsError(
+            f"`encoder_weights` file {path!r} does not fit encoder "
+            f"{encoder_name!r}: {first}"
+        ) from None
+
+
+def build_encoder(config):
+    """Builds a Keras EfficientNet encoder with the stage endpoints EfficientLab uses.
+
+    Args:
+        config: `ModelConfig`; uses encoder, encoder_weights, image_size,
+            skip_stage, cut_stage, bn_mode and drop_connect_rate.
+
+    Returns:
+        keras.Model: float32 [B, S, S, 3] in [0, 255] ->
+        {"stage_<skip>": ..., "stage_<cut>": ...}.
+
+    Raises:
+        EncoderWeightsError: ImageNet weights cannot be downloaded, or a
+            weights file does not fit.
+        FileNotFoundError: `encoder_weights` names a missing file.
+    """
+    constructor = getattr(keras.applications, _KERAS_ENCODERS[config.encoder])
+    size = config.image_size
+    weights = config.encoder_weights
+    kwargs = {}
+    if config.encoder.startswith("efficientnet_v2"):
+        kwargs["include_preprocessing"] = True  # Same [0, 255] contract as V1.
+    try:
+        base = constructor(
+            include_top=False,
+            weights="imagenet" if weights == "imagenet" else None,
+            input_shape=(size, size, 3),
+            **kwargs,
+        )
+    except Exception as e:
+        if weights != "imagenet":
+            raise
+        raise EncoderWeightsError(
+            f"could not download ImageNet weights for {config.encoder!r} "
+            f"({type(e).__name__}); pass --encoder_weights=<local .h5/.keras "
+            "file> or --encoder_weights=none."
+        ) from None
+    stages = sorted({config.skip_stage, config.cut_stage})
+    names = {s: stage_layer_name(base, s) for s in stages}
+    clone = keras.models.clone_model(
+        base,
+        clone_function=_replace_layers(
+            config.bn_mode == "batch", config.drop_connect_rate
+        ),
+    )
+    if weights == "imagenet":
+        clone.set_weights(base.get_weights())  # Build time only.
+    elif weights not in ("none", "", None):
+        _load_weights_file(clone, weights, config.encoder)
+    outputs = {
+        endpoint_name(s): clone.get_layer(names[s]).output for s in stages
+    }
+    return keras.Model(clone.inputs, outputs, name=f"{config.encoder}_encoder")

@@ -1,0 +1,144 @@
+"""Decoder building blocks of EfficientLab (paper section 4, Figure 1).
+
+`BatchNorm` makes the batch-norm policy a property of the layer, and
+`ResidualSkipDecoder` (RSD) is the paper's decoder block.
+"""
+
+import keras
+
+_PACKAGE = "efficientlab_tf"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BatchNorm(keras.layers.BatchNormalization):
+    """Batch normalization with a fixed choice of statistics.
+
+    With `batch_stats=False` it is Keras' layer unchanged: batch statistics
+    in training, moving averages in inference. With `batch_stats=True` it
+    always normalises with the statistics of the batch it sees (and still
+    updates the moving averages while training), so prediction with
+    `training=False` turns dropout off but keeps batch statistics: the
+    transductive setting of most few-shot segmentation code.
+    """
+
+    def __init__(self, batch_stats=False, **kwargs):
+        super().__init__(**kwargs)
+        self.batch_stats = bool(batch_stats)
+
+    def call(self, inputs, training=None, mask=None):
+        if self.batch_stats and not training:
+            # Batch statistics without touching the moving averages: the
+            # moments are computed here rather than via training=True.
+            return self._batch_normalize(inputs)
+        return super().call(inputs, training=training, mask=mask)
+
+    def _batch_normalize(self, inputs):
+        ops = keras.ops
+        x = ops.cast(inputs, self.compute_dtype)
+        axes = [i for i in range(len(x.shape)) if i != self.axis % len(x.shape)]
+        mean, var = ops.moments(x, axes=axes, keepdims=True)
+        shape = [1] * len(x.shape)
+        shape[self.axis] = x.shape[self.axis]
+        out = (x - mean) * ops.rsqrt(var + self.epsilon)
+        if self.scale:
+            out = out * ops.reshape(self.gamma, shape)
+        if self.center:
+            out = out + ops.reshape(self.beta, shape)
+        return out
+
+    def get_config(self):
+        return {**super().get_config(), "batch_stats": self.batch_stats}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ResidualSkipDecoder(keras.layers.Layer):
+    """Residual skip decoder (RSD) block.
+
+    Three parallel branches over the input - a 1x1 convolution, a 3x3
+    convolution with dilation 2 and global average pooling (projected by a
+    1x1 convolution and broadcast back) - are concatenated and fused by a
+    3x3 convolution with `filters` outputs. A residual connection (1x1
+    projection of the input when the widths differ) goes around the
+    convolutions; batch norm follows every convolution.
+
+    Input: float32 [B, H, W, C] -> output: float32 [B, H, W, filters].
+    """
+
+    def __init__(self, filters=112, residual=True, batch_stats=False, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.residual = bool(residual)
+        self.batch_stats = bool(batch_stats)
+
+        def conv(kernel, dilation=1, name=None):
+            return keras.layers.Conv2D(
+                self.filters, kernel, padding="same", dilation_rate=dilation,
+                use_bias=False, name=name,
+            )
+
+        def bn(name):
+            return BatchNorm(batch_stats=self.batch_stats, name=name)
+
+        self.branch1 = conv(1, name="branch1x1")
+        self.branch1_bn = bn("branch1x1_bn")
+        self.branch3 = conv(3, dilation=2, name="branch3x3_d2")
+        self.branch3_bn = bn("branch3x3_d2_bn")
+        self.pool_proj = conv(1, name="pool_proj")
+        self.pool_bn = bn("pool_bn")
+        self.fuse = conv(3, name="fuse3x3")
+        self.fuse_bn = bn("fuse3x3_bn")
+        self.shortcut = None
+        self.shortcut_bn = None
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.branch1.build(input_shape)
+        self.branch1_bn.build(input_shape[:-1] + (self.filters,))
+        self.branch3.build(input_shape)
+        self.branch3_bn.build(input_shape[:-1] + (self.filters,))
+        pooled = (input_shape[0], 1, 1, channels)
+        self.pool_proj.build(pooled)
+        self.pool_bn.build(pooled[:-1] + (self.filters,))
+        fused = input_shape[:-1] + (3 * self.filters,)
+        self.fuse.build(fused)
+        self.fuse_bn.build(input_shape[:-1] + (self.filters,))
+        if self.residual and channels != self.filters:
+            self.shortcut = keras.layers.Conv2D(
+                self.filters, 1, use_bias=False, name="shortcut"
+            )
+            self.shortcut.build(input_shape)
+            self.shortcut_bn = BatchNorm(
+                batch_stats=self.batch_stats, name="shortcut_bn"
+            )
+            self.shortcut_bn.build(input_shape[:-1] + (self.filters,))
+
+    def call(self, inputs, training=None):
+        ops = keras.ops
+        relu = keras.activations.relu
+        a = relu(self.branch1_bn(self.branch1(inputs), training=training))
+        b = relu(self.branch3_bn(self.branch3(inputs), training=training))
+        pooled = ops.mean(inputs, axis=(1, 2), keepdims=True)
+        c = relu(self.pool_bn(self.pool_proj(pooled), training=training))
+        c = ops.broadcast_to(c, ops.shape(a))
+        x = self.fuse_bn(
+            self.fuse(ops.concatenate([a, b, c], axis=-1)), training=training
+        )
+        if self.residual:
+            shortcut = inputs
+            if self.shortcut is not None:
+                shortcut = self.shortcut_bn(
+                    self.shortcut(inputs), training=training
+                )
+            x = x + shortcut
+        return relu(x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[:-1] + (self.filters,)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "residual": self.residual,
+            "batch_stats": self.batch_stats,
+        }

@@ -1,0 +1,266 @@
+"""The outer loop: tasks, checkpoints, TensorBoard, evaluation and export.
+
+Randomness is a pure function of (seed, meta-iteration): meta-batch s holds
+tasks s*M .. s*M+M-1 of the seeded stream and the inner loops are seeded
+with (seed, s). A checkpoint therefore needs only the model, the outer
+optimizer and the step to resume exactly where an uninterrupted run would
+be; Ctrl-C saves one before exiting and `kill -9` loses at most
+`checkpoint_every` iterations.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from efficientlab_tf.data.source import build_task_source
+from efficientlab_tf.data.source import meta_batches
+from efficientlab_tf.evaluation import protocol
+from efficientlab_tf.export.saved_model import export_saved_model
+from efficientlab_tf.meta.learner import MetaLearner
+from efficientlab_tf.meta.learner import linear_meta_step
+from efficientlab_tf.model.efficientlab import build_efficientlab
+
+
+def write_json(path, obj):
+    """Writes JSON atomically (temporary file, then rename)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def prepare_workdir(workdir):
+    """Creates `workdir`; a clear error if it is a file."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(
+            f"`workdir` {workdir!r} exists and is not a directory.")
+    os.makedirs(workdir, exist_ok=True)
+
+
+def resolve_checkpoint(path):
+    """A checkpoint prefix from a prefix, a checkpoint folder or a run folder."""
+    if tf.io.gfile.isdir(path):
+        for folder in (os.path.join(path, "checkpoints"), path):
+            latest = tf.train.latest_checkpoint(folder)
+            if latest:
+                return latest
+        raise FileNotFoundError(f"no checkpoint found in folder {path!r}.")
+    if tf.io.gfile.exists(path + ".index"):
+        return path
+    raise FileNotFoundError(f"checkpoint {path!r} does not exist.")
+
+
+def load_model_weights(model, path):
+    """Restores only the model from a checkpoint written by `train`."""
+    prefix = resolve_checkpoint(path)
+    try:
+        tf.train.Checkpoint(model=model).restore(prefix).assert_existing_objects_matched().expect_partial()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(
+            f"checkpoint {prefix!r} does not match this model "
+            f"(different encoder, decoder or image size?): {first}") from None
+    return prefix
+
+
+class Experiment:
+    """A model, its learner and its task source, built from one config."""
+
+    def __init__(self, config, model=None):
+        self.config = config
+        self.model = model or build_efficientlab(config.model)
+        self.learner = MetaLearner(
+            self.model, config.meta, bn_mode=config.model.bn_mode,
+            jit_compile=config.run.jit_compile)
+        self.source = build_task_source(config)
+
+    def eval_tasks(self, split, shots=None, count=None, seed=None):
+        cfg = self.config
+        ds = self.source.tasks(
+            split, shots or cfg.eval.shots, cfg.data.query_shots,
+            cfg.eval.seed if seed is None else seed, count=count or cfg.eval.tasks)
+        return protocol.materialize(ds)
+
+    def evaluate(self, tasks, lr=None, steps=None, name="eval"):
+        cfg = self.config
+        return protocol.evaluate(
+            self.learner.eval_task, tasks,
+            cfg.eval_inner_lr if lr is None else lr,
+            cfg.eval_inner_iters if steps is None else steps,
+            seed=cfg.eval.seed, name=name)
+
+
+def _overlay(images, masks, probs):
+    """float [N,S,S,3] 0-255 + GT + prediction -> [N,S,S,3] in [0,1]."""
+    gt = masks[..., 0]
+    pred = tf.cast(probs >= 0.5, tf.float32)
+    colour = tf.stack([pred, gt, tf.zeros_like(gt)], axis=-1)
+    return 0.6 * images / 255.0 + 0.4 * colour
+
+
+def _image_summary(learner, task, config, step):
+    lr = tf.constant(config.eval_inner_lr, tf.float32)
+    steps = tf.constant(config.eval_inner_iters, tf.int32)
+    _, probs = learner.eval_task(*task, lr, steps, tf.constant([0, 0]))
+    support = _overlay(task.support_images, task.support_masks,
+                       tf.zeros(task.support_masks.shape[:3]))
+    query = _overlay(task.query_images, task.query_masks, probs)
+    row = lambda x: tf.concat(tf.unstack(x), axis=1)  # noqa: E731
+    width = max(support.shape[0], query.shape[0]) * support.shape[2]
+    pad = lambda x: tf.pad(x, [[0, 0], [0, width - x.shape[1]], [0, 0]])  # noqa: E731
+    grid = tf.concat([pad(row(support)), pad(row(query))], axis=0)
+    tf.summary.image("meta_val/support_gt_query_pred", grid[None], step=step,
+                     description="top: support with ground truth (green); "
+                     "bottom: query, prediction red, ground truth green")
+
+
+def _format_eta(seconds):
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def train(config, model=None):
+    """Meta-trains (or joint-trains) as configured; returns the results dict."""
+    return run(prepare(config, model))
+
+
+class _Prepared:
+    """Everything built and restored before the first step."""
+
+    def __init__(self, exp, step, manager):
+        self.exp, self.step, self.manager = exp, step, manager
+
+
+def prepare(config, model=None):
+    """Builds model, learner and data; restores or warm-starts.
+
+    Every input error (bad flag values, missing files, a workdir that is a
+    file, a checkpoint of another model) surfaces here, before training.
+    """
+    cfg = config
+    workdir = cfg.run.workdir
+    prepare_workdir(workdir)
+    exp = Experiment(cfg, model)
+    learner = exp.learner
+    step = tf.Variable(0, dtype=tf.int64, name="step")
+    trackables = {"model": exp.model, "step": step}
+    if learner.meta_optimizer is not None:
+        trackables["meta_optimizer"] = learner.meta_optimizer
+    ckpt = tf.train.Checkpoint(**trackables)
+    manager = tf.train.CheckpointManager(
+        ckpt, os.path.join(workdir, "checkpoints"),
+        max_to_keep=cfg.run.keep_checkpoints)
+    if manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("Resumed from %s at step %d.", manager.latest_checkpoint,
+                     int(step))
+    elif cfg.run.init_from:
+        prefix = load_model_weights(exp.model, cfg.run.init_from)
+        logging.info("Initialised the model from %s.", prefix)
+    return _Prepared(exp, step, manager)
+
+
+def run(prepared):
+    """The training loop of a `prepare`d run; returns the results dict."""
+    exp, step, manager = prepared.exp, prepared.step, prepared.manager
+    cfg = exp.config
+    learner = exp.learner
+    workdir = cfg.run.workdir
+    writer = tf.summary.create_file_writer(os.path.join(workdir, "train"))
+    val_writer = tf.summary.create_file_writer(os.path.join(workdir, "meta_val"))
+    val_tasks = exp.eval_tasks("val")
+    total = cfg.meta.meta_iters
+    start = int(step)
+    batches = iter(meta_batches(exp.source, cfg, start))
+    is_joint = cfg.meta.algo == "joint"
+    inner_lr = tf.constant(cfg.meta.inner_lr, tf.float32)
+    last_time, last_step = time.time(), start
+    logging.info("Training %s from step %d to %d in %s.", cfg.meta.algo,
+                 start, total, workdir)
+
+    def validate(s):
+        result = exp.evaluate(val_tasks, name="meta_val")
+        with val_writer.as_default():
+            tf.summary.scalar("meta_val/mean_iou", result["mean_iou"], step=s)
+            tf.summary.scalar("meta_val/ci95", result["ci95"], step=s)
+        logging.info("step %d: meta-val %d-shot mean IoU %.4f +- %.4f "
+                     "(%d tasks)", s, cfg.eval.shots, result["mean_iou"],
+                     result["ci95"], result["tasks"])
+        return result
+
+    try:
+        while int(step) < total:
+            s = int(step)
+            tasks = next(batches)
+            seed = tf.constant([cfg.run.seed, s], tf.int32)
+            if is_joint:
+                metrics = learner.joint_step(tasks, inner_lr, seed)
+                meta_lr = 0.0
+            else:
+                meta_lr = linear_meta_step(cfg.meta, s)
+                metrics = learner.meta_step(
+                    tasks, tf.constant(meta_lr, tf.float32), seed)
+            step.assign_add(1)
+            s += 1
+            if s % cfg.run.log_every == 0 or s == total:
+                now = time.time()
+                rate = (now - last_time) / max(s - last_step, 1)
+                last_time, last_step = now, s
+                values = {k: float(v) for k, v in metrics.items()}
+                with writer.as_default():
+                    for k, v in values.items():
+                        tf.summary.scalar(f"train/{k}", v, step=s)
+                    tf.summary.scalar("train/meta_step_size", meta_lr, step=s)
+                    tf.summary.scalar("train/inner_lr", cfg.meta.inner_lr, step=s)
+                    tf.summary.scalar("train/seconds_per_iteration", rate, step=s)
+                logging.info(
+                    "step %d/%d | loss %.4f | query IoU pre %.3f post %.3f | "
+                    "%.2f s/it | ETA %s", s, total, values["meta_train_loss"],
+                    values["pre_adapt_query_iou"],
+                    values["post_adapt_query_iou"], rate,
+                    _format_eta(rate * (total - s)))
+            if cfg.run.image_every and s % cfg.run.image_every == 0:
+                with val_writer.as_default():
+                    _image_summary(learner, val_tasks[0], cfg, s)
+            if s % cfg.run.checkpoint_every == 0:
+                manager.save(checkpoint_number=s)
+            if cfg.eval.every and s % cfg.eval.every == 0 and s < total:
+                validate(s)
+    except KeyboardInterrupt:
+        path = manager.save(checkpoint_number=int(step))
+        logging.warning("Interrupted: saved %s; rerun the same command to "
+                        "resume.", path)
+        raise
+    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(
+            f"-{int(step)}"):
+        manager.save(checkpoint_number=int(step))
+    writer.flush()
+
+    results = {"step": int(step), "config": dataclasses.asdict(cfg)}
+    results["meta_val"] = _strip(validate(int(step)))
+    test = exp.evaluate(exp.eval_tasks("test"), name="meta_test")
+    results["meta_test"] = _strip(test)
+    logging.info("meta-test %d-shot mean IoU %.4f +- %.4f (%d tasks, %d steps, "
+                 "lr %g)", cfg.eval.shots, test["mean_iou"], test["ci95"],
+                 test["tasks"], cfg.eval_inner_iters, cfg.eval_inner_lr)
+    if cfg.run.export:
+        results["saved_model"] = export_saved_model(
+            exp.model, os.path.join(workdir, "saved_model"),
+            cfg.model.image_size)
+        logging.info("Exported SavedModel to %s.", results["saved_model"])
+    write_json(os.path.join(workdir, "results.json"), results)
+    val_writer.flush()
+    return results
+
+
+def _strip(result):
+    out = dict(result)
+    out["per_task"] = [round(x, 6) for x in np.asarray(out["per_task"]).tolist()]
+    return out
