@@ -75,19 +75,24 @@ def _replace_layers(batch_stats, drop_connect_rate):
     return clone
 
 
-def _load_weights_file(model, path, encoder_name):
+def _load_weights_file(models, path, encoder_name):
+    """Loads `path` into the first of `models` it fits (full net, then cut)."""
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"`encoder_weights` file {path!r} does not exist."
         )
-    try:
-        model.load_weights(path)
-    except Exception as e:  # Keras raises many types for a bad file.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EncoderWeightsError(
-            f"`encoder_weights` file {path!r} does not fit encoder "
-            f"{encoder_name!r}: {first}"
-        ) from None
+    for model in models:
+        try:
+            model.load_weights(path)
+            return
+        except Exception as e:  # Keras raises many types for a bad file.
+            error = e
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    raise EncoderWeightsError(
+        f"`encoder_weights` file {path!r} does not fit encoder "
+        f"{encoder_name!r}: {first}"
+    ) from None
 
 
 def build_encoder(config):
@@ -135,11 +140,14 @@ def build_encoder(config):
             config.bn_mode == "batch", config.drop_connect_rate
         ),
     )
-    if weights == "imagenet":
-        clone.set_weights(base.get_weights())  # Build time only.
-    elif weights not in ("none", "", None):
-        _load_weights_file(clone, weights, config.encoder)
     outputs = {
         endpoint_name(s): clone.get_layer(names[s]).output for s in stages
     }
-    return keras.Model(clone.inputs, outputs, name=f"{config.encoder}_encoder")
+    encoder = keras.Model(clone.inputs, outputs, name=f"{config.encoder}_encoder")
+    if weights == "imagenet":
+        clone.set_weights(base.get_weights())  # Build time only.
+    elif weights not in ("none", "", None):
+        # A Keras application file (e.g. efficientnetb0_notop.h5) fits the
+        # whole network; a file saved from this encoder fits the cut one.
+        _load_weights_file([clone, encoder], weights, config.encoder)
+    return encoder

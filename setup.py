@@ -1,0 +1,35 @@
+"""efficientlab-tf: meta-learned initializations for few-shot segmentation."""
+
+import re
+
+from setuptools import find_packages
+from setuptools import setup
+
+with open("efficientlab_tf/__init__.py") as f:
+    VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
+setup(
+    name="efficientlab-tf",
+    version=VERSION,
+    description=("EfficientLab with FOMAML/Reptile meta-learned initializations "
+                 "for few-shot image segmentation (TensorFlow 2 / Keras 3)."),
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["efficientlab_tf", "efficientlab_tf.*"]),
+    package_data={"efficientlab_tf.resources": ["*.txt"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.0",
+        "numpy",
+        "pillow",
+        "absl-py",
+    ],
+    extras_require={
+        "test": ["pytest"],
+        "gpu": ["tensorflow[and-cuda]>=2.16"],
+        "plot": ["matplotlib"],
+        "serving": ["tensorflow-serving-api"],
+    },
+    license="Apache-2.0",
+)

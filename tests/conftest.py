@@ -1,0 +1,23 @@
+"""Test setup: CPU only, quiet TF, seeded and deterministic."""
+
+import os
+
+os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+tf.config.experimental.enable_op_determinism()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: builds full EfficientNets or runs subprocesses")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(0)
+    yield

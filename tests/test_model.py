@@ -1,0 +1,124 @@
+"""EfficientLab: shapes, decoder variants, serialization, encoder endpoints."""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl.testing import parameterized
+
+from efficientlab_tf.config import ModelConfig
+from efficientlab_tf.model import encoder as encoder_lib
+from efficientlab_tf.model.efficientlab import build_efficientlab
+from efficientlab_tf.model.layers import BatchNorm
+from tests import helpers
+
+
+class EfficientLabTest(tf.test.TestCase, parameterized.TestCase):
+
+    @parameterized.parameters("rsd", "rsd_3_6", "rsd_no_residual", "none")
+    def test_output_shape_and_config_round_trip(self, decoder):
+        model = helpers.tiny_efficientlab(decoder=decoder)
+        x = tf.random.uniform((2, 32, 32, 3), 0, 255)
+        y = model(x, training=False)
+        self.assertEqual(y.shape, (2, 32, 32, 2))
+        clone = keras.Model.from_config(model.get_config())
+        clone.set_weights(model.get_weights())
+        self.assertAllClose(clone(x, training=False), y, atol=1e-5)
+
+    def test_decoder_variants_differ_in_parameters(self):
+        counts = {d: helpers.tiny_efficientlab(decoder=d).count_params()
+                  for d in ("rsd", "rsd_3_6", "rsd_no_residual", "none")}
+        # No decoder < RSD without the residual projection < RSD < two RSDs.
+        self.assertLess(counts["none"], counts["rsd_no_residual"])
+        self.assertLess(counts["rsd_no_residual"], counts["rsd"])
+        self.assertLess(counts["rsd"], counts["rsd_3_6"])
+
+    def test_batch_stats_mode_uses_batch_statistics_at_inference(self):
+        layer = BatchNorm(batch_stats=True)
+        x = tf.constant(np.random.RandomState(0).normal(5, 3, (4, 2, 2, 3)),
+                        tf.float32)
+        layer.build(x.shape)
+        y = layer(x, training=False).numpy()
+        # Normalised with the batch's own moments (gamma=1, beta=0).
+        mean = x.numpy().mean(axis=(0, 1, 2))
+        std = np.sqrt(x.numpy().var(axis=(0, 1, 2)) + layer.epsilon)
+        np.testing.assert_allclose(y, (x.numpy() - mean) / std, rtol=1e-4,
+                                   atol=1e-4)
+        # The moving averages were not touched in inference.
+        np.testing.assert_array_equal(layer.moving_mean.numpy(), 0.0)
+        plain = BatchNorm(batch_stats=False)
+        plain.build(x.shape)
+        np.testing.assert_allclose(plain(x, training=False).numpy(),
+                                   x.numpy() / np.sqrt(1 + plain.epsilon),
+                                   rtol=1e-5)
+
+    def test_encoder_without_endpoints_is_rejected(self):
+        images = keras.Input((32, 32, 3))
+        bad = keras.Model(images, {"stage_2": keras.layers.Conv2D(4, 1)(images)})
+        with self.assertRaisesRegex(ValueError, "must expose endpoints"):
+            build_efficientlab(helpers.tiny_config(), encoder=bad)
+        with self.assertRaisesRegex(TypeError, "must be a keras.Model"):
+            build_efficientlab(helpers.tiny_config(), encoder="tiny")
+
+    @parameterized.parameters(
+        (dict(image_size=100), "multiple of 32"),
+        (dict(decoder="aspp"), "decoder"),
+        (dict(encoder="resnet50"), "encoder"),
+        (dict(bn_mode="frozen"), "bn_mode"),
+        (dict(skip_stage=6, cut_stage=3), "skip_stage < cut_stage"),
+    )
+    def test_bad_model_config(self, kwargs, message):
+        with self.assertRaisesRegex(ValueError, message):
+            ModelConfig(**kwargs)
+
+    def test_missing_weights_file(self):
+        config = ModelConfig(image_size=32, encoder_weights="/nonexistent.h5")
+        with self.assertRaisesRegex(FileNotFoundError, "/nonexistent.h5"):
+            encoder_lib.build_encoder(config)
+
+    def test_incompatible_weights_file(self):
+        path = os.path.join(tempfile.mkdtemp(), "bad.weights.h5")
+        helpers.tiny_encoder().save_weights(path)
+        config = ModelConfig(image_size=32, encoder_weights=path)
+        with self.assertRaisesRegex(encoder_lib.EncoderWeightsError,
+                                    "does not fit encoder"):
+            encoder_lib.build_encoder(config)
+
+
+@pytest.mark.slow
+class EfficientNetEncoderTest(tf.test.TestCase):
+
+    def test_b0_endpoints_and_default_parameter_count(self):
+        config = ModelConfig()  # B0, 224 px, RSD at stage 3: the paper's default.
+        model = build_efficientlab(config)
+        enc = model.get_layer("efficientnet_b0_encoder")
+        self.assertEqual(enc.output["stage_3"].shape[1:], (56, 56, 24))
+        self.assertEqual(enc.output["stage_6"].shape[1:], (14, 14, 112))
+        self.assertEqual(model.output.shape[1:], (224, 224, 2))
+        # Figure quoted in README.md ("Architecture").
+        self.assertEqual(model.count_params(), EXPECTED_B0_PARAMS)
+
+    def test_stage_names_follow_the_efficientnet_paper(self):
+        base = keras.applications.EfficientNetB0(
+            include_top=False, weights=None, input_shape=(64, 64, 3))
+        self.assertEqual(encoder_lib.stage_layer_name(base, 3), "block2b_add")
+        self.assertEqual(encoder_lib.stage_layer_name(base, 6), "block5c_add")
+        with self.assertRaisesRegex(ValueError, "stage 9 does not exist"):
+            encoder_lib.stage_layer_name(base, 9)
+
+    def test_weights_file_round_trip(self):
+        config = ModelConfig(image_size=64)
+        first = encoder_lib.build_encoder(config)
+        path = os.path.join(tempfile.mkdtemp(), "enc.weights.h5")
+        first.save_weights(path)
+        import dataclasses
+        second = encoder_lib.build_encoder(
+            dataclasses.replace(config, encoder_weights=path))
+        for a, b in zip(first.get_weights(), second.get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+EXPECTED_B0_PARAMS = 1_391_913  # 1,374,626 trainable.
