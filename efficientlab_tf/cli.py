@@ -67,13 +67,20 @@ def define_flags():
     # Data.
     _define("enum", "dataset", d.dataset, config_lib.DATASETS, "Task family.")
     _define("string", "data_dir", None, "Dataset root (on-disk datasets).")
-    _define("integer", "query_shots", d.query_shots, "Query images per task.")
+    _define("integer", "query_shots", d.query_shots,
+            "Query images per evaluation task.")
+    _define("integer", "train_query_shots", d.train_query_shots,
+            "Query images per meta-training task (logging only; 0: log the "
+            "IoU on the support set).")
     _define("integer", "synthetic_classes", d.synthetic_classes,
             "Classes of the synthetic family.")
     _define("integer", "split_seed", d.split_seed, "Seed of the class split.")
     _define("integer", "val_classes", d.val_classes, "Meta-val classes.")
     _define("integer", "test_classes", d.test_classes,
-            "Meta-test classes (synthetic).")
+            "Meta-test classes (synthetic, or a folder dataset without the "
+            "official FSS-1000 test classes).")
+    _define("bool", "skip_bad_examples", d.skip_bad_examples,
+            "Log and leave out bad files instead of failing.")
     # Meta-learning.
     _define("enum", "algo", me.algo, config_lib.ALGORITHMS,
             "fomaml, reptile, or joint (classical training baseline).")
@@ -142,8 +149,10 @@ def config_from_flags(f):
             drop_connect_rate=f.drop_connect_rate, bn_mode=f.bn_mode),
         data=cfg.DataConfig(
             dataset=f.dataset, data_dir=f.data_dir, query_shots=f.query_shots,
+            train_query_shots=f.train_query_shots,
             synthetic_classes=f.synthetic_classes, split_seed=f.split_seed,
-            val_classes=f.val_classes, test_classes=f.test_classes),
+            val_classes=f.val_classes, test_classes=f.test_classes,
+            skip_bad_examples=f.skip_bad_examples),
         meta=cfg.MetaConfig(
             algo=f.algo, train_shots=f.train_shots,
             foml_tail=f.foml_tail if f.algo == "fomaml" else None,

@@ -112,24 +112,34 @@ class DataConfig:
     Attributes:
         dataset: "synthetic" (embedded procedural family) or "fss1000".
         data_dir: Root of an on-disk dataset (unused for "synthetic").
-        query_shots: Query images per task (5, as in FSS-1000 evaluation).
+        query_shots: Query images per evaluation task (5, as in FSS-1000).
+        train_query_shots: Query images per meta-training task, used only
+            for the logged pre/post-adaptation IoU; 0 logs the IoU on the
+            support set instead (FSS-1000 classes have just 10 images, all
+            of them training shots).
         synthetic_classes: Number of classes in the synthetic family.
         split_seed: Seed of the class split into meta-train/val/test.
         val_classes: Classes held out for meta-validation.
-        test_classes: Classes held out for meta-testing (synthetic only).
+        test_classes: Classes held out for meta-testing (synthetic, or a
+            folder dataset that holds none of FSS-1000's official test classes).
+        skip_bad_examples: Log and leave out bad files instead of failing.
     """
 
     dataset: str = "synthetic"
     data_dir: Optional[str] = None
     query_shots: int = 5
+    train_query_shots: int = 5
     synthetic_classes: int = 192
     split_seed: int = 0
     val_classes: int = 32
     test_classes: int = 32
+    skip_bad_examples: bool = False
 
     def __post_init__(self):
         _check_choice("dataset", self.dataset, DATASETS)
         _check_positive("query_shots", self.query_shots)
+        _check_positive("train_query_shots", self.train_query_shots,
+                        allow_zero=True)
         if self.dataset != "synthetic" and not self.data_dir:
             raise ValueError(f"`data_dir` is required for dataset={self.dataset!r}.")
         if self.dataset == "synthetic":

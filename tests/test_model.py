@@ -122,3 +122,24 @@ class EfficientNetEncoderTest(tf.test.TestCase):
 
 
 EXPECTED_B0_PARAMS = 1_391_913  # 1,374,626 trainable.
+
+
+class ImageNetDownloadTest(tf.test.TestCase):
+
+    def test_failed_download_is_one_clear_error(self):
+        original = keras.applications.EfficientNetB0
+
+        def offline(*args, weights=None, **kwargs):
+            if weights == "imagenet":
+                raise Exception("URL fetch failure on https://...: None")
+            return original(*args, weights=weights, **kwargs)
+
+        keras.applications.EfficientNetB0 = offline
+        try:
+            with self.assertRaisesRegex(
+                    encoder_lib.EncoderWeightsError,
+                    "could not download ImageNet weights for 'efficientnet_b0'"):
+                encoder_lib.build_encoder(
+                    ModelConfig(image_size=32, encoder_weights="imagenet"))
+        finally:
+            keras.applications.EfficientNetB0 = original

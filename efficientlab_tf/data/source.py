@@ -35,6 +35,11 @@ def build_task_source(config):
     """TaskSource for `config.data.dataset`."""
     if config.data.dataset == "synthetic":
         return SyntheticSource(config.data, config.model.image_size)
+    if config.data.dataset == "fss1000":
+        from efficientlab_tf.data.fss1000 import FolderSource
+
+        return FolderSource(config.data, config.model.image_size,
+                            skip_bad=config.data.skip_bad_examples)
     raise ValueError(
         f"dataset {config.data.dataset!r} has no task source yet; "
         "use --dataset=synthetic.")
@@ -43,7 +48,7 @@ def build_task_source(config):
 def meta_batches(source, config, start_step):
     """Endless, prefetched meta-batches for meta-iterations >= start_step."""
     meta = config.meta
-    ds = source.tasks("train", meta.train_shots, config.data.query_shots,
+    ds = source.tasks("train", meta.train_shots, config.data.train_query_shots,
                       config.run.seed, start=start_step * meta.meta_batch)
     return ds.batch(meta.meta_batch, drop_remainder=True).prefetch(
         tf.data.AUTOTUNE)

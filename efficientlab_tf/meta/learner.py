@@ -98,6 +98,8 @@ class MetaLearner:
                 tasks.support_images[i], tasks.support_masks[i], lr, steps,
                 task_seed, start)
             q_img, q_mask = tasks.query_images[i], tasks.query_masks[i]
+            if q_img.shape[0] == 0:  # No training query: log support IoU.
+                q_img, q_mask = tasks.support_images[i], tasks.support_masks[i]
             pre_iou = tf.reduce_mean(binary_iou(q_mask, adapter.predict(start, q_img)))
             post_iou = tf.reduce_mean(binary_iou(q_mask, adapter.predict(adapted, q_img)))
             return (i + 1,
@@ -138,8 +140,9 @@ class MetaLearner:
                            [-1] + tasks.support_masks.shape[2:].as_list())
         adapted, loss = self.adapter.adapt(
             images, masks, lr, self.config.inner_iters, seed, restore=False)
-        q_img = tasks.query_images[0]
-        q_mask = tasks.query_masks[0]
+        q_img, q_mask = tasks.query_images[0], tasks.query_masks[0]
+        if q_img.shape[0] == 0:
+            q_img, q_mask = tasks.support_images[0], tasks.support_masks[0]
         iou = tf.reduce_mean(binary_iou(q_mask, self.adapter.predict(adapted, q_img)))
         return {"meta_train_loss": loss, "pre_adapt_query_iou": iou,
                 "post_adapt_query_iou": iou}

@@ -1,0 +1,77 @@
+"""Benchmarks a meta-iteration, an evaluation task and the input pipeline.
+
+    python bench/bench_meta_step.py --algo=fomaml --image_size=64 --repeats=5
+
+Prints medians over `repeats` timed runs of `iters` calls each (after one
+warm-up call that traces), for the demo configuration unless flags say
+otherwise. Figures go to BENCHMARKS.md with the machine they ran on.
+"""
+
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import tensorflow as tf  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from efficientlab_tf import cli  # noqa: E402
+from efficientlab_tf.data.source import meta_batches  # noqa: E402
+from efficientlab_tf.training import Experiment  # noqa: E402
+
+flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).")
+flags.DEFINE_integer("iters", 5, "Calls per repeat.")
+
+
+def _median_seconds(fn, repeats, iters):
+    fn()  # trace / warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        times.append((time.perf_counter() - start) / iters)
+    return statistics.median(times)
+
+
+def main(argv):
+    del argv
+    f = flags.FLAGS
+    config = cli.config_from_flags(f)
+    exp = Experiment(config)
+    batches = iter(meta_batches(exp.source, config, 0))
+    tasks = next(batches)
+    meta_lr = tf.constant(0.5)
+    seed = tf.constant([0, 0])
+    learner = exp.learner
+    if config.meta.algo == "joint":
+        step = lambda: learner.joint_step(tasks, meta_lr, seed)["meta_train_loss"].numpy()  # noqa: E731
+    else:
+        step = lambda: learner.meta_step(tasks, meta_lr, seed)["meta_train_loss"].numpy()  # noqa: E731
+    s_step = _median_seconds(step, f.repeats, f.iters)
+    images_per_step = config.meta.meta_batch * (
+        config.meta.train_shots + config.data.query_shots)
+    s_pipe = _median_seconds(lambda: next(batches), f.repeats, f.iters * 4)
+    task = exp.eval_tasks("val", count=1)[0]
+    lr, steps = tf.constant(config.eval_inner_lr), tf.constant(config.eval_inner_iters)
+    s_eval = _median_seconds(
+        lambda: learner.eval_task(*task, lr, steps, seed)[0].numpy(),
+        f.repeats, f.iters)
+    print(f"algo={config.meta.algo} encoder={config.model.encoder} "
+          f"image_size={config.model.image_size} meta_batch={config.meta.meta_batch} "
+          f"inner_iters={config.meta.inner_iters} threads="
+          f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'}")
+    print(f"meta-iteration: {s_step:.3f} s (median of {f.repeats}), "
+          f"{images_per_step / s_step:.1f} task images/s consumed")
+    print(f"input pipeline: {images_per_step / s_pipe:.1f} images/s produced "
+          f"({s_pipe * 1000:.1f} ms per meta-batch)")
+    print(f"evaluation task ({config.eval.shots}-shot, "
+          f"{config.eval_inner_iters} steps): {s_eval:.3f} s, "
+          f"{1 / s_eval:.2f} tasks/s")
+
+
+if __name__ == "__main__":
+    cli.define_flags()
+    app.run(main)

@@ -1,0 +1,193 @@
+"""FSS-1000 (`--dataset=fss1000 --data_dir=...`).
+
+Layout: `<root>/<class>/<n>.jpg` with the mask `<n>.png` beside it (also when
+`data_dir` is the folder holding the usual `fewshot_data/`). Only folders
+are classes (a root may hold README/PROVENANCE/MANIFEST files).
+
+Splits: the official 240 test classes (shipped list
+`efficientlab_tf/resources/fss1000_test_classes.txt`) that are present form
+the meta-test set; the other classes are split into meta-train and meta-val
+by a seeded permutation (`val_classes` of them to meta-val). A root holding
+none of the official test classes (a custom dataset in the FSS-1000 layout)
+gets `test_classes` seeded meta-test classes instead.
+
+Bad input (image without mask, mask without image, empty class folder, a
+class with fewer pairs than a task needs) is reported all at once, every
+offending file listed; with `skip_bad_examples` it is logged and left out.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from efficientlab_tf.data import decode
+from efficientlab_tf.data.tasks import TaskBatch
+from efficientlab_tf.resources import read_class_list
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg")
+MASK_EXTENSION = ".png"
+
+
+class BadExamplesError(ValueError):
+    """The dataset holds files that cannot form image/mask pairs."""
+
+
+def resolve_root(data_dir):
+    """The folder whose subfolders are classes."""
+    if not data_dir or not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"`data_dir` {data_dir!r} is not a directory.")
+    nested = os.path.join(data_dir, "fewshot_data")
+    return nested if os.path.isdir(nested) else data_dir
+
+
+def scan(root, skip_bad=False):
+    """{class name: sorted list of (image path, mask path)} of a root.
+
+    Raises:
+        BadExamplesError: listing every problem, unless `skip_bad`.
+    """
+    classes, problems = {}, []
+    for name in sorted(os.listdir(root)):
+        folder = os.path.join(root, name)
+        if not os.path.isdir(folder):
+            continue
+        images, masks = {}, {}
+        for f in os.listdir(folder):
+            stem, ext = os.path.splitext(f)
+            if ext.lower() in IMAGE_EXTENSIONS:
+                images[stem] = os.path.join(folder, f)
+            elif ext.lower() == MASK_EXTENSION:
+                masks[stem] = os.path.join(folder, f)
+        for stem in sorted(set(images) - set(masks)):
+            problems.append(f"{images[stem]}: image without mask {stem}.png")
+        for stem in sorted(set(masks) - set(images)):
+            problems.append(f"{masks[stem]}: mask without image {stem}.jpg")
+        pairs = [(images[s], masks[s]) for s in sorted(set(images) & set(masks),
+                                                       key=_natural_key)]
+        if not pairs:
+            problems.append(f"{folder}: empty class folder (no image/mask pairs)")
+            continue
+        classes[name] = pairs
+    _report(problems, root, skip_bad)
+    if not classes:
+        raise FileNotFoundError(f"no class folders with image/mask pairs in {root!r}.")
+    return classes
+
+
+def _natural_key(stem):
+    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
+
+
+def _report(problems, where, skip_bad):
+    if not problems:
+        return
+    text = "\n  ".join(problems)
+    if skip_bad:
+        logging.warning("Skipping %d bad examples in %s:\n  %s",
+                        len(problems), where, text)
+        return
+    raise BadExamplesError(
+        f"{len(problems)} bad examples in {where} (pass --skip_bad_examples to "
+        f"leave them out):\n  {text}")
+
+
+def split_classes(names, val_classes, test_classes, split_seed):
+    """(train, val, test) class-name lists (see module docstring)."""
+    official = set(read_class_list("fss1000_test_classes.txt"))
+    test = [n for n in names if n in official]
+    rest = [n for n in names if n not in official]
+    order = np.random.RandomState(split_seed).permutation(len(rest))
+    rest = [rest[i] for i in order]
+    if not test:
+        test, rest = sorted(rest[:test_classes]), rest[test_classes:]
+    val, train = sorted(rest[:val_classes]), sorted(rest[val_classes:])
+    if not train:
+        raise ValueError(
+            f"no meta-train classes left: {len(names)} classes, "
+            f"{len(val)} meta-val, {len(test)} meta-test.")
+    return train, val, test
+
+
+class FolderSource:
+    """Tasks read from an FSS-1000-layout folder, decoded inside tf.data.
+
+    Args:
+        data_config: DataConfig (data_dir, val_classes, test_classes,
+            split_seed).
+        image_size: Side S images and masks are resized to.
+        skip_bad: Log and leave out bad examples instead of failing.
+    """
+
+    def __init__(self, data_config, image_size, skip_bad=False):
+        self.root = resolve_root(data_config.data_dir)
+        self.image_size = int(image_size)
+        self.skip_bad = skip_bad
+        self.pairs = scan(self.root, skip_bad)
+        names = sorted(self.pairs)
+        self.splits = dict(zip(("train", "val", "test"), split_classes(
+            names, data_config.val_classes, data_config.test_classes,
+            data_config.split_seed)))
+        logging.info("FSS-1000 root %s: %d classes (%d meta-train, %d "
+                     "meta-val, %d meta-test).", self.root, len(names),
+                     *(len(self.splits[s]) for s in ("train", "val", "test")))
+
+    def classes(self, split):
+        if split not in self.splits:
+            raise ValueError(
+                f"split must be one of {sorted(self.splits)}; got {split!r}.")
+        return self.splits[split]
+
+    def _tables(self, split, needed):
+        names = self.classes(split)
+        short = [f"{n} ({len(self.pairs[n])} pairs)" for n in names
+                 if len(self.pairs[n]) < needed]
+        if short:
+            _report([f"{os.path.join(self.root, s)}: fewer than {needed} pairs "
+                     "(shots + query)" for s in short],
+                    f"{self.root} [{split}]", self.skip_bad)
+            names = [n for n in names if len(self.pairs[n]) >= needed]
+        if not names:
+            raise ValueError(
+                f"no {split} class of {self.root} has {needed} image/mask pairs.")
+        width = max(len(self.pairs[n]) for n in names)
+        images = np.full((len(names), width), "", dtype=object)
+        masks = np.full((len(names), width), "", dtype=object)
+        counts = np.zeros(len(names), np.int32)
+        for i, n in enumerate(names):
+            for j, (image, mask) in enumerate(self.pairs[n]):
+                images[i, j], masks[i, j] = image, mask
+            counts[i] = len(self.pairs[n])
+        return (tf.constant(images.astype(str)), tf.constant(masks.astype(str)),
+                tf.constant(counts))
+
+    def tasks(self, split, shots, query_shots, seed, start=0, count=None):
+        """tf.data stream of TaskBatch; task i depends only on (seed, i)."""
+        total = shots + query_shots
+        image_paths, mask_paths, counts = self._tables(split, total)
+        size = self.image_size
+        width = image_paths.shape[1]
+
+        def make(index):
+            task_seed = tf.stack([tf.cast(seed, tf.int32), tf.cast(index, tf.int32)])
+            seeds = tf.random.experimental.stateless_split(task_seed, 2)
+            c = tf.random.stateless_uniform(
+                [], seeds[0], 0, tf.shape(counts)[0], dtype=tf.int32)
+            # A random permutation of this class's pairs: random keys, with
+            # padding slots pushed to the end.
+            keys = tf.random.stateless_uniform([width], seeds[1])
+            keys = tf.where(tf.range(width) < counts[c], keys, 2.0)
+            picks = tf.argsort(keys)[:total]
+            images = tf.map_fn(
+                lambda p: decode.decode_image(tf.io.read_file(p), size),
+                tf.gather(image_paths[c], picks), fn_output_signature=tf.float32)
+            masks = tf.map_fn(
+                lambda p: decode.decode_mask(tf.io.read_file(p), size),
+                tf.gather(mask_paths[c], picks), fn_output_signature=tf.float32)
+            return TaskBatch(images[:shots], masks[:shots], images[shots:],
+                             masks[shots:])
+
+        stop = 2**62 if count is None else start + count
+        return tf.data.Dataset.range(start, stop).map(
+            make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

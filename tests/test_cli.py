@@ -1,0 +1,104 @@
+"""run_meta.py end to end and its answers to bad input."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import tensorflow as tf
+from absl.testing import parameterized
+
+from efficientlab_tf import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_meta(*args, timeout=600):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run_meta.py"), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def read_flagfile(path):
+    values = {}
+    for line in open(path):
+        line = line.strip()
+        if line.startswith("--") and not line.startswith("--flagfile"):
+            name, _, value = line[2:].partition("=")
+            values[name] = value
+    return values
+
+
+class FlagfileTest(tf.test.TestCase):
+
+    def test_demo_flagfile_matches_flag_defaults(self):
+        # `python run_meta.py --algo=fomaml` must run exactly the demo.
+        demo = config_lib.ExperimentConfig.demo()
+        flags = read_flagfile(os.path.join(ROOT, "flags/synthetic_demo.flags"))
+        self.assertEqual(int(flags["image_size"]), demo.model.image_size)
+        self.assertEqual(flags["bn_mode"], demo.model.bn_mode)
+        self.assertEqual(float(flags["inner_lr"]), demo.meta.inner_lr)
+        self.assertEqual(float(flags["meta_step"]), demo.meta.meta_step)
+        self.assertEqual(float(flags["meta_step_final"]),
+                         demo.meta.meta_step_final)
+        self.assertEqual(int(flags["meta_iters"]), demo.meta.meta_iters)
+        self.assertEqual(int(flags["eval_tasks"]), demo.eval.tasks)
+        self.assertEqual(int(flags["eval_every"]), demo.eval.every)
+
+    def test_paper_flagfile_has_the_paper_values(self):
+        flags = read_flagfile(os.path.join(ROOT, "flags/fss1000_fomaml_5shot.flags"))
+        paper = config_lib.MetaConfig()
+        self.assertEqual(float(flags["inner_lr"]), paper.inner_lr)
+        self.assertEqual(int(flags["meta_batch"]), paper.meta_batch)
+        self.assertEqual(int(flags["meta_iters"]), paper.meta_iters)
+        self.assertEqual(float(flags["meta_step_final"]), paper.meta_step_final)
+
+
+@pytest.mark.slow
+class SmokeRunTest(tf.test.TestCase):
+
+    def test_smoke_flagfile_writes_flags_events_and_saved_model(self):
+        workdir = tempfile.mkdtemp()
+        proc = run_meta("--flagfile=flags/synthetic_smoke.flags",
+                        f"--workdir={workdir}")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        flags = read_flagfile(os.path.join(workdir, "flags.txt"))
+        self.assertEqual(flags["meta_iters"], "2")
+        self.assertEqual(flags["workdir"], workdir)
+        self.assertTrue(os.listdir(os.path.join(workdir, "train")))
+        self.assertTrue(os.path.exists(
+            os.path.join(workdir, "saved_model", "1", "saved_model.pb")))
+        self.assertIn("step 2/2", proc.stderr)
+        # The written flagfile repeats the run: it resumes at step 2 and
+        # exports version 2.
+        proc = run_meta(f"--flagfile={workdir}/flags.txt")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        self.assertIn("Resumed from", proc.stderr)
+        self.assertTrue(os.path.exists(os.path.join(workdir, "saved_model", "2")))
+
+
+class BadInputTest(tf.test.TestCase, parameterized.TestCase):
+
+    @parameterized.parameters(
+        (["--algo=maml2"], "algo"),
+        (["--encoder=resnet50"], "encoder"),
+        (["--image_size=100"], "multiple of 32"),
+        (["--encoder_weights=/nonexistent/w.h5"], "/nonexistent/w.h5"),
+        (["--foml_tail=10"], "foml_tail"),
+        (["positional"], "positional"),
+    )
+    def test_one_line_error_and_non_zero_exit(self, args, message):
+        proc = run_meta(*args, f"--workdir={tempfile.mkdtemp()}",
+                        "--meta_iters=1")
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn(message, proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
+
+    def test_workdir_that_is_a_file(self):
+        path = tempfile.mkstemp()[1]
+        proc = run_meta(f"--workdir={path}", "--meta_iters=1")
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("is not a directory", proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)

@@ -1,0 +1,129 @@
+"""FSS-1000 folder loader on generated trees and on realfss-train."""
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from efficientlab_tf.config import DataConfig
+from efficientlab_tf.data import fss1000
+from efficientlab_tf.data.decode import decode_mask
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REALFSS = os.path.join(ROOT, "..", "shared", "data", "realfss-train")
+
+
+def write_pair(folder, n, size=32, seed=0, mask_values=(0, 255)):
+    rng = np.random.RandomState(seed)
+    os.makedirs(folder, exist_ok=True)
+    image = rng.randint(0, 256, (size, size, 3)).astype(np.uint8)
+    mask = np.where(rng.uniform(size=(size, size)) > 0.5, *mask_values[::-1])
+    Image.fromarray(image).save(os.path.join(folder, f"{n}.jpg"), quality=95)
+    Image.fromarray(mask.astype(np.uint8), "L").save(os.path.join(folder, f"{n}.png"))
+
+
+def make_tree(classes=("cat", "dog", "bus"), pairs=4, root=None):
+    root = root or tempfile.mkdtemp()
+    for c, name in enumerate(classes):
+        for n in range(1, pairs + 1):
+            write_pair(os.path.join(root, name), n, seed=10 * c + n)
+    with open(os.path.join(root, "README.md"), "w") as f:
+        f.write("not a class\n")
+    return root
+
+
+def source(root, **kwargs):
+    config = DataConfig(dataset="fss1000", data_dir=root,
+                        val_classes=kwargs.pop("val_classes", 1),
+                        test_classes=kwargs.pop("test_classes", 1))
+    return fss1000.FolderSource(config, 32, **kwargs)
+
+
+class FSS1000Test(tf.test.TestCase):
+
+    def test_splits_official_test_classes_and_files(self):
+        src = source(make_tree())
+        # "bus" is an official FSS-1000 test class; the rest split by seed.
+        self.assertEqual(src.classes("test"), ["bus"])
+        self.assertEqual(sorted(src.classes("train") + src.classes("val")),
+                         ["cat", "dog"])
+
+    def test_fewshot_data_subfolder_is_found(self):
+        outer = tempfile.mkdtemp()
+        make_tree(root=os.path.join(outer, "fewshot_data"))
+        self.assertEqual(fss1000.resolve_root(outer),
+                         os.path.join(outer, "fewshot_data"))
+
+    def test_task_pixels_match_an_independent_decoder(self):
+        root = make_tree(pairs=3)
+        src = source(root)
+        task = next(iter(src.tasks("test", 2, 1, seed=0)))
+        images = np.concatenate([task.support_images, task.query_images])
+        masks = np.concatenate([task.support_masks, task.query_masks])
+        # Every returned example is one of bus's files, each used once.
+        found = []
+        for image, mask in zip(images, masks):
+            for n in (1, 2, 3):
+                ref = np.asarray(Image.open(os.path.join(root, "bus", f"{n}.jpg")),
+                                 np.float32)
+                if np.abs(ref - image).max() <= 2.0:  # libjpeg rounding
+                    found.append(n)
+                    ref_mask = np.asarray(Image.open(
+                        os.path.join(root, "bus", f"{n}.png")))
+                    np.testing.assert_array_equal(mask[..., 0], ref_mask >= 128)
+        self.assertEqual(sorted(found), [1, 2, 3])
+
+    def test_mask_threshold_and_nearest_resize(self):
+        mask = np.array([[0, 127], [128, 255]], np.uint8)
+        png = tf.io.encode_png(mask[..., None])
+        out = decode_mask(png, 4).numpy()[..., 0]
+        expected = np.repeat(np.repeat(mask >= 128, 2, 0), 2, 1)
+        np.testing.assert_array_equal(out, expected)
+
+    def test_every_bad_file_is_listed(self):
+        root = make_tree(pairs=3)
+        os.remove(os.path.join(root, "cat", "2.png"))
+        os.remove(os.path.join(root, "dog", "3.jpg"))
+        os.makedirs(os.path.join(root, "empty"))
+        with self.assertRaises(fss1000.BadExamplesError) as ctx:
+            fss1000.scan(root)
+        message = str(ctx.exception)
+        self.assertIn("3 bad examples", message)
+        self.assertIn(os.path.join(root, "cat", "2.jpg") + ": image without mask", message)
+        self.assertIn(os.path.join(root, "dog", "3.png") + ": mask without image", message)
+        self.assertIn(os.path.join(root, "empty") + ": empty class folder", message)
+        # Skipping leaves them out and keeps the good pairs.
+        pairs = fss1000.scan(root, skip_bad=True)
+        self.assertEqual(len(pairs["cat"]), 2)
+        self.assertNotIn("empty", pairs)
+
+    def test_class_too_small_for_a_task(self):
+        src = source(make_tree(pairs=3))
+        with self.assertRaisesRegex(fss1000.BadExamplesError,
+                                    "bus \\(3 pairs\\): fewer than 6 pairs"):
+            src.tasks("test", 5, 1, seed=0)
+
+    def test_missing_data_dir(self):
+        with self.assertRaisesRegex(FileNotFoundError, "/no/such/dir"):
+            source("/no/such/dir")
+
+
+@pytest.mark.skipif(not os.path.isdir(REALFSS),
+                    reason="needs ../shared/data/realfss-train beside the checkout")
+class RealFSSTest(tf.test.TestCase):
+
+    def test_reads_realfss_train_as_it_is(self):
+        pairs = fss1000.scan(REALFSS)
+        self.assertEqual(len(pairs), 34)  # directories only, not MANIFEST.tsv
+        self.assertEqual(sum(len(p) for p in pairs.values()), 550)
+        src = source(REALFSS, val_classes=4, test_classes=4,
+                     skip_bad=True)
+        task = next(iter(src.tasks("train", 5, 5, seed=0)))
+        masks = np.concatenate([task.support_masks, task.query_masks])
+        self.assertTrue(set(np.unique(masks)) <= {0.0, 1.0})
+        fg = masks.mean(axis=(1, 2, 3))
+        # PROVENANCE.md: every crop keeps 3-90% foreground.
+        self.assertTrue(np.all(fg > 0.02) and np.all(fg < 0.95), fg)
