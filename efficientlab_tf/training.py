@@ -22,6 +22,7 @@ from efficientlab_tf.data.source import meta_batches
 from efficientlab_tf.evaluation import protocol
 from efficientlab_tf.export.saved_model import export_saved_model
 from efficientlab_tf.meta.learner import MetaLearner
+from efficientlab_tf.meta.learner import build_adapter
 from efficientlab_tf.meta.learner import linear_meta_step
 from efficientlab_tf.model.efficientlab import build_efficientlab
 
@@ -117,6 +118,15 @@ def _image_summary(learner, task, config, step):
     tf.summary.image("meta_val/support_gt_query_pred", grid[None], step=step,
                      description="top: support with ground truth (green); "
                      "bottom: query, prediction red, ground truth green")
+
+
+def export_model(exp, base_dir, version=None):
+    """SavedModel with serving_default, serve_bytes and few_shot (eval omega)."""
+    cfg = exp.config
+    return export_saved_model(
+        exp.model, base_dir, cfg.model.image_size, version=version,
+        few_shot_adapter=build_adapter(exp.model, cfg.meta, in_place=False),
+        omega=(cfg.eval_inner_lr, cfg.eval_inner_iters))
 
 
 def _format_eta(seconds):
@@ -251,9 +261,8 @@ def run(prepared):
                  "lr %g)", cfg.eval.shots, test["mean_iou"], test["ci95"],
                  test["tasks"], cfg.eval_inner_iters, cfg.eval_inner_lr)
     if cfg.run.export:
-        results["saved_model"] = export_saved_model(
-            exp.model, os.path.join(workdir, "saved_model"),
-            cfg.model.image_size)
+        results["saved_model"] = export_model(
+            exp, os.path.join(workdir, "saved_model"))
         logging.info("Exported SavedModel to %s.", results["saved_model"])
     write_json(os.path.join(workdir, "results.json"), results)
     val_writer.flush()

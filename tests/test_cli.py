@@ -102,3 +102,37 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn("is not a directory", proc.stderr)
         self.assertNotIn("Traceback", proc.stderr)
+
+
+@pytest.mark.slow
+class KillResumeTest(tf.test.TestCase):
+
+    def test_kill_9_then_resume_reaches_the_final_step(self):
+        import json
+        import signal
+        import time
+
+        workdir = tempfile.mkdtemp()
+        args = ["--flagfile=flags/synthetic_smoke.flags", f"--workdir={workdir}",
+                "--image_size=32", "--meta_iters=8", "--checkpoint_every=2",
+                "--export=false", "--image_every=0"]
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="3")
+        proc = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "run_meta.py"), *args], cwd=ROOT,
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        index = os.path.join(workdir, "checkpoints", "ckpt-4.index")
+        deadline = time.time() + 300
+        while not os.path.exists(index) and proc.poll() is None:
+            self.assertLess(time.time(), deadline, "no checkpoint 4 in 300 s")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        self.assertFalse(os.path.exists(os.path.join(workdir, "results.json")))
+        done = run_meta(*args)
+        self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+        resumed = [line for line in done.stderr.splitlines() if "Resumed from" in line]
+        self.assertTrue(resumed, done.stderr[-3000:])
+        step = int(resumed[0].rsplit("at step ", 1)[1].rstrip("."))
+        self.assertGreaterEqual(step, 4)  # at most one interval lost
+        with open(os.path.join(workdir, "results.json")) as f:
+            self.assertEqual(json.load(f)["step"], 8)

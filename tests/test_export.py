@@ -1,36 +1,145 @@
-"""SavedModel export: reloads, serving_default matches the Keras model."""
+"""SavedModel export: serving_default, serve_bytes and few_shot in a fresh load."""
 
 import os
 import tempfile
+import threading
 
 import numpy as np
 import tensorflow as tf
 
+from efficientlab_tf.config import MetaConfig
 from efficientlab_tf.export.saved_model import export_saved_model
 from efficientlab_tf.export.saved_model import next_version
+from efficientlab_tf.meta.learner import build_adapter
 from efficientlab_tf.model.efficientlab import foreground_probability
 from tests import helpers
+
+OMEGA = (0.05, 3)
+
+
+def export_tiny(bn_mode="batch"):
+    model = helpers.tiny_efficientlab(bn_mode=bn_mode)
+    base = os.path.join(tempfile.mkdtemp(), "efficientlab")
+    adapter = build_adapter(model, MetaConfig(inner_batch=2), in_place=False)
+    path = export_saved_model(model, base, image_size=32,
+                              few_shot_adapter=adapter, omega=OMEGA)
+    return model, adapter, base, path
+
+
+def uint8(shape, seed):
+    return tf.constant(np.random.RandomState(seed).randint(0, 256, shape),
+                       tf.uint8)
 
 
 class ExportTest(tf.test.TestCase):
 
-    def test_serving_default_matches_keras_and_versions_increase(self):
-        model = helpers.tiny_efficientlab()
-        base = os.path.join(tempfile.mkdtemp(), "efficientlab")
-        path = export_saved_model(model, base, image_size=32)
-        self.assertEqual(path, os.path.join(base, "1"))
-        self.assertEqual(next_version(base), 2)
-        self.assertEqual(sorted(os.listdir(base)), ["1"])  # no temp folder left
-        loaded = tf.saved_model.load(path)
-        serve = loaded.signatures["serving_default"]
-        images = np.random.RandomState(0).randint(0, 256, (2, 32, 32, 3))
-        out = serve(images=tf.constant(images, tf.uint8))
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.model, cls.adapter, cls.base, cls.path = export_tiny()
+        cls.loaded = tf.saved_model.load(cls.path)
+
+    def test_versions_and_no_temporary_folder_left(self):
+        self.assertEqual(self.path, os.path.join(self.base, "1"))
+        self.assertEqual(next_version(self.base), 2)
+        self.assertEqual(sorted(os.listdir(self.base)), ["1"])
+        with self.assertRaisesRegex(FileExistsError, "already exists"):
+            export_saved_model(self.model, self.base, image_size=32, version=1)
+
+    def test_serving_default_matches_keras(self):
+        serve = self.loaded.signatures["serving_default"]
+        images = uint8((2, 32, 32, 3), 0)
+        out = serve(images=images)
         expected = foreground_probability(
-            model(tf.constant(images, tf.float32), training=False))
+            self.model(tf.cast(images, tf.float32), training=False))
         self.assertAllClose(out["probabilities"], expected, atol=1e-5)
         self.assertAllEqual(out["masks"], tf.cast(expected >= 0.5, tf.uint8))
         # Any input size: resized inside the graph, answered at input size.
         big = serve(images=tf.zeros([1, 48, 40, 3], tf.uint8))
         self.assertEqual(big["masks"].shape, (1, 48, 40))
-        with self.assertRaisesRegex(FileExistsError, "already exists"):
-            export_saved_model(model, base, image_size=32, version=1)
+
+    def test_serve_bytes_matches_serving_default(self):
+        images = uint8((2, 32, 32, 3), 1)
+        encoded = tf.stack([tf.io.encode_png(i) for i in images])
+        out = self.loaded.signatures["serve_bytes"](encoded=encoded)
+        ref = self.loaded.signatures["serving_default"](images=images)
+        self.assertAllClose(out["probabilities"], ref["probabilities"], atol=1e-5)
+        self.assertAllEqual(out["heights"], [32, 32])
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, ""):
+            self.loaded.signatures["serve_bytes"](
+                encoded=tf.constant([b"not an image"]))
+
+    def few_shot(self, support, masks, query):
+        return self.loaded.signatures["few_shot"](
+            support_images=support, support_masks=masks, query_images=query)
+
+    def test_few_shot_equals_adapt_then_predict(self):
+        support, query = uint8((3, 32, 32, 3), 2), uint8((2, 32, 32, 3), 3)
+        masks = tf.constant(
+            (np.random.RandomState(4).uniform(size=(3, 32, 32)) > 0.5) * 255,
+            tf.uint8)
+        out = self.few_shot(support, masks, query)
+        # The same update routine, called directly on the Keras model.
+        state, _ = self.adapter.adapt(
+            tf.cast(support, tf.float32),
+            tf.cast(masks[..., None] > 0, tf.float32), OMEGA[0], OMEGA[1],
+            tf.constant([0, 0]))
+        expected = self.adapter.predict(state, tf.cast(query, tf.float32))
+        self.assertAllClose(out["probabilities"], expected, atol=1e-4)
+        # Adaptation changed the answer (the signature is not serving_default).
+        plain = self.loaded.signatures["serving_default"](images=query)
+        self.assertGreater(
+            float(tf.reduce_max(tf.abs(plain["probabilities"] - expected))), 1e-3)
+
+    def test_concurrent_few_shot_requests_equal_sequential(self):
+        requests = []
+        for i in range(2):
+            masks = (np.random.RandomState(10 + i).uniform(size=(2, 32, 32)) > 0.5)
+            requests.append((uint8((2, 32, 32, 3), 20 + i),
+                             tf.constant(masks, tf.uint8),
+                             uint8((1, 32, 32, 3), 30)))
+        sequential = [self.few_shot(*r)["probabilities"].numpy() for r in requests]
+        self.assertGreater(np.abs(sequential[0] - sequential[1]).max(), 1e-4)
+        results = [None, None]
+        barrier = threading.Barrier(2)
+
+        def call(i):
+            barrier.wait()
+            results[i] = self.few_shot(*requests[i])["probabilities"].numpy()
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for got, want in zip(results, sequential):
+            np.testing.assert_array_equal(got, want)
+
+    def test_few_shot_bad_input(self):
+        query = uint8((1, 32, 32, 3), 0)
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                    "support_images is empty"):
+            self.few_shot(tf.zeros([0, 32, 32, 3], tf.uint8),
+                          tf.zeros([0, 32, 32], tf.uint8), query)
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                    "different numbers of examples"):
+            self.few_shot(uint8((2, 32, 32, 3), 1),
+                          tf.zeros([3, 32, 32], tf.uint8), query)
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                    "height and width"):
+            self.few_shot(uint8((2, 32, 32, 3), 1),
+                          tf.zeros([2, 16, 32], tf.uint8), query)
+        # Wrong dtype or channel count: refused by the signature itself.
+        refused = (ValueError, TypeError, tf.errors.InvalidArgumentError)
+        with self.assertRaisesRegex(refused, "uint8"):
+            self.few_shot(tf.zeros([2, 32, 32, 3], tf.float32),
+                          tf.zeros([2, 32, 32], tf.uint8), query)
+        with self.assertRaisesRegex(refused, "shape|incompatible|3"):
+            self.loaded.signatures["serving_default"](
+                images=tf.zeros([1, 32, 32, 4], tf.uint8))
+
+    def test_in_place_adapter_is_refused(self):
+        adapter = build_adapter(self.model, MetaConfig(), in_place=True)
+        with self.assertRaisesRegex(ValueError, "in_place=False"):
+            export_saved_model(self.model, tempfile.mkdtemp(), 32,
+                               few_shot_adapter=adapter, omega=OMEGA)

@@ -101,6 +101,14 @@ class EfficientNetEncoderTest(tf.test.TestCase):
         # Figure quoted in README.md ("Architecture").
         self.assertEqual(model.count_params(), EXPECTED_B0_PARAMS)
 
+    def test_v2_encoder_endpoints(self):
+        config = ModelConfig(encoder="efficientnet_v2_b0", image_size=64)
+        model = build_efficientlab(config)
+        enc = model.get_layer("efficientnet_v2_b0_encoder")
+        self.assertEqual(enc.output["stage_3"].shape[1:3], (16, 16))
+        self.assertEqual(enc.output["stage_6"].shape[1:3], (4, 4))
+        self.assertEqual(model.output.shape[1:], (64, 64, 2))
+
     def test_stage_names_follow_the_efficientnet_paper(self):
         base = keras.applications.EfficientNetB0(
             include_top=False, weights=None, input_shape=(64, 64, 3))

@@ -153,8 +153,18 @@ class Adapter:
 
     # ------------------------------------------------------------------ loop
     def _minibatch(self, images, masks, order, t):
+        """Minibatch t: min(batch_size, n) examples of the permutation `order`.
+
+        With a static support size n (training, evaluation) the batch size
+        is static; with a dynamic one (a served few-shot request) it is
+        computed in the graph, with the same value for the same n.
+        """
         n = images.shape[0]
-        b = min(self.batch_size, n)
+        if n is None:
+            n = tf.shape(images)[0]
+            b = tf.minimum(self.batch_size, n)
+        else:
+            b = min(self.batch_size, n)
         idx = tf.gather(order, tf.math.floormod(t * b + tf.range(b), n))
         return tf.gather(images, idx), tf.gather(masks, idx)
 
@@ -183,7 +193,7 @@ class Adapter:
         lr = tf.cast(lr, tf.float32)
         steps = tf.cast(steps, tf.int32)
         order = tf.random.experimental.stateless_shuffle(
-            tf.range(images.shape[0]), seed
+            tf.range(tf.shape(images)[0]), seed
         )
         if start is None:
             start = self.initial_state()
