@@ -16,7 +16,10 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["efficientlab_tf", "efficientlab_tf.*"]),
-    package_data={"efficientlab_tf.resources": ["*.txt"]},
+    package_data={
+        "efficientlab_tf.resources": ["*.txt"],
+        "efficientlab_tf.export": ["serving/*"],
+    },
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16",
@@ -30,6 +33,9 @@ setup(
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "plot": ["matplotlib"],
         "serving": ["tensorflow-serving-api"],
+    },
+    entry_points={
+        "console_scripts": ["efficientlab-client=efficientlab_tf.cli:client_entry"],
     },
     license="Apache-2.0",
 )

@@ -21,7 +21,7 @@ from efficientlab_tf import config as config_lib
 
 FLAGS = flags.FLAGS
 _DEFINED = []
-MODES = ("train", "compare")
+MODES = ("train", "compare", "export", "adapt")
 
 # Input errors that `main` reports as one line instead of a stack trace.
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
@@ -43,7 +43,9 @@ def define_flags():
     m, d, me, e, r = demo.model, demo.data, demo.meta, demo.eval, demo.run
     _define("enum", "mode", "train", MODES,
             "train: (meta-)train; compare: score initializations on the same "
-            "meta-test tasks (--compare_runs).")
+            "meta-test tasks (--compare_runs); export: SavedModel of a trained "
+            "run (--init_from, default --workdir) to --export_dir; adapt: "
+            "fine-tune on --adapt_data (one class folder) and export it.")
     # Model.
     _define("enum", "encoder", m.encoder, config_lib.ENCODERS, "Encoder network.")
     _define("string", "encoder_weights", m.encoder_weights,
@@ -131,6 +133,13 @@ def define_flags():
     _define("bool", "run_eagerly", r.run_eagerly,
             "Run tf.functions eagerly (debugging).")
     _define("bool", "export", r.export, "Export a SavedModel at the end.")
+    _define("string", "export_dir", "saved_models/efficientlab",
+            "export/adapt modes: TF Serving model folder (<dir>/<version>).")
+    _define("string", "omega_file", None,
+            "JSON with the adaptation omega {\"lr\": .., \"steps\": ..} "
+            "(e.g. from UHO); overrides --eval_inner_lr/--eval_inner_iters.")
+    _define("string", "adapt_data", None,
+            "adapt mode: folder of <n>.jpg/<n>.png pairs of one class.")
     _define("list", "compare_runs", [],
             "compare mode: run folders (or checkpoints) to score.")
     _define("integer", "random_steps_factor", 10,
@@ -202,7 +211,9 @@ def main(argv):
 
     try:
         config = config_from_flags(FLAGS)
-    except ValueError as e:
+        if FLAGS.omega_file:
+            config = _with_omega(config, FLAGS.omega_file)
+    except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     if config.run.run_eagerly:
         tf.config.run_functions_eagerly(True)
@@ -215,6 +226,10 @@ def main(argv):
                             dataclasses.asdict(config))
         if FLAGS.mode == "compare":
             return _compare(config, training, compare)
+        if FLAGS.mode == "export":
+            return _export(config, training)
+        if FLAGS.mode == "adapt":
+            return _adapt(config, training)
         prepared = training.prepare(config)
     except _USER_ERRORS as e:
         _fail(str(e))
@@ -240,3 +255,98 @@ def _compare(config, training, compare):
     compare.add_paired(rows, ref)
     path = compare.write_table(rows, ref, config.run.workdir)
     print(open(path).read())
+
+
+def _with_omega(config, path):
+    """Config whose evaluation omega comes from a JSON file."""
+    import json
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--omega_file {path!r} does not exist.")
+    try:
+        with open(path) as f:
+            omega = json.load(f)
+        lr, steps = float(omega["lr"]), int(omega["steps"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"--omega_file {path!r} must hold JSON like "
+            f'{{"lr": 0.0075, "steps": 8}}; {type(e).__name__}: {e}') from None
+    return dataclasses.replace(config, eval=dataclasses.replace(
+        config.eval, inner_lr=lr, inner_iters=steps))
+
+
+def _export(config, training):
+    exp = training.Experiment(config)
+    source = FLAGS.init_from or config.run.workdir
+    prefix = training.load_model_weights(exp.model, source)
+    path = training.export_model(exp, FLAGS.export_dir)
+    logging.info("Exported %s (few_shot omega: lr %g, %d steps) to %s.", prefix,
+                 config.eval_inner_lr, config.eval_inner_iters, path)
+    print(path)
+
+
+def _adapt(config, training):
+    from efficientlab_tf.data import fss1000
+
+    if not FLAGS.adapt_data:
+        raise ValueError("--mode=adapt needs --adapt_data=<class folder>.")
+    pairs = fss1000.read_class_folder(FLAGS.adapt_data,
+                                      skip_bad=config.data.skip_bad_examples)
+    exp = training.Experiment(config)
+    if FLAGS.init_from:
+        training.load_model_weights(exp.model, FLAGS.init_from)
+    images, masks = fss1000.load_pairs(pairs, config.model.image_size)
+    # The update routine, in place and without restore: the adapted weights
+    # stay in the model that is exported.
+    _, loss = exp.learner.adapter.adapt(
+        images, masks, config.eval_inner_lr, config.eval_inner_iters,
+        tf.constant([config.run.seed, 0], tf.int32), restore=False)
+    path = training.export_model(exp, FLAGS.export_dir)
+    logging.info("Adapted on %d examples of %s (%d steps, lr %g, mean loss "
+                 "%.4f); exported %s.", len(pairs), FLAGS.adapt_data,
+                 config.eval_inner_iters, config.eval_inner_lr, float(loss), path)
+    print(path)
+
+
+# ---------------------------------------------------------------- client
+CLIENT_FLAGS = []
+
+
+def define_client_flags():
+    """Flags of the `efficientlab-client` command."""
+    if CLIENT_FLAGS:
+        return
+    for kind, name, default, *rest in (
+        ("string", "server", "localhost:8501",
+         "TF Serving host:port (8501 REST, 8500 gRPC)."),
+        ("string", "model", "efficientlab", "Served model name."),
+        ("list", "images", [], "Image files to segment."),
+        ("string", "out_dir", "masks", "Folder for <stem>_mask.png files."),
+        ("enum", "protocol", "rest", ["rest", "grpc"], "rest or grpc."),
+    ):
+        getattr(flags, f"DEFINE_{kind}")(name, default, *rest)
+        CLIENT_FLAGS.append(name)
+
+
+def client_main(argv):
+    """Entry point of `efficientlab-client`."""
+    from efficientlab_tf.export import client
+
+    if len(argv) > 1:
+        _fail(f"unexpected positional arguments {argv[1:]}; use --images=a,b.")
+    if not FLAGS.images:
+        _fail("--images is empty: give image files to segment.")
+    try:
+        written = client.run_client(FLAGS.server, FLAGS.model, FLAGS.images,
+                                    FLAGS.out_dir, FLAGS.protocol)
+    except (ValueError, TypeError, FileNotFoundError, ConnectionError,
+            RuntimeError, ImportError) as e:
+        _fail(str(e))
+    for path in written:
+        print(path)
+
+
+def client_entry():
+    """console_scripts entry point."""
+    define_client_flags()
+    app.run(client_main)

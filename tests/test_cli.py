@@ -78,6 +78,36 @@ class SmokeRunTest(tf.test.TestCase):
         self.assertIn("Resumed from", proc.stderr)
         self.assertTrue(os.path.exists(os.path.join(workdir, "saved_model", "2")))
 
+        # Export the run for TF Serving, with an omega file (as UHO writes).
+        export_dir = os.path.join(tempfile.mkdtemp(), "efficientlab")
+        omega = os.path.join(workdir, "omega.json")
+        with open(omega, "w") as f:
+            f.write('{"lr": 0.01, "steps": 3}')
+        proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=export",
+                        f"--workdir={workdir}", f"--export_dir={export_dir}",
+                        f"--omega_file={omega}")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        self.assertIn("lr 0.01, 3 steps", proc.stderr)
+        loaded = tf.saved_model.load(os.path.join(export_dir, "1"))
+        self.assertEqual(sorted(loaded.signatures),
+                         ["few_shot", "serve", "serve_bytes", "serving_default"])
+
+        # Adapt to a user's class folder and export the adapted network.
+        from tests.test_fss1000 import make_tree
+        data = make_tree(classes=("mine",), pairs=3)
+        proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=adapt",
+                        f"--workdir={workdir}", f"--init_from={workdir}",
+                        f"--adapt_data={os.path.join(data, 'mine')}",
+                        f"--export_dir={export_dir}")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        self.assertIn("Adapted on 3 examples", proc.stderr)
+        self.assertTrue(os.path.exists(os.path.join(export_dir, "2")))
+        proc = run_meta("--mode=adapt", f"--workdir={workdir}",
+                        "--adapt_data=/no/such/class")
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("/no/such/class", proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
+
 
 class BadInputTest(tf.test.TestCase, parameterized.TestCase):
 

@@ -42,6 +42,37 @@ def resolve_root(data_dir):
     return nested if os.path.isdir(nested) else data_dir
 
 
+def scan_class(folder):
+    """(sorted (image, mask) pairs, list of problems) of one class folder."""
+    images, masks, problems = {}, {}, []
+    for f in os.listdir(folder):
+        stem, ext = os.path.splitext(f)
+        if ext.lower() in IMAGE_EXTENSIONS:
+            images[stem] = os.path.join(folder, f)
+        elif ext.lower() == MASK_EXTENSION:
+            masks[stem] = os.path.join(folder, f)
+    for stem in sorted(set(images) - set(masks)):
+        problems.append(f"{images[stem]}: image without mask {stem}.png")
+    for stem in sorted(set(masks) - set(images)):
+        problems.append(f"{masks[stem]}: mask without image {stem}.jpg")
+    pairs = [(images[s], masks[s])
+             for s in sorted(set(images) & set(masks), key=_natural_key)]
+    if not pairs:
+        problems.append(f"{folder}: empty class folder (no image/mask pairs)")
+    return pairs, problems
+
+
+def read_class_folder(folder, skip_bad=False):
+    """Pairs of one class folder (e.g. a user's labelled examples)."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"class folder {folder!r} is not a directory.")
+    pairs, problems = scan_class(folder)
+    _report(problems, folder, skip_bad)
+    if not pairs:
+        raise FileNotFoundError(f"no image/mask pairs in {folder!r}.")
+    return pairs
+
+
 def scan(root, skip_bad=False):
     """{class name: sorted list of (image path, mask path)} of a root.
 
@@ -53,27 +84,21 @@ def scan(root, skip_bad=False):
         folder = os.path.join(root, name)
         if not os.path.isdir(folder):
             continue
-        images, masks = {}, {}
-        for f in os.listdir(folder):
-            stem, ext = os.path.splitext(f)
-            if ext.lower() in IMAGE_EXTENSIONS:
-                images[stem] = os.path.join(folder, f)
-            elif ext.lower() == MASK_EXTENSION:
-                masks[stem] = os.path.join(folder, f)
-        for stem in sorted(set(images) - set(masks)):
-            problems.append(f"{images[stem]}: image without mask {stem}.png")
-        for stem in sorted(set(masks) - set(images)):
-            problems.append(f"{masks[stem]}: mask without image {stem}.jpg")
-        pairs = [(images[s], masks[s]) for s in sorted(set(images) & set(masks),
-                                                       key=_natural_key)]
-        if not pairs:
-            problems.append(f"{folder}: empty class folder (no image/mask pairs)")
-            continue
-        classes[name] = pairs
+        pairs, class_problems = scan_class(folder)
+        problems.extend(class_problems)
+        if pairs:
+            classes[name] = pairs
     _report(problems, root, skip_bad)
     if not classes:
         raise FileNotFoundError(f"no class folders with image/mask pairs in {root!r}.")
     return classes
+
+
+def load_pairs(pairs, size):
+    """Decodes (image, mask) path pairs -> (float32 [n,S,S,3], [n,S,S,1])."""
+    images = [decode.decode_image(tf.io.read_file(i), size) for i, _ in pairs]
+    masks = [decode.decode_mask(tf.io.read_file(m), size) for _, m in pairs]
+    return tf.stack(images), tf.stack(masks)
 
 
 def _natural_key(stem):
