@@ -83,6 +83,16 @@ def define_flags():
             "official FSS-1000 test classes).")
     _define("bool", "skip_bad_examples", d.skip_bad_examples,
             "Log and leave out bad files instead of failing.")
+    a = d.augment
+    _define("float", "augment_translate", a.translate,
+            "Augmentation: max shift, fraction of the side (0: off).")
+    _define("bool", "augment_flip", a.flip, "Augmentation: horizontal flips.")
+    _define("float", "augment_noise", a.noise_stddev,
+            "Augmentation: Gaussian noise stddev on the 0-255 scale (0: off).")
+    _define("float", "augment_brightness", a.brightness,
+            "Augmentation: max brightness change on the 0-255 scale (0: off).")
+    _define("float", "augment_erase", a.erase_prob,
+            "Augmentation: probability of random erasing (0: off).")
     # Meta-learning.
     _define("enum", "algo", me.algo, config_lib.ALGORITHMS,
             "fomaml, reptile, or joint (classical training baseline).")
@@ -161,7 +171,11 @@ def config_from_flags(f):
             train_query_shots=f.train_query_shots,
             synthetic_classes=f.synthetic_classes, split_seed=f.split_seed,
             val_classes=f.val_classes, test_classes=f.test_classes,
-            skip_bad_examples=f.skip_bad_examples),
+            skip_bad_examples=f.skip_bad_examples,
+            augment=cfg.AugmentConfig(
+                translate=f.augment_translate, flip=f.augment_flip,
+                noise_stddev=f.augment_noise, brightness=f.augment_brightness,
+                erase_prob=f.augment_erase)),
         meta=cfg.MetaConfig(
             algo=f.algo, train_shots=f.train_shots,
             foml_tail=f.foml_tail if f.algo == "fomaml" else None,

@@ -106,6 +106,41 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Which augmentations to apply to meta-training examples.
+
+    Attributes:
+        translate: Maximum shift as a fraction of the image side (0: off).
+        flip: Horizontal flip with probability 1/2.
+        noise_stddev: Standard deviation of additive Gaussian noise on the
+            0-255 scale (0: off).
+        brightness: Maximum absolute brightness change on the 0-255 scale.
+        erase_prob: Probability of erasing one random rectangle (2-20% of
+            the image area) with uniform noise.
+    """
+
+    translate: float = 0.0
+    flip: bool = False
+    noise_stddev: float = 0.0
+    brightness: float = 0.0
+    erase_prob: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.translate < 1.0:
+            raise ValueError(f"`augment_translate` must be in [0, 1); got {self.translate}.")
+        if self.noise_stddev < 0 or self.brightness < 0:
+            raise ValueError("augmentation strengths must be non-negative; got "
+                             f"noise {self.noise_stddev}, brightness {self.brightness}.")
+        if not 0.0 <= self.erase_prob <= 1.0:
+            raise ValueError(f"`augment_erase` must be in [0, 1]; got {self.erase_prob}.")
+
+    @property
+    def enabled(self):
+        return bool(self.translate or self.flip or self.noise_stddev
+                    or self.brightness or self.erase_prob)
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where tasks come from.
 
@@ -123,6 +158,7 @@ class DataConfig:
         test_classes: Classes held out for meta-testing (synthetic, or a
             folder dataset that holds none of FSS-1000's official test classes).
         skip_bad_examples: Log and leave out bad files instead of failing.
+        augment: Augmentation of meta-training support images.
     """
 
     dataset: str = "synthetic"
@@ -134,6 +170,7 @@ class DataConfig:
     val_classes: int = 32
     test_classes: int = 32
     skip_bad_examples: bool = False
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
     def __post_init__(self):
         _check_choice("dataset", self.dataset, DATASETS)

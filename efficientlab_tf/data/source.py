@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from efficientlab_tf.data import synthetic
+from efficientlab_tf.data.augment import augment_task
 
 
 class SyntheticSource:
@@ -46,9 +47,24 @@ def build_task_source(config):
 
 
 def meta_batches(source, config, start_step):
-    """Endless, prefetched meta-batches for meta-iterations >= start_step."""
+    """Endless, prefetched meta-batches for meta-iterations >= start_step.
+
+    Augmentation (if enabled) is seeded by (run seed, task index), like the
+    tasks themselves, so a resumed run sees exactly the same examples.
+    """
     meta = config.meta
+    first = start_step * meta.meta_batch
     ds = source.tasks("train", meta.train_shots, config.data.train_query_shots,
-                      config.run.seed, start=start_step * meta.meta_batch)
+                      config.run.seed, start=first)
+    aug = config.data.augment
+    if aug.enabled:
+        def augment(index, task):
+            seed = tf.random.experimental.stateless_fold_in(
+                synthetic.task_seed(config.run.seed, index), 1)
+            return augment_task(task, seed, aug)
+
+        ds = tf.data.Dataset.zip(
+            (tf.data.Dataset.range(first, 2**62), ds)).map(
+                augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(meta.meta_batch, drop_remainder=True).prefetch(
         tf.data.AUTOTUNE)
