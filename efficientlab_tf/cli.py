@@ -8,6 +8,7 @@
 """
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -21,7 +22,7 @@ from efficientlab_tf import config as config_lib
 
 FLAGS = flags.FLAGS
 _DEFINED = []
-MODES = ("train", "compare", "export", "adapt")
+MODES = ("train", "compare", "export", "adapt", "evaluate", "uho")
 
 # Input errors that `main` reports as one line instead of a stack trace.
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
@@ -45,7 +46,10 @@ def define_flags():
             "train: (meta-)train; compare: score initializations on the same "
             "meta-test tasks (--compare_runs); export: SavedModel of a trained "
             "run (--init_from, default --workdir) to --export_dir; adapt: "
-            "fine-tune on --adapt_data (one class folder) and export it.")
+            "fine-tune on --adapt_data (one class folder) and export it; "
+            "evaluate: FSS-1000 protocol on meta-test classes "
+            "(--eval_shots_list, --eval_draws); uho: search the adaptation "
+            "omega on meta-val/meta-train tasks, write <workdir>/omega.json.")
     # Model.
     _define("enum", "encoder", m.encoder, config_lib.ENCODERS, "Encoder network.")
     _define("string", "encoder_weights", m.encoder_weights,
@@ -150,6 +154,21 @@ def define_flags():
             "(e.g. from UHO); overrides --eval_inner_lr/--eval_inner_iters.")
     _define("string", "adapt_data", None,
             "adapt mode: folder of <n>.jpg/<n>.png pairs of one class.")
+    _define("list", "eval_shots_list", ["1", "5"],
+            "evaluate mode: the k of each k-shot evaluation.")
+    _define("integer", "eval_draws", 2,
+            "evaluate mode: random support/query draws per test class.")
+    _define("float", "uho_lr_min", 0.005, "UHO: lowest inner lr sampled.")
+    _define("float", "uho_lr_max", 0.5, "UHO: highest inner lr sampled.")
+    _define("integer", "uho_steps_min", 1, "UHO: lowest step cap.")
+    _define("integer", "uho_steps_max", 20, "UHO: highest step cap.")
+    _define("list", "uho_batch_sizes", [], "UHO: inner batch sizes to try "
+            "(default: --inner_batch only).")
+    _define("integer", "uho_samples", 8, "UHO: configurations per round (n).")
+    _define("integer", "uho_rounds", 3, "UHO: rounds of range shrinking (b).")
+    _define("float", "uho_keep_fraction", 0.25,
+            "UHO: fraction of best trials that set the next ranges (x).")
+    _define("integer", "uho_patience", 3, "UHO: early-stopping patience.")
     _define("list", "compare_runs", [],
             "compare mode: run folders (or checkpoints) to score.")
     _define("integer", "random_steps_factor", 10,
@@ -244,6 +263,10 @@ def main(argv):
             return _export(config, training)
         if FLAGS.mode == "adapt":
             return _adapt(config, training)
+        if FLAGS.mode == "evaluate":
+            return _evaluate(config, training)
+        if FLAGS.mode == "uho":
+            return _uho(config, training)
         prepared = training.prepare(config)
     except _USER_ERRORS as e:
         _fail(str(e))
@@ -364,3 +387,91 @@ def client_entry():
     """console_scripts entry point."""
     define_client_flags()
     app.run(client_main)
+
+
+def _load_for_eval(exp, config, training):
+    """Weights from --init_from, else --workdir; 'random' keeps the random init."""
+    source = FLAGS.init_from or config.run.workdir
+    if source == "random":
+        return "random init"
+    return training.load_model_weights(exp.model, source)
+
+
+def _evaluate(config, training):
+    from efficientlab_tf.evaluation import protocol
+
+    exp = training.Experiment(config)
+    loaded = _load_for_eval(exp, config, training)
+    try:
+        shots_list = [int(k) for k in FLAGS.eval_shots_list]
+    except ValueError:
+        raise ValueError("--eval_shots_list must be integers, e.g. 1,5; got "
+                         f"{FLAGS.eval_shots_list}.") from None
+    if FLAGS.eval_draws < 1:
+        raise ValueError(f"--eval_draws must be >= 1; got {FLAGS.eval_draws}.")
+    out_dir = os.path.join(config.run.workdir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    summary = {"weights": loaded, "lr": config.eval_inner_lr,
+               "steps": config.eval_inner_iters, "draws": FLAGS.eval_draws}
+    for k in shots_list:
+        query = config.data.query_shots
+        tasks = exp.source.class_tasks("test", k, query, config.eval.seed,
+                                       FLAGS.eval_draws)
+        names = exp.source.class_names("test", k + query)
+        result = protocol.evaluate_by_class(
+            exp.learner.eval_task, tasks, names, config.eval_inner_lr,
+            config.eval_inner_iters, seed=config.eval.seed, name=f"{k}-shot")
+        stem = os.path.join(out_dir, f"eval_{k}shot")
+        protocol.write_per_class_csv(result, stem + ".csv")
+        training.write_json(stem + ".json", result)
+        summary[f"{k}-shot"] = {key: result[key] for key in
+                                ("mean_iou", "ci95", "tasks", "tasks_per_second")}
+        logging.info("%d-shot: mean IoU %.4f +- %.4f over %d tasks (%d classes x "
+                     "%d draws), %.2f tasks/s -> %s.csv", k, result["mean_iou"],
+                     result["ci95"], result["tasks"], len(names),
+                     FLAGS.eval_draws, result["tasks_per_second"], stem)
+    training.write_json(os.path.join(out_dir, "summary.json"), summary)
+    print(json.dumps(summary, indent=2))
+
+
+def _uho(config, training):
+    import numpy as np
+
+    from efficientlab_tf.evaluation import uho
+
+    exp = training.Experiment(config)
+    _load_for_eval(exp, config, training)
+    batch_sizes = tuple(int(b) for b in FLAGS.uho_batch_sizes) or (
+        config.meta.inner_batch,)
+    uho_config = uho.UHOConfig(
+        lr_range=(FLAGS.uho_lr_min, FLAGS.uho_lr_max),
+        steps_range=(FLAGS.uho_steps_min, FLAGS.uho_steps_max),
+        batch_sizes=batch_sizes, samples=FLAGS.uho_samples,
+        rounds=FLAGS.uho_rounds, keep_fraction=FLAGS.uho_keep_fraction,
+        patience=FLAGS.uho_patience, seed=config.run.seed)
+    # Tasks from meta-val and meta-train classes (paper appendix C), never
+    # from meta-test.
+    half = max(1, config.eval.tasks // 2)
+    tasks = (exp.eval_tasks("val", count=half)
+             + exp.eval_tasks("train", count=half, seed=config.eval.seed + 1))
+    seed = config.eval.seed
+
+    def curve_fn(lr, cap, batch_size):
+        fn = exp.learner.curve_fn(batch_size)
+        curves = [fn(*task, tf.constant(lr, tf.float32), tf.constant(cap),
+                     tf.constant([seed, i])).numpy()
+                  for i, task in enumerate(tasks)]
+        return np.mean(curves, axis=0).tolist()
+
+    writer = tf.summary.create_file_writer(
+        os.path.join(config.run.workdir, "uho"))
+    counter = [0]
+
+    def summary_fn(trial):
+        with writer.as_default():
+            for key in ("mean_iou", "lr", "best_steps", "batch_size"):
+                tf.summary.scalar(f"uho/{key}", trial[key], step=counter[0])
+        counter[0] += 1
+
+    best = uho.search(curve_fn, uho_config, config.run.workdir, summary_fn)
+    print(json.dumps(best, indent=2))

@@ -73,3 +73,18 @@ class AdapterTest(tf.test.TestCase, parameterized.TestCase):
             tf.constant(s))[0].trainable[0].numpy()
         np.testing.assert_array_equal(run([0, 0]), run([0, 0]))
         self.assertFalse(np.array_equal(run([0, 0]), run([0, 1])))
+
+
+class ContinuationTest(tf.test.TestCase):
+
+    def test_adapt_in_two_calls_equals_one_call(self):
+        model = helpers.tiny_efficientlab()
+        adapter = build_adapter(model, MetaConfig(inner_batch=2), in_place=False)
+        task = helpers.random_task(shots=3)
+        seed = tf.constant([2, 3])
+        args = (task.support_images, task.support_masks, 0.05)
+        whole, _ = adapter.adapt(*args, 5, seed)
+        first, _ = adapter.adapt(*args, 2, seed)
+        rest, _ = adapter.adapt(*args, 3, seed, start=first, first_step=2)
+        for a, b in zip(whole.trainable + whole.stats, rest.trainable + rest.stats):
+            self.assertAllClose(a, b, rtol=1e-5, atol=1e-6)

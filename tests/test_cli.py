@@ -102,6 +102,25 @@ class SmokeRunTest(tf.test.TestCase):
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         self.assertIn("Adapted on 3 examples", proc.stderr)
         self.assertTrue(os.path.exists(os.path.join(export_dir, "2")))
+        # The FSS-1000 evaluation protocol and UHO on the trained run.
+        proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=evaluate",
+                        f"--workdir={workdir}", "--eval_shots_list=1,2",
+                        "--eval_draws=2", "--test_classes=4")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        import csv
+        import json
+        with open(os.path.join(workdir, "eval", "eval_1shot.csv")) as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual(len(rows), 4)  # one row per meta-test class
+        with open(os.path.join(workdir, "eval", "summary.json")) as f:
+            self.assertEqual(json.load(f)["2-shot"]["tasks"], 8)
+        proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=uho",
+                        f"--workdir={workdir}", "--uho_samples=2", "--uho_rounds=2",
+                        "--uho_steps_max=3", "--eval_tasks=2")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        with open(os.path.join(workdir, "omega.json")) as f:
+            omega = json.load(f)
+        self.assertLessEqual(omega["steps"], 3)
         proc = run_meta("--mode=adapt", f"--workdir={workdir}",
                         "--adapt_data=/no/such/class")
         self.assertNotEqual(proc.returncode, 0)

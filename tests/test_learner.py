@@ -56,8 +56,9 @@ class LearnerTest(tf.test.TestCase, parameterized.TestCase):
         # Recompute the tail step by hand on a detached copy of theta_tr:
         # one SGD step on the 2 tail shots with the same dropout seed.
         detached = [tf.constant(w.numpy()) for w in theta_tr.trainable]
+        # (the tail step is step index 2 of 3: its dropout seed folds in 2)
         tail_seed = tf.random.experimental.stateless_fold_in(
-            tf.random.experimental.stateless_fold_in(task_seed, 7919), 0)
+            tf.random.experimental.stateless_fold_in(task_seed, 7919), 2)
         non_trainable = adapter._non_trainable_values(theta_tr.stats, tail_seed)
         with tf.GradientTape() as tape:
             tape.watch(detached)
@@ -119,3 +120,18 @@ class LearnerTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllClose(linear_meta_step(cfg, 100), 0.0)
         cfg = dataclasses.replace(cfg, meta_step_final=1e-5)
         self.assertAllClose(linear_meta_step(cfg, 200), 1e-5)
+
+
+class CurveTest(tf.test.TestCase):
+
+    def test_curve_matches_eval_task_at_every_step_count(self):
+        learner = learner_for("fomaml")
+        task = helpers.random_task(seed=5)
+        seed = tf.constant([1, 1])
+        curve = learner.curve_fn()(*task, tf.constant(0.1), tf.constant(4), seed)
+        self.assertEqual(curve.shape, (5,))
+        for steps in (0, 2, 4):
+            iou, _ = learner.eval_task(*task, tf.constant(0.1),
+                                       tf.constant(steps), seed)
+            self.assertAllClose(curve[steps], tf.reduce_mean(iou), atol=1e-4)
+        self.assertEqual(learner.curve_fn().experimental_get_tracing_count(), 1)

@@ -67,3 +67,24 @@ class SyntheticTest(tf.test.TestCase):
         c = self.family.task(self.train, 2, 1, synthetic.task_seed(0, 2))
         self.assertAllEqual(a.support_images, b.support_images)
         self.assertNotAllClose(a.support_images, c.support_images)
+
+
+class ClassTasksTest(tf.test.TestCase):
+
+    def test_every_class_gets_its_draws(self):
+        family = synthetic.SyntheticFamily(24, 32, split_seed=0)
+        classes = [3, 7, 11]
+        ds = synthetic.class_task_dataset(family, classes, 1, 2, seed=0, draws=2)
+        positions = [int(c) for c, _ in ds]
+        self.assertEqual(positions, [0, 0, 1, 1, 2, 2])
+        # The target is the named class: its colours fill the masked pixels.
+        for c, task in ds.take(2):
+            target = classes[int(c)]
+            pix = task.support_images.numpy()[task.support_masks.numpy()[..., 0] > 0]
+            c1 = family.color1.numpy()[target]
+            c2 = family.color2.numpy()[target]
+            t1 = np.clip(pix @ c1 / (c1 @ c1), 0, 2)[:, None]
+            t2 = np.clip(pix @ c2 / (c2 @ c2), 0, 2)[:, None]
+            near = np.minimum(np.linalg.norm(pix - t1 * c1, axis=1),
+                              np.linalg.norm(pix - t2 * c2, axis=1)) < 40
+            self.assertGreater(near.mean(), 0.9)

@@ -187,21 +187,16 @@ class FolderSource:
         return (tf.constant(images.astype(str)), tf.constant(masks.astype(str)),
                 tf.constant(counts))
 
-    def tasks(self, split, shots, query_shots, seed, start=0, count=None):
-        """tf.data stream of TaskBatch; task i depends only on (seed, i)."""
+    def _task_fn(self, split, shots, query_shots):
         total = shots + query_shots
         image_paths, mask_paths, counts = self._tables(split, total)
         size = self.image_size
         width = image_paths.shape[1]
 
-        def make(index):
-            task_seed = tf.stack([tf.cast(seed, tf.int32), tf.cast(index, tf.int32)])
-            seeds = tf.random.experimental.stateless_split(task_seed, 2)
-            c = tf.random.stateless_uniform(
-                [], seeds[0], 0, tf.shape(counts)[0], dtype=tf.int32)
+        def task_of_class(c, seed):
             # A random permutation of this class's pairs: random keys, with
             # padding slots pushed to the end.
-            keys = tf.random.stateless_uniform([width], seeds[1])
+            keys = tf.random.stateless_uniform([width], seed)
             keys = tf.where(tf.range(width) < counts[c], keys, 2.0)
             picks = tf.argsort(keys)[:total]
             images = tf.map_fn(
@@ -213,6 +208,44 @@ class FolderSource:
             return TaskBatch(images[:shots], masks[:shots], images[shots:],
                              masks[shots:])
 
+        return task_of_class, tf.shape(counts)[0]
+
+    def tasks(self, split, shots, query_shots, seed, start=0, count=None):
+        """tf.data stream of TaskBatch; task i depends only on (seed, i)."""
+        task_of_class, num_classes = self._task_fn(split, shots, query_shots)
+
+        def make(index):
+            task_seed = tf.stack([tf.cast(seed, tf.int32), tf.cast(index, tf.int32)])
+            seeds = tf.random.experimental.stateless_split(task_seed, 2)
+            c = tf.random.stateless_uniform(
+                [], seeds[0], 0, num_classes, dtype=tf.int32)
+            return task_of_class(c, seeds[1])
+
         stop = 2**62 if count is None else start + count
         return tf.data.Dataset.range(start, stop).map(
             make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def class_tasks(self, split, shots, query_shots, seed, draws):
+        """(class position, TaskBatch) for every class of `split`, `draws` each.
+
+        Classes too small for a task are reported (or skipped) as in `tasks`;
+        positions refer to `usable_classes(split, shots + query_shots)`.
+        """
+        task_of_class, _ = self._task_fn(split, shots, query_shots)
+
+        def make(index):
+            c = tf.cast(index // draws, tf.int32)
+            task_seed = tf.stack([tf.cast(seed, tf.int32), tf.cast(index, tf.int32)])
+            seeds = tf.random.experimental.stateless_split(task_seed, 2)
+            return c, task_of_class(c, seeds[1])
+
+        n = len(self.usable_classes(split, shots + query_shots))
+        return tf.data.Dataset.range(n * draws).map(
+            make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def usable_classes(self, split, needed):
+        return [n for n in self.classes(split) if len(self.pairs[n]) >= needed]
+
+    def class_names(self, split, needed):
+        """Names of the class positions `class_tasks` yields."""
+        return self.usable_classes(split, needed)

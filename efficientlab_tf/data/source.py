@@ -31,6 +31,16 @@ class SyntheticSource:
             self.family, self.classes(split), shots, query_shots, seed,
             start=start, count=count)
 
+    def class_names(self, split, needed=0):
+        """Names of the class positions `class_tasks` yields."""
+        del needed  # Synthetic classes have unlimited images.
+        return [f"class_{c}" for c in self.classes(split)]
+
+    def class_tasks(self, split, shots, query_shots, seed, draws):
+        """(class position, TaskBatch) for every class of `split`, `draws` each."""
+        return synthetic.class_task_dataset(
+            self.family, self.classes(split), shots, query_shots, seed, draws)
+
 
 def build_task_source(config):
     """TaskSource for `config.data.dataset`."""

@@ -160,9 +160,17 @@ class SyntheticFamily:
         pick = tf.random.stateless_uniform(
             [], seeds[0], 0, tf.shape(class_ids)[0], dtype=tf.int32)
         target = tf.gather(class_ids, pick)
+        return self.task_of_class(target, class_ids, shots, query_shots,
+                                  seeds[1])
+
+    def task_of_class(self, target, class_ids, shots, query_shots, seed):
+        """A task of class `target`; distractors from the rest of `class_ids`."""
+        class_ids = tf.constant(class_ids, tf.int32) if not isinstance(
+            class_ids, tf.Tensor) else class_ids
+        target = tf.cast(target, tf.int32)
         others = tf.boolean_mask(class_ids, tf.not_equal(class_ids, target))
         total = shots + query_shots
-        image_seeds = tf.random.experimental.stateless_split(seeds[1], total)
+        image_seeds = tf.random.experimental.stateless_split(seed, total)
         images, masks = tf.map_fn(
             lambda s: self.render(target, others, s), image_seeds,
             fn_output_signature=(tf.float32, tf.float32),
@@ -198,3 +206,19 @@ def task_dataset(family, class_ids, shots, query_shots, seed, start=0,
                               task_seed(seed, i)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
     )
+
+
+def class_task_dataset(family, class_ids, shots, query_shots, seed, draws):
+    """(class position, task) for every class of `class_ids`, `draws` each."""
+    pool = tf.constant(class_ids, tf.int32)
+    n = len(class_ids)
+
+    def make(index):
+        c = tf.cast(index // draws, tf.int32)
+        task_seeds = tf.random.experimental.stateless_split(
+            task_seed(seed, index), 2)
+        return c, family.task_of_class(tf.gather(pool, c), pool, shots,
+                                       query_shots, task_seeds[1])
+
+    return tf.data.Dataset.range(n * draws).map(
+        make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

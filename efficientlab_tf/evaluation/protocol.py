@@ -61,3 +61,55 @@ def paired_difference(per_task_a, per_task_b):
         raise ValueError(
             f"paired rows need the same tasks; got {a.shape} and {b.shape}.")
     return mean_ci95(a - b)
+
+
+def evaluate_by_class(eval_fn, class_tasks, class_names, lr, steps, seed=0,
+                      name="eval"):
+    """The FSS-1000 protocol: every class, several draws, adapt/predict/reset.
+
+    Args:
+        eval_fn: As in `evaluate`.
+        class_tasks: Iterable of (class position, TaskBatch).
+        class_names: Names of the class positions.
+        lr, steps: omega.
+
+    Returns:
+        dict with "mean_iou", "ci95" (over all task draws), "tasks",
+        "per_task", "per_class" ({name: [IoU per draw]}) and throughput.
+    """
+    lr = tf.constant(lr, tf.float32)
+    steps = tf.constant(steps, tf.int32)
+    per_task, per_class = [], {}
+    start = time.time()
+    for i, (c, task) in enumerate(class_tasks):
+        iou, _ = eval_fn(task.support_images, task.support_masks,
+                         task.query_images, task.query_masks, lr, steps,
+                         tf.constant([seed, i], tf.int32))
+        value = float(tf.reduce_mean(iou))
+        per_task.append(value)
+        per_class.setdefault(class_names[int(c)], []).append(value)
+        if (i + 1) % 50 == 0:
+            logging.info("%s: %d tasks, running mean IoU %.4f", name, i + 1,
+                         np.mean(per_task))
+    seconds = time.time() - start
+    mean, ci = mean_ci95(per_task)
+    return {"mean_iou": mean, "ci95": ci, "tasks": len(per_task),
+            "per_task": per_task, "per_class": per_class, "seconds": seconds,
+            "tasks_per_second": len(per_task) / max(seconds, 1e-9)}
+
+
+def write_per_class_csv(result, path):
+    """class, draws..., mean: one row per class (written atomically)."""
+    import csv
+    import os
+
+    draws = max(len(v) for v in result["per_class"].values())
+    with open(path + ".tmp", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class"] + [f"iou_draw{d + 1}" for d in range(draws)]
+                        + ["mean_iou"])
+        for name, values in sorted(result["per_class"].items()):
+            writer.writerow([name] + [f"{v:.6f}" for v in values]
+                            + [""] * (draws - len(values))
+                            + [f"{np.mean(values):.6f}"])
+    os.replace(path + ".tmp", path)

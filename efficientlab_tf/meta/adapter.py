@@ -182,7 +182,10 @@ class Adapter:
             steps: Scalar number of steps (tensor: no retracing per value).
             seed: int32 [2] task seed.
             start: AdaptState to start from; None = current variables.
-            first_step: Index of the first step (optimizer bias correction).
+            first_step: Index of the first step: minibatch position, step
+                seed and optimizer bias correction continue from it, so
+                adapt(a steps) then adapt(b steps, first_step=a) from its
+                result equals adapt(a + b steps).
             restore: In-place mode only; False keeps the adapted values in
                 the variables (classical training).
 
@@ -203,9 +206,10 @@ class Adapter:
             )
 
         def body(t, state, loss_sum):
-            x, y = self._minibatch(images, masks, order, t)
-            step_seed = tf.random.experimental.stateless_fold_in(seed, t)
-            state, loss = self.step(state, x, y, lr, t + first_step, step_seed)
+            i = t + first_step
+            x, y = self._minibatch(images, masks, order, i)
+            step_seed = tf.random.experimental.stateless_fold_in(seed, i)
+            state, loss = self.step(state, x, y, lr, i, step_seed)
             return t + 1, state, loss_sum + loss
 
         _, state, loss_sum = tf.while_loop(
@@ -229,9 +233,10 @@ class Adapter:
                 [v.value for v in stat_vars],
                 opt,
             )
-            x, y = self._minibatch(images, masks, order, t)
-            step_seed = tf.random.experimental.stateless_fold_in(seed, t)
-            state, loss = self.step(state, x, y, lr, t + first_step, step_seed)
+            i = t + first_step
+            x, y = self._minibatch(images, masks, order, i)
+            step_seed = tf.random.experimental.stateless_fold_in(seed, i)
+            state, loss = self.step(state, x, y, lr, i, step_seed)
             weights_lib.restore(trainable_vars, state.trainable)
             weights_lib.restore(stat_vars, state.stats)
             return t + 1, state.opt, loss_sum + loss
