@@ -254,8 +254,11 @@ def main(argv):
     workdir = config.run.workdir
     try:
         training.prepare_workdir(workdir)
-        write_flagfile(os.path.join(workdir, "flags.txt"))
-        training.write_json(os.path.join(workdir, "config.json"),
+        # A training run's flags.txt repeats it; other modes get their own
+        # file so they never overwrite the run's.
+        suffix = "" if FLAGS.mode == "train" else f"_{FLAGS.mode}"
+        write_flagfile(os.path.join(workdir, f"flags{suffix}.txt"))
+        training.write_json(os.path.join(workdir, f"config{suffix}.json"),
                             dataclasses.asdict(config))
         if FLAGS.mode == "compare":
             return _compare(config, training, compare)
