@@ -52,8 +52,9 @@ def main(argv):
         step = lambda: learner.meta_step(tasks, meta_lr, seed)["meta_train_loss"].numpy()  # noqa: E731
     s_step = _median_seconds(step, f.repeats, f.iters)
     images_per_step = config.meta.meta_batch * (
-        config.meta.train_shots + config.data.query_shots)
-    s_pipe = _median_seconds(lambda: next(batches), f.repeats, f.iters * 4)
+        config.meta.train_shots + config.data.train_query_shots)
+    # Many batches per repeat, so the prefetch buffer cannot flatter the rate.
+    s_pipe = _median_seconds(lambda: next(batches), f.repeats, 40)
     task = exp.eval_tasks("val", count=1)[0]
     lr, steps = tf.constant(config.eval_inner_lr), tf.constant(config.eval_inner_iters)
     s_eval = _median_seconds(
@@ -61,8 +62,8 @@ def main(argv):
         f.repeats, f.iters)
     print(f"algo={config.meta.algo} encoder={config.model.encoder} "
           f"image_size={config.model.image_size} meta_batch={config.meta.meta_batch} "
-          f"inner_iters={config.meta.inner_iters} threads="
-          f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'}")
+          f"inner_iters={config.meta.inner_iters} intra-op threads="
+          f"{os.environ.get('TF_NUM_INTRAOP_THREADS', 'all')}")
     print(f"meta-iteration: {s_step:.3f} s (median of {f.repeats}), "
           f"{images_per_step / s_step:.1f} task images/s consumed")
     print(f"input pipeline: {images_per_step / s_pipe:.1f} images/s produced "
