@@ -143,3 +143,52 @@ class ExportTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, "in_place=False"):
             export_saved_model(self.model, tempfile.mkdtemp(), 32,
                                few_shot_adapter=adapter, omega=OMEGA)
+
+
+FRESH_PROCESS_SCRIPT = r"""
+import sys
+import numpy as np
+import tensorflow as tf
+path, inputs, outputs = sys.argv[1:4]
+loaded = tf.saved_model.load(path)
+data = np.load(inputs)
+default = loaded.signatures["serving_default"](images=tf.constant(data["query"]))
+few = loaded.signatures["few_shot"](
+    support_images=tf.constant(data["support"]),
+    support_masks=tf.constant(data["masks"]),
+    query_images=tf.constant(data["query"]))
+np.savez(outputs, default=default["probabilities"].numpy(),
+         few_shot=few["probabilities"].numpy())
+"""
+
+
+class FreshProcessTest(tf.test.TestCase):
+
+    def test_signatures_in_a_fresh_process(self):
+        import subprocess
+        import sys
+
+        model, adapter, _, path = export_tiny()
+        folder = tempfile.mkdtemp()
+        support, query = uint8((2, 32, 32, 3), 5), uint8((2, 32, 32, 3), 6)
+        masks = tf.constant(
+            (np.random.RandomState(7).uniform(size=(2, 32, 32)) > 0.5), tf.uint8)
+        inputs = os.path.join(folder, "in.npz")
+        outputs = os.path.join(folder, "out.npz")
+        np.savez(inputs, support=support.numpy(), masks=masks.numpy(),
+                 query=query.numpy())
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="3")
+        proc = subprocess.run(
+            [sys.executable, "-c", FRESH_PROCESS_SCRIPT, path, inputs, outputs],
+            capture_output=True, text=True, timeout=300, env=env)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        got = np.load(outputs)
+        expected = foreground_probability(
+            model(tf.cast(query, tf.float32), training=False))
+        self.assertAllClose(got["default"], expected, atol=1e-5)
+        state, _ = adapter.adapt(tf.cast(support, tf.float32),
+                                 tf.cast(masks[..., None] > 0, tf.float32),
+                                 OMEGA[0], OMEGA[1], tf.constant([0, 0]))
+        self.assertAllClose(got["few_shot"],
+                            adapter.predict(state, tf.cast(query, tf.float32)),
+                            atol=1e-4)
