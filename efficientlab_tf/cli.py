@@ -22,7 +22,7 @@ from efficientlab_tf import config as config_lib
 
 FLAGS = flags.FLAGS
 _DEFINED = []
-MODES = ("train", "compare", "export", "adapt", "evaluate", "uho")
+MODES = ("train", "compare", "export", "adapt", "evaluate", "uho", "lr_sweep")
 
 # Input errors that `main` reports as one line instead of a stack trace.
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
@@ -49,7 +49,9 @@ def define_flags():
             "fine-tune on --adapt_data (one class folder) and export it; "
             "evaluate: FSS-1000 protocol on meta-test classes "
             "(--eval_shots_list, --eval_draws); uho: search the adaptation "
-            "omega on meta-val/meta-train tasks, write <workdir>/omega.json.")
+            "omega on meta-val/meta-train tasks, write <workdir>/omega.json; "
+            "lr_sweep: mean IoU from 10x below to 10x above --inner_lr "
+            "(paper Figure 2).")
     # Model.
     _define("enum", "encoder", m.encoder, config_lib.ENCODERS, "Encoder network.")
     _define("string", "encoder_weights", m.encoder_weights,
@@ -158,6 +160,10 @@ def define_flags():
             "evaluate mode: the k of each k-shot evaluation.")
     _define("integer", "eval_draws", 2,
             "evaluate mode: random support/query draws per test class.")
+    _define("integer", "eval_pictures", 0,
+            "evaluate mode: PNG grids of the first N tasks (paper Figure 4).")
+    _define("integer", "sweep_points", 9,
+            "lr_sweep mode: learning rates, log-spaced over [lr/10, 10 lr].")
     _define("float", "uho_lr_min", 0.005, "UHO: lowest inner lr sampled.")
     _define("float", "uho_lr_max", 0.5, "UHO: highest inner lr sampled.")
     _define("integer", "uho_steps_min", 1, "UHO: lowest step cap.")
@@ -270,6 +276,8 @@ def main(argv):
             return _evaluate(config, training)
         if FLAGS.mode == "uho":
             return _uho(config, training)
+        if FLAGS.mode == "lr_sweep":
+            return _lr_sweep(config, training)
         prepared = training.prepare(config)
     except _USER_ERRORS as e:
         _fail(str(e))
@@ -401,6 +409,7 @@ def _load_for_eval(exp, config, training):
 
 
 def _evaluate(config, training):
+    from efficientlab_tf.evaluation import plots
     from efficientlab_tf.evaluation import protocol
 
     exp = training.Experiment(config)
@@ -421,9 +430,16 @@ def _evaluate(config, training):
         tasks = exp.source.class_tasks("test", k, query, config.eval.seed,
                                        FLAGS.eval_draws)
         names = exp.source.class_names("test", k + query)
+
+        def picture(i, name, task, probs, k=k):
+            if i < FLAGS.eval_pictures:
+                plots.write_png(plots.prediction_grid(task, probs), os.path.join(
+                    out_dir, f"pictures_{k}shot_{i:03d}_{name}.png"))
+
         result = protocol.evaluate_by_class(
             exp.learner.eval_task, tasks, names, config.eval_inner_lr,
-            config.eval_inner_iters, seed=config.eval.seed, name=f"{k}-shot")
+            config.eval_inner_iters, seed=config.eval.seed, name=f"{k}-shot",
+            picture_fn=picture)
         stem = os.path.join(out_dir, f"eval_{k}shot")
         protocol.write_per_class_csv(result, stem + ".csv")
         training.write_json(stem + ".json", result)
@@ -437,21 +453,10 @@ def _evaluate(config, training):
     print(json.dumps(summary, indent=2))
 
 
-def _uho(config, training):
+def _mean_curve_fn(exp, config):
+    """(lr, cap, batch) -> mean query-IoU curve over meta-val + meta-train tasks."""
     import numpy as np
 
-    from efficientlab_tf.evaluation import uho
-
-    exp = training.Experiment(config)
-    _load_for_eval(exp, config, training)
-    batch_sizes = tuple(int(b) for b in FLAGS.uho_batch_sizes) or (
-        config.meta.inner_batch,)
-    uho_config = uho.UHOConfig(
-        lr_range=(FLAGS.uho_lr_min, FLAGS.uho_lr_max),
-        steps_range=(FLAGS.uho_steps_min, FLAGS.uho_steps_max),
-        batch_sizes=batch_sizes, samples=FLAGS.uho_samples,
-        rounds=FLAGS.uho_rounds, keep_fraction=FLAGS.uho_keep_fraction,
-        patience=FLAGS.uho_patience, seed=config.run.seed)
     # Tasks from meta-val and meta-train classes (paper appendix C), never
     # from meta-test.
     half = max(1, config.eval.tasks // 2)
@@ -465,6 +470,57 @@ def _uho(config, training):
                      tf.constant([seed, i])).numpy()
                   for i, task in enumerate(tasks)]
         return np.mean(curves, axis=0).tolist()
+
+    return curve_fn
+
+
+def _lr_sweep(config, training):
+    import csv
+
+    import numpy as np
+
+    from efficientlab_tf.evaluation import plots
+    from efficientlab_tf.evaluation import uho
+
+    exp = training.Experiment(config)
+    _load_for_eval(exp, config, training)
+    curve_fn = _mean_curve_fn(exp, config)
+    train_lr = config.meta.inner_lr
+    rows = []
+    for lr in np.geomspace(train_lr / 10, train_lr * 10, FLAGS.sweep_points):
+        iou, steps = uho.early_stop(
+            curve_fn(float(lr), FLAGS.uho_steps_max, config.meta.inner_batch),
+            FLAGS.uho_patience)
+        rows.append({"lr": float(lr), "mean_iou": iou, "best_steps": steps})
+        logging.info("lr %.5f: mean IoU %.4f at %d steps", lr, iou, steps)
+    path = os.path.join(config.run.workdir, "lr_sweep.csv")
+    with open(path + ".tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["lr", "mean_iou", "best_steps"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(path + ".tmp", path)
+    try:
+        plots.lr_sweep_plot(rows, train_lr, os.path.join(
+            config.run.workdir, "lr_sweep.png"))
+    except ImportError as e:
+        logging.warning("%s; wrote only %s.", e, path)
+    print(path)
+
+
+def _uho(config, training):
+    from efficientlab_tf.evaluation import uho
+
+    exp = training.Experiment(config)
+    _load_for_eval(exp, config, training)
+    batch_sizes = tuple(int(b) for b in FLAGS.uho_batch_sizes) or (
+        config.meta.inner_batch,)
+    uho_config = uho.UHOConfig(
+        lr_range=(FLAGS.uho_lr_min, FLAGS.uho_lr_max),
+        steps_range=(FLAGS.uho_steps_min, FLAGS.uho_steps_max),
+        batch_sizes=batch_sizes, samples=FLAGS.uho_samples,
+        rounds=FLAGS.uho_rounds, keep_fraction=FLAGS.uho_keep_fraction,
+        patience=FLAGS.uho_patience, seed=config.run.seed)
+    curve_fn = _mean_curve_fn(exp, config)
 
     writer = tf.summary.create_file_writer(
         os.path.join(config.run.workdir, "uho"))

@@ -19,6 +19,7 @@ from absl import logging
 
 from efficientlab_tf.data.source import build_task_source
 from efficientlab_tf.data.source import meta_batches
+from efficientlab_tf.evaluation import plots
 from efficientlab_tf.evaluation import protocol
 from efficientlab_tf.export.saved_model import export_saved_model
 from efficientlab_tf.meta.learner import MetaLearner
@@ -96,25 +97,11 @@ class Experiment:
             seed=cfg.eval.seed, name=name)
 
 
-def _overlay(images, masks, probs):
-    """float [N,S,S,3] 0-255 + GT + prediction -> [N,S,S,3] in [0,1]."""
-    gt = masks[..., 0]
-    pred = tf.cast(probs >= 0.5, tf.float32)
-    colour = tf.stack([pred, gt, tf.zeros_like(gt)], axis=-1)
-    return 0.6 * images / 255.0 + 0.4 * colour
-
-
 def _image_summary(learner, task, config, step):
     lr = tf.constant(config.eval_inner_lr, tf.float32)
     steps = tf.constant(config.eval_inner_iters, tf.int32)
     _, probs = learner.eval_task(*task, lr, steps, tf.constant([0, 0]))
-    support = _overlay(task.support_images, task.support_masks,
-                       tf.zeros(task.support_masks.shape[:3]))
-    query = _overlay(task.query_images, task.query_masks, probs)
-    row = lambda x: tf.concat(tf.unstack(x), axis=1)  # noqa: E731
-    width = max(support.shape[0], query.shape[0]) * support.shape[2]
-    pad = lambda x: tf.pad(x, [[0, 0], [0, width - x.shape[1]], [0, 0]])  # noqa: E731
-    grid = tf.concat([pad(row(support)), pad(row(query))], axis=0)
+    grid = plots.prediction_grid(task, probs)
     tf.summary.image("meta_val/support_gt_query_pred", grid[None], step=step,
                      description="top: support with ground truth (green); "
                      "bottom: query, prediction red, ground truth green")

@@ -105,7 +105,7 @@ class SmokeRunTest(tf.test.TestCase):
         # The FSS-1000 evaluation protocol and UHO on the trained run.
         proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=evaluate",
                         f"--workdir={workdir}", "--eval_shots_list=1,2",
-                        "--eval_draws=2", "--test_classes=4")
+                        "--eval_draws=2", "--test_classes=4", "--eval_pictures=2")
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         import csv
         import json
@@ -121,6 +121,15 @@ class SmokeRunTest(tf.test.TestCase):
         with open(os.path.join(workdir, "omega.json")) as f:
             omega = json.load(f)
         self.assertLessEqual(omega["steps"], 3)
+        pictures = [f for f in os.listdir(os.path.join(workdir, "eval"))
+                    if f.startswith("pictures_1shot")]
+        self.assertEqual(len(pictures), 2)
+        proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=lr_sweep",
+                        f"--workdir={workdir}", "--sweep_points=3",
+                        "--uho_steps_max=2", "--eval_tasks=2")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        with open(os.path.join(workdir, "lr_sweep.csv")) as f:
+            self.assertEqual(len(list(csv.DictReader(f))), 3)
         proc = run_meta("--mode=adapt", f"--workdir={workdir}",
                         "--adapt_data=/no/such/class")
         self.assertNotEqual(proc.returncode, 0)

@@ -64,7 +64,7 @@ def paired_difference(per_task_a, per_task_b):
 
 
 def evaluate_by_class(eval_fn, class_tasks, class_names, lr, steps, seed=0,
-                      name="eval"):
+                      name="eval", picture_fn=None):
     """The FSS-1000 protocol: every class, several draws, adapt/predict/reset.
 
     Args:
@@ -72,6 +72,7 @@ def evaluate_by_class(eval_fn, class_tasks, class_names, lr, steps, seed=0,
         class_tasks: Iterable of (class position, TaskBatch).
         class_names: Names of the class positions.
         lr, steps: omega.
+        picture_fn: Optional `picture_fn(index, class name, task, probs)`.
 
     Returns:
         dict with "mean_iou", "ci95" (over all task draws), "tasks",
@@ -82,12 +83,14 @@ def evaluate_by_class(eval_fn, class_tasks, class_names, lr, steps, seed=0,
     per_task, per_class = [], {}
     start = time.time()
     for i, (c, task) in enumerate(class_tasks):
-        iou, _ = eval_fn(task.support_images, task.support_masks,
-                         task.query_images, task.query_masks, lr, steps,
-                         tf.constant([seed, i], tf.int32))
+        iou, probs = eval_fn(task.support_images, task.support_masks,
+                             task.query_images, task.query_masks, lr, steps,
+                             tf.constant([seed, i], tf.int32))
         value = float(tf.reduce_mean(iou))
         per_task.append(value)
         per_class.setdefault(class_names[int(c)], []).append(value)
+        if picture_fn is not None:
+            picture_fn(i, class_names[int(c)], task, probs)
         if (i + 1) % 50 == 0:
             logging.info("%s: %d tasks, running mean IoU %.4f", name, i + 1,
                          np.mean(per_task))

@@ -1,0 +1,72 @@
+"""Pictures: prediction grids (paper Figure 4) and the learning-rate sweep
+(paper Figure 2). Grids need only TensorFlow and write PNGs; the sweep plot
+needs matplotlib (`pip install efficientlab-tf[plot]`).
+"""
+
+import os
+
+import tensorflow as tf
+
+
+def overlay(images, masks, probs):
+    """float [N,S,S,3] 0-255, GT [N,S,S,1], probs [N,S,S] -> [N,S,S,3] in [0,1].
+
+    Prediction in red, ground truth in green (overlap yellow).
+    """
+    gt = masks[..., 0]
+    pred = tf.cast(probs >= 0.5, tf.float32)
+    colour = tf.stack([pred, gt, tf.zeros_like(gt)], axis=-1)
+    return 0.6 * images / 255.0 + 0.4 * colour
+
+
+def prediction_grid(task, query_probs):
+    """Top row: support images with their masks; bottom: query predictions.
+
+    Returns float32 [2 S, max(K, Q) S, 3] in [0, 1].
+    """
+    support = overlay(task.support_images, task.support_masks,
+                      tf.zeros(tf.shape(task.support_masks)[:3]))
+    query = overlay(task.query_images, task.query_masks, query_probs)
+    width = max(support.shape[0], query.shape[0]) * support.shape[2]
+
+    def row(x):
+        x = tf.concat(tf.unstack(x), axis=1)
+        return tf.pad(x, [[0, 0], [0, width - x.shape[1]], [0, 0]])
+
+    return tf.concat([row(support), row(query)], axis=0)
+
+
+def write_png(grid, path):
+    """Writes a [H, W, 3] float grid in [0, 1] as a PNG, atomically."""
+    data = tf.io.encode_png(tf.cast(tf.clip_by_value(grid, 0, 1) * 255 + 0.5,
+                                    tf.uint8))
+    tf.io.write_file(path + ".tmp", data)
+    os.replace(path + ".tmp", path)
+
+
+def lr_sweep_plot(rows, train_lr, path):
+    """Mean IoU against the inner lr, points coloured by early-stopped steps."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install "
+                          "'efficientlab-tf[plot]'") from None
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    points = ax.scatter([r["lr"] for r in rows], [r["mean_iou"] for r in rows],
+                        c=[r["best_steps"] for r in rows], cmap="viridis", s=40)
+    ax.plot([r["lr"] for r in rows], [r["mean_iou"] for r in rows], color="0.7",
+            zorder=0)
+    ax.axvline(train_lr, color="0.4", linestyle="--", linewidth=1,
+               label=f"training lr {train_lr:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("inner learning rate")
+    ax.set_ylabel("mean query IoU")
+    fig.colorbar(points, ax=ax, label="early-stopped steps")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png")
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
