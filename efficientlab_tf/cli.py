@@ -299,6 +299,17 @@ def _compare(config, training, compare):
     rows = compare.compare_inits(
         exp, inits, tasks, config.eval_inner_iters, config.eval_inner_lr,
         random_factor=FLAGS.random_steps_factor)
+    if hasattr(exp.source, "class_agnostic_scores"):
+        from efficientlab_tf.model.metrics import mean_ci95
+
+        scores = exp.source.class_agnostic_scores(
+            "test", config.eval.shots, config.data.query_shots,
+            config.eval.seed, len(tasks))
+        mean, ci = mean_ci95(scores)
+        rows.append({"name": "class-agnostic (marks every object)",
+                     "init": "oracle object masks", "steps": 0,
+                     "mean_iou": mean, "ci95": ci, "per_task": scores})
+        logging.info("class-agnostic predictor: mean IoU %.4f +- %.4f", mean, ci)
     ref = f"random init, {FLAGS.random_steps_factor}x steps"
     compare.add_paired(rows, ref)
     path = compare.write_table(rows, ref, config.run.workdir)

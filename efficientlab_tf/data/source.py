@@ -31,6 +31,11 @@ class SyntheticSource:
             self.family, self.classes(split), shots, query_shots, seed,
             start=start, count=count)
 
+    def class_agnostic_scores(self, split, shots, query_shots, seed, count):
+        """Per-task IoU of marking every object, on the tasks `tasks` yields."""
+        return synthetic.class_agnostic_scores(
+            self.family, self.classes(split), shots, query_shots, seed, count)
+
     def class_names(self, split, needed=0):
         """Names of the class positions `class_tasks` yields."""
         del needed  # Synthetic classes have unlimited images.

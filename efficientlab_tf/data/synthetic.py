@@ -108,7 +108,7 @@ class SyntheticFamily:
         colour = tf.clip_by_value((t * c1 + (1.0 - t) * c2) * shade, 0.0, 255.0)
         return inside, colour
 
-    def render(self, class_id, other_classes, seed):
+    def render(self, class_id, other_classes, seed, with_objects=False):
         """One image and mask of `class_id` with distractors.
 
         Args:
@@ -116,8 +116,12 @@ class SyntheticFamily:
             other_classes: int32 [D] classes the distractors come from.
             seed: int32 [2].
 
+            with_objects: Also return the mask of every object (target and
+                distractors): what a class-agnostic segmenter would mark.
+
         Returns:
-            image float32 [S, S, 3] in [0, 255], mask float32 [S, S, 1].
+            image float32 [S, S, 3] in [0, 255], mask float32 [S, S, 1]
+            (and the all-objects mask [S, S, 1] if `with_objects`).
         """
         size = self.image_size
         seeds = tf.random.experimental.stateless_split(seed, 8)
@@ -134,10 +138,12 @@ class SyntheticFamily:
             [NUM_DISTRACTORS], seeds[3], 0, tf.shape(other_classes)[0],
             dtype=tf.int32)
         object_seeds = tf.random.experimental.stateless_split(seeds[4], 4)
+        objects = tf.zeros([size, size], tf.bool)
         for d in range(NUM_DISTRACTORS):
             inside, colour = self._object(
                 tf.gather(other_classes, picks[d]), object_seeds[d])
             image = tf.where(inside[..., None], colour, image)
+            objects = tf.logical_or(objects, inside)
         # One target object, a second one with probability 1/3.
         mask = tf.zeros([size, size], tf.bool)
         for k in range(2):
@@ -150,6 +156,9 @@ class SyntheticFamily:
         image = tf.clip_by_value(image + noise, 0.0, 255.0)
         image = tf.ensure_shape(image, [size, size, 3])
         mask = tf.ensure_shape(tf.cast(mask, tf.float32)[..., None], [size, size, 1])
+        if with_objects:
+            objects = tf.cast(tf.logical_or(objects, mask[..., 0] > 0), tf.float32)
+            return image, mask, objects[..., None]
         return image, mask
 
     def task(self, class_ids, shots, query_shots, seed):
@@ -222,3 +231,31 @@ def class_task_dataset(family, class_ids, shots, query_shots, seed, draws):
 
     return tf.data.Dataset.range(n * draws).map(
         make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def class_agnostic_scores(family, class_ids, shots, query_shots, seed, count):
+    """Per-task query IoU of a class-agnostic predictor that marks every object.
+
+    Regenerates tasks 0..count-1 of `task_dataset(family, class_ids, shots,
+    query_shots, seed)` (same seeds, same images) and scores the all-objects
+    mask against the target mask: the score of segmenting objects without
+    using the support set to tell the target class from the others.
+    """
+    from efficientlab_tf.model.metrics import binary_iou
+
+    pool = tf.constant(class_ids, tf.int32)
+    scores = []
+    for index in range(count):
+        seeds = tf.random.experimental.stateless_split(task_seed(seed, index), 2)
+        pick = tf.random.stateless_uniform([], seeds[0], 0, len(class_ids),
+                                           dtype=tf.int32)
+        target = tf.gather(pool, pick)
+        others = tf.boolean_mask(pool, tf.not_equal(pool, target))
+        image_seeds = tf.random.experimental.stateless_split(
+            seeds[1], shots + query_shots)[shots:]
+        ious = []
+        for s in image_seeds:
+            _, mask, objects = family.render(target, others, s, with_objects=True)
+            ious.append(binary_iou(mask[None], objects[None, ..., 0])[0])
+        scores.append(float(tf.reduce_mean(ious)))
+    return scores
