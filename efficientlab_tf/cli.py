@@ -22,7 +22,8 @@ from efficientlab_tf import config as config_lib
 
 FLAGS = flags.FLAGS
 _DEFINED = []
-MODES = ("train", "compare", "export", "adapt", "evaluate", "uho", "lr_sweep")
+MODES = ("train", "compare", "export", "adapt", "evaluate", "uho", "lr_sweep",
+         "convert")
 
 # Input errors that `main` reports as one line instead of a stack trace.
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
@@ -51,7 +52,8 @@ def define_flags():
             "(--eval_shots_list, --eval_draws); uho: search the adaptation "
             "omega on meta-val/meta-train tasks, write <workdir>/omega.json; "
             "lr_sweep: mean IoU from 10x below to 10x above --inner_lr "
-            "(paper Figure 2).")
+            "(paper Figure 2); convert: --data_dir (FSS-1000 layout) to "
+            "TFRecord shards in --shard_dir.")
     # Model.
     _define("enum", "encoder", m.encoder, config_lib.ENCODERS, "Encoder network.")
     _define("string", "encoder_weights", m.encoder_weights,
@@ -160,6 +162,9 @@ def define_flags():
             "evaluate mode: the k of each k-shot evaluation.")
     _define("integer", "eval_draws", 2,
             "evaluate mode: random support/query draws per test class.")
+    _define("string", "shard_dir", None,
+            "convert mode: output folder of the TFRecord shards.")
+    _define("integer", "num_shards", 8, "convert mode: number of shard files.")
     _define("integer", "eval_pictures", 0,
             "evaluate mode: PNG grids of the first N tasks (paper Figure 4).")
     _define("integer", "sweep_points", 9,
@@ -278,6 +283,8 @@ def main(argv):
             return _uho(config, training)
         if FLAGS.mode == "lr_sweep":
             return _lr_sweep(config, training)
+        if FLAGS.mode == "convert":
+            return _convert(config)
         prepared = training.prepare(config)
     except _USER_ERRORS as e:
         _fail(str(e))
@@ -545,3 +552,16 @@ def _uho(config, training):
 
     best = uho.search(curve_fn, uho_config, config.run.workdir, summary_fn)
     print(json.dumps(best, indent=2))
+
+
+def _convert(config):
+    from efficientlab_tf.data import tfrecords
+
+    if not config.data.data_dir or not FLAGS.shard_dir:
+        raise ValueError("--mode=convert needs --data_dir (FSS-1000 layout) and "
+                         "--shard_dir.")
+    index = tfrecords.write_shards(config.data.data_dir, FLAGS.shard_dir,
+                                   FLAGS.num_shards,
+                                   skip_bad=config.data.skip_bad_examples)
+    print(f"{index['examples']} examples, {len(index['classes'])} classes -> "
+          f"{FLAGS.shard_dir}")

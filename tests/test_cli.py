@@ -194,3 +194,30 @@ class KillResumeTest(tf.test.TestCase):
         self.assertGreaterEqual(step, 4)  # at most one interval lost
         with open(os.path.join(workdir, "results.json")) as f:
             self.assertEqual(json.load(f)["step"], 8)
+
+
+@pytest.mark.slow
+class FSS1000FlagfileTest(tf.test.TestCase):
+
+    def test_paper_flagfile_runs_on_a_generated_fss1000_tree(self):
+        from tests.test_fss1000 import make_tree
+
+        root = make_tree(classes=("bus", "cat", "dog", "owl", "fox"), pairs=10)
+        shards = os.path.join(tempfile.mkdtemp(), "shards")
+        proc = run_meta("--mode=convert", "--dataset=fss1000", f"--data_dir={root}",
+                        f"--shard_dir={shards}", "--num_shards=2",
+                        f"--workdir={tempfile.mkdtemp()}")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        self.assertIn("50 examples, 5 classes", proc.stdout)
+        for data_dir in (root, shards):  # folder tree and shards alike
+            workdir = tempfile.mkdtemp()
+            proc = run_meta(
+                "--flagfile=flags/fss1000_fomaml_5shot.flags", f"--data_dir={data_dir}",
+                "--encoder_weights=none", "--image_size=32", "--meta_iters=2",
+                "--meta_batch=2", "--inner_iters=2", "--val_classes=1",
+                "--eval_tasks=2", "--export=false", "--image_every=0",
+                f"--workdir={workdir}")
+            self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+            self.assertIn("2 meta-train, 1 meta-val, 2 meta-test", proc.stderr)
+            self.assertIn("step 2/2", proc.stderr)
+            self.assertTrue(os.path.exists(os.path.join(workdir, "results.json")))

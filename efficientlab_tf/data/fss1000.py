@@ -150,12 +150,16 @@ class FolderSource:
         self.image_size = int(image_size)
         self.skip_bad = skip_bad
         self.pairs = scan(self.root, skip_bad)
+        self.read_fn = tf.io.read_file  # Table entries are file paths.
         names = sorted(self.pairs)
         self.splits = dict(zip(("train", "val", "test"), split_classes(
             names, data_config.val_classes, data_config.test_classes,
             data_config.split_seed)))
-        logging.info("FSS-1000 root %s: %d classes (%d meta-train, %d "
-                     "meta-val, %d meta-test).", self.root, len(names),
+        self._log_splits()
+
+    def _log_splits(self):
+        logging.info("FSS-1000 data %s: %d classes (%d meta-train, %d "
+                     "meta-val, %d meta-test).", self.root, len(self.pairs),
                      *(len(self.splits[s]) for s in ("train", "val", "test")))
 
     def classes(self, split):
@@ -177,14 +181,19 @@ class FolderSource:
             raise ValueError(
                 f"no {split} class of {self.root} has {needed} image/mask pairs.")
         width = max(len(self.pairs[n]) for n in names)
-        images = np.full((len(names), width), "", dtype=object)
-        masks = np.full((len(names), width), "", dtype=object)
+        images = np.full((len(names), width), b"", dtype=object)
+        masks = np.full((len(names), width), b"", dtype=object)
         counts = np.zeros(len(names), np.int32)
         for i, n in enumerate(names):
             for j, (image, mask) in enumerate(self.pairs[n]):
                 images[i, j], masks[i, j] = image, mask
             counts[i] = len(self.pairs[n])
-        return (tf.constant(images.astype(str)), tf.constant(masks.astype(str)),
+        # Entries are paths (folders) or encoded bytes (shards); both are
+        # tf.string and go through `self.read_fn`.
+        as_bytes = np.vectorize(
+            lambda x: x.encode() if isinstance(x, str) else x, otypes=[object])
+        return (tf.constant(as_bytes(images).tolist(), tf.string),
+                tf.constant(as_bytes(masks).tolist(), tf.string),
                 tf.constant(counts))
 
     def _task_fn(self, split, shots, query_shots):
@@ -199,11 +208,12 @@ class FolderSource:
             keys = tf.random.stateless_uniform([width], seed)
             keys = tf.where(tf.range(width) < counts[c], keys, 2.0)
             picks = tf.argsort(keys)[:total]
+            read = self.read_fn
             images = tf.map_fn(
-                lambda p: decode.decode_image(tf.io.read_file(p), size),
+                lambda p: decode.decode_image(read(p), size),
                 tf.gather(image_paths[c], picks), fn_output_signature=tf.float32)
             masks = tf.map_fn(
-                lambda p: decode.decode_mask(tf.io.read_file(p), size),
+                lambda p: decode.decode_mask(read(p), size),
                 tf.gather(mask_paths[c], picks), fn_output_signature=tf.float32)
             return TaskBatch(images[:shots], masks[:shots], images[shots:],
                              masks[shots:])

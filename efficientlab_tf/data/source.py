@@ -52,10 +52,15 @@ def build_task_source(config):
     if config.data.dataset == "synthetic":
         return SyntheticSource(config.data, config.model.image_size)
     if config.data.dataset == "fss1000":
+        from efficientlab_tf.data import tfrecords
         from efficientlab_tf.data.fss1000 import FolderSource
 
-        return FolderSource(config.data, config.model.image_size,
-                            skip_bad=config.data.skip_bad_examples)
+        # A folder tree or a shard folder (tfrecords.write_shards): the same
+        # splits and task sampling either way.
+        cls = (tfrecords.ShardSource if tfrecords.is_shard_dir(config.data.data_dir)
+               else FolderSource)
+        return cls(config.data, config.model.image_size,
+                   skip_bad=config.data.skip_bad_examples)
     raise ValueError(
         f"dataset {config.data.dataset!r} has no task source yet; "
         "use --dataset=synthetic.")
