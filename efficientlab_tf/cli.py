@@ -23,7 +23,7 @@ from efficientlab_tf import config as config_lib
 FLAGS = flags.FLAGS
 _DEFINED = []
 MODES = ("train", "compare", "export", "adapt", "evaluate", "uho", "lr_sweep",
-         "convert")
+         "convert", "fpk")
 
 # Input errors that `main` reports as one line instead of a stack trace.
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
@@ -53,7 +53,8 @@ def define_flags():
             "omega on meta-val/meta-train tasks, write <workdir>/omega.json; "
             "lr_sweep: mean IoU from 10x below to 10x above --inner_lr "
             "(paper Figure 2); convert: --data_dir (FSS-1000 layout) to "
-            "TFRecord shards in --shard_dir.")
+            "TFRecord shards in --shard_dir; fpk: the FP-k benchmark for a "
+            "random init and --compare_runs.")
     # Model.
     _define("enum", "encoder", m.encoder, config_lib.ENCODERS, "Encoder network.")
     _define("string", "encoder_weights", m.encoder_weights,
@@ -162,6 +163,13 @@ def define_flags():
             "evaluate mode: the k of each k-shot evaluation.")
     _define("integer", "eval_draws", 2,
             "evaluate mode: random support/query draws per test class.")
+    _define("list", "fpk_shots", ["1", "5", "10", "50", "100", "200", "400"],
+            "fpk mode: k values.")
+    _define("list", "fpk_iters", ["1", "5", "10", "25", "50", "100", "200"],
+            "fpk mode: adaptation iterations for each k.")
+    _define("integer", "fpk_tasks", 5, "fpk mode: tasks (classes).")
+    _define("integer", "fpk_repeats", 4, "fpk mode: draws per task.")
+    _define("integer", "fpk_query", 20, "fpk mode: test examples per draw.")
     _define("string", "shard_dir", None,
             "convert mode: output folder of the TFRecord shards.")
     _define("integer", "num_shards", 8, "convert mode: number of shard files.")
@@ -285,6 +293,8 @@ def main(argv):
             return _lr_sweep(config, training)
         if FLAGS.mode == "convert":
             return _convert(config)
+        if FLAGS.mode == "fpk":
+            return _fpk(config, training)
         prepared = training.prepare(config)
     except _USER_ERRORS as e:
         _fail(str(e))
@@ -565,3 +575,36 @@ def _convert(config):
                                    skip_bad=config.data.skip_bad_examples)
     print(f"{index['examples']} examples, {len(index['classes'])} classes -> "
           f"{FLAGS.shard_dir}")
+
+
+def _fpk(config, training):
+    from efficientlab_tf.evaluation import fpk
+
+    shots = [int(k) for k in FLAGS.fpk_shots]
+    iters = [int(i) for i in FLAGS.fpk_iters]
+    if len(shots) != len(iters):
+        raise ValueError(f"--fpk_shots and --fpk_iters need the same length; got "
+                         f"{len(shots)} and {len(iters)}.")
+    exp = training.Experiment(config)
+    if not hasattr(exp.source, "task_of_class"):
+        raise ValueError(f"--mode=fpk supports --dataset=synthetic; got "
+                         f"{config.data.dataset!r} (FP-k data: open issue).")
+    if FLAGS.fpk_tasks > len(exp.source.classes("test")):
+        raise ValueError(f"--fpk_tasks={FLAGS.fpk_tasks} exceeds the "
+                         f"{len(exp.source.classes('test'))} meta-test classes.")
+    inits = [("random init", None)] + [
+        (os.path.basename(os.path.normpath(p)),
+         lambda p=p: training.load_model_weights(exp.model, p))
+        for p in FLAGS.compare_runs]
+    seed = config.eval.seed
+
+    def task_fn(t, r, k):
+        task_seed = tf.constant([seed, 100_000 + 1000 * t + r], tf.int32)
+        return exp.source.task_of_class("test", t, k, FLAGS.fpk_query, task_seed)
+
+    rows = fpk.run_fpk(exp.learner.eval_task, task_fn, inits, shots, iters,
+                       FLAGS.fpk_tasks, FLAGS.fpk_repeats, config.eval_inner_lr,
+                       seed=seed)
+    md = fpk.write_fpk(rows, config.run.workdir)
+    training.write_json(os.path.join(config.run.workdir, "fpk.json"), rows)
+    print(md)

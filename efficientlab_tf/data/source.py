@@ -36,6 +36,12 @@ class SyntheticSource:
         return synthetic.class_agnostic_scores(
             self.family, self.classes(split), shots, query_shots, seed, count)
 
+    def task_of_class(self, split, position, shots, query_shots, seed):
+        """One TaskBatch of the class at `position` of `split` (FP-k)."""
+        classes = self.classes(split)
+        return self.family.task_of_class(classes[position], classes, shots,
+                                         query_shots, seed)
+
     def class_names(self, split, needed=0):
         """Names of the class positions `class_tasks` yields."""
         del needed  # Synthetic classes have unlimited images.
