@@ -130,6 +130,13 @@ class SmokeRunTest(tf.test.TestCase):
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         with open(os.path.join(workdir, "lr_sweep.csv")) as f:
             self.assertEqual(len(list(csv.DictReader(f))), 3)
+        proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=fpk",
+                        f"--workdir={workdir}", f"--compare_runs={workdir}",
+                        "--fpk_shots=1,2", "--fpk_iters=1,1", "--fpk_tasks=1",
+                        "--fpk_repeats=2", "--fpk_query=2")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        with open(os.path.join(workdir, "fpk.csv")) as f:
+            self.assertEqual(len(list(csv.DictReader(f))), 4)  # 2 inits x 2 k
         proc = run_meta("--mode=adapt", f"--workdir={workdir}",
                         "--adapt_data=/no/such/class")
         self.assertNotEqual(proc.returncode, 0)
