@@ -26,10 +26,17 @@ def _decode(contents, channels):
 
 def decode_image(contents, size):
     """JPEG/PNG bytes -> float32 [size, size, 3] in [0, 255]."""
+    return decode_image_and_size(contents, size)[0]
+
+
+def decode_image_and_size(contents, size):
+    """(float32 [size, size, 3] in [0, 255], int32 [2] original height, width)."""
     image = _decode(contents, 3)
+    original = tf.shape(image)[:2]
     image = tf.image.resize(tf.cast(image, tf.float32), [size, size],
                             method="bilinear")
-    return tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), [size, size, 3])
+    return (tf.ensure_shape(tf.clip_by_value(image, 0.0, 255.0), [size, size, 3]),
+            original)
 
 
 def decode_mask(contents, size):

@@ -70,14 +70,9 @@ def _serve_bytes_fn(model, size):
         tf.debugging.assert_positive(
             tf.size(encoded), message="serve_bytes: no images in the request")
 
-        def one(contents):
-            image = tf.io.decode_image(contents, channels=3,
-                                       expand_animations=False)
-            return tf.shape(image)[:2]
-
-        hw = tf.map_fn(one, encoded, fn_output_signature=tf.int32)
-        images = tf.map_fn(lambda c: decode.decode_image(c, size), encoded,
-                           fn_output_signature=tf.float32)
+        images, hw = tf.map_fn(
+            lambda c: decode.decode_image_and_size(c, size), encoded,
+            fn_output_signature=(tf.float32, tf.int32))
         probs = foreground_probability(model(images, training=False))
         out = _outputs(probs)
         out.update(heights=hw[:, 0], widths=hw[:, 1])
