@@ -1,7 +1,6 @@
 """The update routine on a one-weight linear model, arithmetic by hand."""
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 

@@ -13,7 +13,6 @@ pipeline was called before a restart; hence plain ops here.)
 
 import tensorflow as tf
 
-from efficientlab_tf.config import AugmentConfig  # noqa: F401 (re-export)
 from efficientlab_tf.data.tasks import TaskBatch
 
 

@@ -23,7 +23,3 @@ class TaskBatch(NamedTuple):
     query_images: tf.Tensor
     query_masks: tf.Tensor
 
-
-def split_task(images, masks, shots):
-    """First `shots` examples are the support set, the rest the query set."""
-    return TaskBatch(images[:shots], masks[:shots], images[shots:], masks[shots:])

@@ -7,7 +7,6 @@ initialization given 10x the adaptation steps by default) has its own 95% CI.
 
 import os
 
-import tensorflow as tf
 from absl import logging
 
 from efficientlab_tf.evaluation import protocol
@@ -87,5 +86,4 @@ def write_table(rows, reference_name, workdir, stem="compare"):
         f.write(md)
     os.replace(path + ".tmp", path)
     write_json(os.path.join(workdir, f"{stem}.json"), rows)
-    tf.io.gfile.makedirs(workdir)
     return path

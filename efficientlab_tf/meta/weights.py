@@ -22,19 +22,7 @@ def subtract(a, b):
     return [x - y for x, y in zip(a, b, strict=True)]
 
 
-def add_scaled(a, b, scale):
-    """a + scale * b over two lists of tensors."""
-    return [x + scale * y for x, y in zip(a, b, strict=True)]
 
-
-def interpolate(a, b, t):
-    """(1 - t) a + t b: t = 0 gives a exactly and t = 1 gives b exactly."""
-    return [(1.0 - t) * x + t * y for x, y in zip(a, b, strict=True)]
-
-
-def average(lists):
-    """Element-wise mean of several equally long lists of tensors."""
-    return [tf.add_n(list(group)) / float(len(group)) for group in zip(*lists)]
 
 
 def _value(v):
