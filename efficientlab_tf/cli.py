@@ -94,6 +94,10 @@ def define_flags():
     _define("integer", "test_classes", d.test_classes,
             "Meta-test classes (synthetic, or a folder dataset without the "
             "official FSS-1000 test classes).")
+    _define("integer", "fold", d.fold,
+            "Folder datasets: meta-test fold (-1: the usual split); the classes "
+            "are dealt into --num_folds seeded folds.")
+    _define("integer", "num_folds", d.num_folds, "Folds when --fold >= 0.")
     _define("bool", "skip_bad_examples", d.skip_bad_examples,
             "Log and leave out bad files instead of failing.")
     a = d.augment
@@ -213,6 +217,7 @@ def config_from_flags(f):
             train_query_shots=f.train_query_shots,
             synthetic_classes=f.synthetic_classes, split_seed=f.split_seed,
             val_classes=f.val_classes, test_classes=f.test_classes,
+            fold=f.fold, num_folds=f.num_folds,
             skip_bad_examples=f.skip_bad_examples,
             augment=cfg.AugmentConfig(
                 translate=f.augment_translate, flip=f.augment_flip,

@@ -163,6 +163,10 @@ class DataConfig:
             folder dataset that holds none of FSS-1000's official test classes).
         skip_bad_examples: Log and leave out bad files instead of failing.
         augment: Augmentation of meta-training support images.
+        fold: Folder datasets: -1 for the usual split; i >= 0 makes the
+            classes `num_folds` seeded cross-validation folds with fold i as
+            meta-test (`val_classes` of the others to meta-val).
+        num_folds: Number of folds when `fold` >= 0.
     """
 
     dataset: str = "synthetic"
@@ -175,9 +179,16 @@ class DataConfig:
     test_classes: int = 32
     skip_bad_examples: bool = False
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    fold: int = -1
+    num_folds: int = 4
 
     def __post_init__(self):
         _check_choice("dataset", self.dataset, DATASETS)
+        if self.fold >= 0 and not (self.num_folds >= 2 and self.fold < self.num_folds):
+            raise ValueError(f"`fold` must be -1 or in [0, num_folds={self.num_folds}) "
+                             f"with num_folds >= 2; got {self.fold}.")
+        if self.fold >= 0 and self.dataset == "synthetic":
+            raise ValueError("`fold` applies to folder datasets, not dataset='synthetic'.")
         _check_positive("query_shots", self.query_shots)
         _check_positive("train_query_shots", self.train_query_shots,
                         allow_zero=True)

@@ -9,7 +9,9 @@ Splits: the official 240 test classes (shipped list
 the meta-test set; the other classes are split into meta-train and meta-val
 by a seeded permutation (`val_classes` of them to meta-val). A root holding
 none of the official test classes (a custom dataset in the FSS-1000 layout)
-gets `test_classes` seeded meta-test classes instead.
+gets `test_classes` seeded meta-test classes instead. `fold`/`num_folds`
+turn the classes into cross-validation folds (as PASCAL-5i does): meta-test
+is one fold, meta-train/val the others.
 
 Bad input (image without mask, mask without image, empty class folder, a
 class with fewer pairs than a task needs) is reported all at once, every
@@ -118,8 +120,29 @@ def _report(problems, where, skip_bad):
         f"leave them out):\n  {text}")
 
 
-def split_classes(names, val_classes, test_classes, split_seed):
-    """(train, val, test) class-name lists (see module docstring)."""
+def split_classes(names, val_classes, test_classes, split_seed, fold=-1,
+                  num_folds=4):
+    """(train, val, test) class-name lists (see module docstring).
+
+    With `fold` >= 0 the classes are cross-validation folds instead: a
+    permutation by `split_seed` dealt round-robin into `num_folds` folds;
+    fold `fold` is meta-test, `val_classes` of the rest meta-val, the others
+    meta-train (the official FSS-1000 test list is not used).
+    """
+    if fold >= 0:
+        if not 0 <= fold < num_folds or num_folds < 2:
+            raise ValueError(f"`fold` must be in [0, num_folds={num_folds}) with "
+                             f"num_folds >= 2; got fold={fold}.")
+        if len(names) < num_folds:
+            raise ValueError(f"{len(names)} classes cannot form {num_folds} folds.")
+        order = np.random.RandomState(split_seed).permutation(len(names))
+        shuffled = [names[i] for i in order]
+        test = sorted(shuffled[fold::num_folds])
+        rest = [n for i, n in enumerate(shuffled) if i % num_folds != fold]
+        val, train = sorted(rest[:val_classes]), sorted(rest[val_classes:])
+        if not train:
+            raise ValueError(f"no meta-train classes left in fold {fold}.")
+        return train, val, test
     official = set(read_class_list("fss1000_test_classes.txt"))
     test = [n for n in names if n in official]
     rest = [n for n in names if n not in official]
@@ -154,7 +177,7 @@ class FolderSource:
         names = sorted(self.pairs)
         self.splits = dict(zip(("train", "val", "test"), split_classes(
             names, data_config.val_classes, data_config.test_classes,
-            data_config.split_seed)))
+            data_config.split_seed, data_config.fold, data_config.num_folds)))
         self._log_splits()
 
     def _log_splits(self):

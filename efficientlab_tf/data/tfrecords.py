@@ -154,5 +154,5 @@ class ShardSource(fss1000.FolderSource):
         names = sorted(self.pairs)
         self.splits = dict(zip(("train", "val", "test"), fss1000.split_classes(
             names, data_config.val_classes, data_config.test_classes,
-            data_config.split_seed)))
+            data_config.split_seed, data_config.fold, data_config.num_folds)))
         self._log_splits()
