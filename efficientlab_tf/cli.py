@@ -23,7 +23,7 @@ from efficientlab_tf import config as config_lib
 FLAGS = flags.FLAGS
 _DEFINED = []
 MODES = ("train", "compare", "export", "adapt", "evaluate", "uho", "lr_sweep",
-         "convert", "fpk", "imagenet_check")
+         "convert", "fpk", "imagenet_check", "compare_merge")
 
 # Input errors that `main` reports as one line instead of a stack trace.
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
@@ -55,7 +55,8 @@ def define_flags():
             "(paper Figure 2); convert: --data_dir (FSS-1000 layout) to "
             "TFRecord shards in --shard_dir; fpk: the FP-k benchmark for a "
             "random init and --compare_runs; imagenet_check: top-5 check of the "
-            "efficientnet_lite0 ImageNet classifier on --data_dir photos.")
+            "efficientnet_lite0 ImageNet classifier on --data_dir photos; "
+            "compare_merge: pool the per-fold tables of --compare_runs.")
     # Model.
     _define("enum", "encoder", m.encoder, config_lib.ENCODERS, "Encoder network.")
     _define("string", "encoder_weights", m.encoder_weights,
@@ -98,6 +99,12 @@ def define_flags():
             "Folder datasets: meta-test fold (-1: the usual split); the classes "
             "are dealt into --num_folds seeded folds.")
     _define("integer", "num_folds", d.num_folds, "Folds when --fold >= 0.")
+    _define("string", "pascal_dir", d.pascal_dir,
+            "fpk: PASCAL VOC 2012 root whose analog classes join the FSS-1000 "
+            "classes of --data_dir.")
+    _define("bool", "pascal_aug", d.pascal_aug,
+            "PASCAL: use the SBD-augmented SegmentationClassAug masks and the "
+            "train_aug list.")
     _define("bool", "skip_bad_examples", d.skip_bad_examples,
             "Log and leave out bad files instead of failing.")
     a = d.augment
@@ -168,7 +175,13 @@ def define_flags():
     _define("string", "adapt_data", None,
             "adapt mode: folder of <n>.jpg/<n>.png pairs of one class.")
     _define("list", "eval_shots_list", ["1", "5"],
-            "evaluate mode: the k of each k-shot evaluation.")
+            "evaluate and compare modes: the k of each k-shot evaluation.")
+    _define("bool", "compare_imagenet", False,
+            "compare mode: add the ImageNet encoder (random decoder) as an "
+            "initialization (needs --encoder_weights=imagenet to resolve).")
+    _define("string", "compare_reference", "",
+            "compare modes: row the paired differences are taken against "
+            "(default: the random init with --random_steps_factor x steps).")
     _define("integer", "eval_draws", 2,
             "evaluate mode: random support/query draws per test class.")
     _define("list", "fpk_shots", ["1", "5", "10", "50", "100", "200", "400"],
@@ -217,7 +230,8 @@ def config_from_flags(f):
             train_query_shots=f.train_query_shots,
             synthetic_classes=f.synthetic_classes, split_seed=f.split_seed,
             val_classes=f.val_classes, test_classes=f.test_classes,
-            fold=f.fold, num_folds=f.num_folds,
+            fold=f.fold, num_folds=f.num_folds, pascal_dir=f.pascal_dir,
+            pascal_aug=f.pascal_aug,
             skip_bad_examples=f.skip_bad_examples,
             augment=cfg.AugmentConfig(
                 translate=f.augment_translate, flip=f.augment_flip,
@@ -290,6 +304,8 @@ def main(argv):
                             dataclasses.asdict(config))
         if FLAGS.mode == "compare":
             return _compare(config, training, compare)
+        if FLAGS.mode == "compare_merge":
+            return _compare_merge(config, compare)
         if FLAGS.mode == "export":
             return _export(config, training)
         if FLAGS.mode == "adapt":
@@ -312,36 +328,106 @@ def main(argv):
     training.run(prepared)
 
 
+def _shots_list():
+    try:
+        return [int(k) for k in FLAGS.eval_shots_list]
+    except ValueError:
+        raise ValueError("--eval_shots_list must be integers, e.g. 1,5; got "
+                         f"{FLAGS.eval_shots_list}.") from None
+
+
 def _compare(config, training, compare):
     if not FLAGS.compare_runs:
         raise ValueError("--mode=compare needs --compare_runs=<run dir>,...")
     exp = training.Experiment(config)
     prefixes = [(os.path.basename(os.path.normpath(p)),
                  training.resolve_checkpoint(p)) for p in FLAGS.compare_runs]
-    inits = [("random init", None)] + [
-        (name, lambda p=prefix: training.load_model_weights(exp.model, p))
-        for name, prefix in prefixes]
-    tasks = exp.eval_tasks("test")
-    logging.info("Comparing %d initializations on %d meta-test %d-shot tasks.",
-                 len(inits), len(tasks), config.eval.shots)
-    rows = compare.compare_inits(
-        exp, inits, tasks, config.eval_inner_iters, config.eval_inner_lr,
-        random_factor=FLAGS.random_steps_factor)
-    if hasattr(exp.source, "class_agnostic_scores"):
-        from efficientlab_tf.model.metrics import mean_ci95
+    inits = [("random init", None)]
+    if FLAGS.compare_imagenet:
+        inits.append(("ImageNet encoder", _imagenet_init(exp, config)))
+    inits += [(name, lambda p=prefix: training.load_model_weights(exp.model, p))
+              for name, prefix in prefixes]
+    ref = FLAGS.compare_reference or f"random init, {FLAGS.random_steps_factor}x steps"
+    box = None
+    sections = []
+    for shots in _shots_list():
+        tasks = exp.eval_tasks("test", shots=shots)
+        logging.info("Comparing %d initializations on %d meta-test %d-shot tasks.",
+                     len(inits), len(tasks), shots)
+        rows = compare.compare_inits(
+            exp, inits, tasks, config.eval_inner_iters, config.eval_inner_lr,
+            random_factor=FLAGS.random_steps_factor)
+        if box is None:  # The box prior comes from meta-train classes.
+            box = compare.fit_box_fraction(exp.eval_tasks("train", shots=shots))
+        rows += compare.trivial_rows(tasks, box)
+        if hasattr(exp.source, "class_agnostic_scores"):
+            from efficientlab_tf.model.metrics import mean_ci95
 
-        scores = exp.source.class_agnostic_scores(
-            "test", config.eval.shots, config.data.query_shots,
-            config.eval.seed, len(tasks))
-        mean, ci = mean_ci95(scores)
-        rows.append({"name": "class-agnostic (marks every object)",
-                     "init": "oracle object masks", "steps": 0,
-                     "mean_iou": mean, "ci95": ci, "per_task": scores})
-        logging.info("class-agnostic predictor: mean IoU %.4f +- %.4f", mean, ci)
-    ref = f"random init, {FLAGS.random_steps_factor}x steps"
-    compare.add_paired(rows, ref)
-    path = compare.write_table(rows, ref, config.run.workdir)
-    print(open(path).read())
+            scores = exp.source.class_agnostic_scores(
+                "test", shots, config.data.query_shots, config.eval.seed,
+                len(tasks))
+            mean, ci = mean_ci95(scores)
+            rows.append({"name": "class-agnostic (marks every object)",
+                         "init": "oracle object masks", "steps": 0,
+                         "mean_iou": mean, "ci95": ci, "per_task": scores})
+            logging.info("class-agnostic predictor: mean IoU %.4f +- %.4f",
+                         mean, ci)
+        compare.add_paired(rows, ref)
+        path = compare.write_table(rows, ref, config.run.workdir,
+                                   stem=f"compare_{shots}shot")
+        sections.append(f"### {shots}-shot, {len(tasks)} meta-test tasks\n\n"
+                        + open(path).read())
+    text = "\n".join(sections)
+    with open(os.path.join(config.run.workdir, "compare.md.tmp"), "w") as f:
+        f.write(text)
+    os.replace(os.path.join(config.run.workdir, "compare.md.tmp"),
+               os.path.join(config.run.workdir, "compare.md"))
+    print(text)
+
+
+def _imagenet_init(exp, config):
+    """load_fn giving exp.model an ImageNet encoder (decoder as built)."""
+    from efficientlab_tf.model.efficientlab import build_efficientlab
+
+    model_config = dataclasses.replace(config.model, encoder_weights="imagenet")
+    donor = build_efficientlab(model_config)  # Fails early if unavailable.
+    # The donor's decoder is another random draw: the row is "ImageNet
+    # encoder, random decoder".
+    values = [tf.identity(v) for v in donor.variables]
+    if [v.shape for v in donor.variables] != [v.shape for v in exp.model.variables]:
+        raise ValueError("the ImageNet model does not match the compared model.")
+    del donor
+
+    def load():
+        for var, value in zip(exp.model.variables, values):
+            var.assign(value)
+
+    return load
+
+
+def _compare_merge(config, compare):
+    """Pools the per-fold tables of --compare_runs (compare workdirs)."""
+    if not FLAGS.compare_runs:
+        raise ValueError("--mode=compare_merge needs --compare_runs=<compare "
+                         "workdir of each fold>,...")
+    ref = FLAGS.compare_reference or f"random init, {FLAGS.random_steps_factor}x steps"
+    sections = []
+    for shots in _shots_list():
+        tables = []
+        for d in FLAGS.compare_runs:
+            path = os.path.join(d, f"compare_{shots}shot.json")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path} not found (run --mode=compare "
+                                        "there first).")
+            with open(path) as f:
+                tables.append(json.load(f))
+        rows = compare.add_paired(compare.merge_tables(tables), ref)
+        path = compare.write_table(rows, ref, config.run.workdir,
+                                   stem=f"compare_merged_{shots}shot")
+        n = len(rows[0]["per_task"])
+        sections.append(f"### {shots}-shot, {len(tables)} folds, {n} tasks\n\n"
+                        + open(path).read())
+    print("\n".join(sections))
 
 
 def _with_omega(config, path):
@@ -453,11 +539,7 @@ def _evaluate(config, training):
 
     exp = training.Experiment(config)
     loaded = _load_for_eval(exp, config, training)
-    try:
-        shots_list = [int(k) for k in FLAGS.eval_shots_list]
-    except ValueError:
-        raise ValueError("--eval_shots_list must be integers, e.g. 1,5; got "
-                         f"{FLAGS.eval_shots_list}.") from None
+    shots_list = _shots_list()
     if FLAGS.eval_draws < 1:
         raise ValueError(f"--eval_draws must be >= 1; got {FLAGS.eval_draws}.")
     out_dir = os.path.join(config.run.workdir, "eval")
@@ -597,13 +679,24 @@ def _fpk(config, training):
         raise ValueError(f"--fpk_shots and --fpk_iters need the same length; got "
                          f"{len(shots)} and {len(iters)}.")
     exp = training.Experiment(config)
-    if not hasattr(exp.source, "task_of_class"):
-        raise ValueError(f"--mode=fpk supports --dataset=synthetic; got "
-                         f"{config.data.dataset!r} (FP-k data: open issue).")
     if FLAGS.fpk_tasks > len(exp.source.classes("test")):
         raise ValueError(f"--fpk_tasks={FLAGS.fpk_tasks} exceeds the "
                          f"{len(exp.source.classes('test'))} meta-test classes.")
-    inits = [("random init", None)] + [
+    if hasattr(exp.source, "max_shots"):  # Real FP-k data: say what fits.
+        most = exp.source.max_shots(FLAGS.fpk_query)
+        dropped = [k for k in shots if k > most]
+        if dropped:
+            print(f"FP-k: the smallest task holds {most + FLAGS.fpk_query} "
+                  f"examples ({exp.source.counts}); k = {dropped} need more than "
+                  f"that with {FLAGS.fpk_query} test examples and are skipped.")
+            iters = [i for k, i in zip(shots, iters) if k <= most]
+            shots = [k for k in shots if k <= most]
+        if not shots:
+            raise ValueError("no FP-k k value fits the data (see above).")
+    inits = [("random init", None)]
+    if FLAGS.compare_imagenet:
+        inits.append(("ImageNet encoder", _imagenet_init(exp, config)))
+    inits += [
         (os.path.basename(os.path.normpath(p)),
          lambda p=p: training.load_model_weights(exp.model, p))
         for p in FLAGS.compare_runs]

@@ -9,7 +9,7 @@ import dataclasses
 from typing import Optional
 
 ALGORITHMS = ("fomaml", "reptile", "joint")
-DATASETS = ("synthetic", "fss1000")
+DATASETS = ("synthetic", "fss1000", "pascal5i", "fpk")
 DECODERS = ("rsd", "rsd_3_6", "rsd_no_residual", "none")
 BN_MODES = ("running", "batch")
 INNER_OPTIMIZERS = ("sgd", "adam")
@@ -149,7 +149,9 @@ class DataConfig:
     """Where tasks come from.
 
     Attributes:
-        dataset: "synthetic" (embedded procedural family) or "fss1000".
+        dataset: "synthetic" (embedded procedural family), "fss1000"
+            (FSS-1000 layout folders or shards), "pascal5i" (PASCAL VOC
+            2012 + SBD, `fold`) or "fpk" (FP-k: FSS-1000 + `pascal_dir`).
         data_dir: Root of an on-disk dataset (unused for "synthetic").
         query_shots: Query images per evaluation task (5, as in FSS-1000).
         train_query_shots: Query images per meta-training task, used only
@@ -167,6 +169,10 @@ class DataConfig:
             classes `num_folds` seeded cross-validation folds with fold i as
             meta-test (`val_classes` of the others to meta-val).
         num_folds: Number of folds when `fold` >= 0.
+        pascal_dir: FP-k: the PASCAL VOC 2012 root whose analog classes join
+            the FSS-1000 classes (`data_dir`).
+        pascal_aug: PASCAL: SBD-augmented masks (SegmentationClassAug) and
+            the train_aug list.
     """
 
     dataset: str = "synthetic"
@@ -181,12 +187,16 @@ class DataConfig:
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     fold: int = -1
     num_folds: int = 4
+    pascal_dir: Optional[str] = None
+    pascal_aug: bool = False
 
     def __post_init__(self):
         _check_choice("dataset", self.dataset, DATASETS)
         if self.fold >= 0 and not (self.num_folds >= 2 and self.fold < self.num_folds):
             raise ValueError(f"`fold` must be -1 or in [0, num_folds={self.num_folds}) "
                              f"with num_folds >= 2; got {self.fold}.")
+        if self.dataset == "pascal5i" and not 0 <= self.fold < 4:
+            raise ValueError(f"--dataset=pascal5i needs `fold` in 0-3; got {self.fold}.")
         if self.fold >= 0 and self.dataset == "synthetic":
             raise ValueError("`fold` applies to folder datasets, not dataset='synthetic'.")
         _check_positive("query_shots", self.query_shots)

@@ -28,3 +28,53 @@ class CompareTest(tf.test.TestCase):
             self.assertEqual(len(json.load(f)), 2)
         with self.assertRaisesRegex(ValueError, "reference row 'nope'"):
             compare.add_paired(rows, "nope")
+
+
+def _task(query_masks):
+    from efficientlab_tf.data.tasks import TaskBatch
+
+    q = tf.constant(query_masks, tf.float32)[..., None]
+    n = q.shape[0]
+    images = tf.zeros([n, *q.shape[1:3], 3])
+    return TaskBatch(images, q, images, q)
+
+
+class TrivialRowsTest(tf.test.TestCase):
+
+    def test_centred_box_by_hand(self):
+        box = compare.centred_box(8, 0.5)
+        self.assertEqual(box.sum(), 16.0)
+        self.assertAllEqual(box[2:6, 2:6], tf.ones([4, 4]))
+        self.assertEqual(box[:2].sum() + box[6:].sum(), 0.0)
+
+    def test_constant_predictions_score_by_hand(self):
+        truth = tf.zeros([8, 8]).numpy()
+        truth[0:4, 0:8] = 1  # 32 pixels, top half.
+        empty = tf.zeros([8, 8]).numpy()
+        task = _task([truth, empty])
+        all_fg, box = compare.trivial_rows([task], 0.5)
+        # All-foreground: 32/64 on the first query, 0/64 on the empty one.
+        self.assertAllClose(all_fg["per_task"], [(0.5 + 0.0) / 2])
+        # Box rows 2-5, cols 2-5: intersection with the top half is 2x4 = 8;
+        # union 32 + 16 - 8 = 40. Empty mask vs box: 0.
+        self.assertAllClose(box["per_task"], [(8 / 40 + 0.0) / 2])
+        self.assertEqual(box["name"], "centred box (side 0.50)")
+
+    def test_box_fraction_is_fitted_on_the_given_tasks(self):
+        masks = [compare.centred_box(40, 0.6), compare.centred_box(40, 0.6)]
+        self.assertAllClose(compare.fit_box_fraction([_task(masks)]), 0.6)
+
+    def test_merge_pools_tasks_of_all_folds(self):
+        f0 = [{"name": "a", "init": "a", "steps": 5, "mean_iou": 0.5,
+               "per_task": [0.4, 0.6]},
+              {"name": "only_f0", "init": "x", "steps": 5, "mean_iou": 0.1,
+               "per_task": [0.1, 0.1]}]
+        f1 = [{"name": "a", "init": "a", "steps": 5, "mean_iou": 0.8,
+               "per_task": [0.8]}]
+        rows = compare.merge_tables([f0, f1])
+        self.assertEqual([r["name"] for r in rows], ["a"])
+        self.assertAllClose(rows[0]["per_task"], [0.4, 0.6, 0.8])
+        self.assertAllClose(rows[0]["mean_iou"], 0.6)
+        self.assertAllClose(rows[0]["fold_means"], [0.5, 0.8])
+        compare.add_paired(rows, "a")
+        self.assertIn("0.500 / 0.800", compare.markdown_table(rows, "a"))

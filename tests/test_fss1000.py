@@ -51,6 +51,28 @@ class FSS1000Test(tf.test.TestCase):
         self.assertEqual(sorted(src.classes("train") + src.classes("val")),
                          ["cat", "dog"])
 
+    def test_class_folds_partition_the_classes(self):
+        names = [f"c{i:02d}" for i in range(34)] + ["bus"]  # bus: official test.
+        folds = [fss1000.split_classes(names, 2, 0, split_seed=3, fold=i,
+                                       num_folds=4) for i in range(4)]
+        tests = [set(f[2]) for f in folds]
+        # The folds are disjoint, cover every class (the official list is
+        # not used), and differ in size by at most one.
+        self.assertEqual(set().union(*tests), set(names))
+        self.assertEqual(sum(len(t) for t in tests), len(names))
+        self.assertEqual(sorted(len(t) for t in tests), [8, 9, 9, 9])
+        for train, val, test in folds:
+            self.assertLen(val, 2)
+            self.assertEqual(set(train) | set(val) | set(test), set(names))
+            self.assertFalse(set(train) & set(val) or set(train) & set(test)
+                             or set(val) & set(test))
+        again = fss1000.split_classes(names, 2, 0, split_seed=3, fold=1, num_folds=4)
+        self.assertEqual(again, folds[1])
+        with self.assertRaisesRegex(ValueError, "fold"):
+            fss1000.split_classes(names, 2, 0, split_seed=3, fold=4, num_folds=4)
+        with self.assertRaisesRegex(ValueError, "fold"):
+            DataConfig(dataset="synthetic", fold=0)
+
     def test_fewshot_data_subfolder_is_found(self):
         outer = tempfile.mkdtemp()
         make_tree(root=os.path.join(outer, "fewshot_data"))

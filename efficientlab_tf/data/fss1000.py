@@ -185,6 +185,10 @@ class FolderSource:
                      "meta-val, %d meta-test).", self.root, len(self.pairs),
                      *(len(self.splits[s]) for s in ("train", "val", "test")))
 
+    def _where(self, text):
+        """Where a class (text: "<name> (<n> pairs)") lives, for messages."""
+        return os.path.join(self.root, text)
+
     def classes(self, split):
         if split not in self.splits:
             raise ValueError(
@@ -196,7 +200,7 @@ class FolderSource:
         short = [f"{n} ({len(self.pairs[n])} pairs)" for n in names
                  if len(self.pairs[n]) < needed]
         if short:
-            _report([f"{os.path.join(self.root, s)}: fewer than {needed} pairs "
+            _report([f"{self._where(s)}: fewer than {needed} pairs "
                      "(shots + query)" for s in short],
                     f"{self.root} [{split}]", self.skip_bad)
             names = [n for n in names if len(self.pairs[n]) >= needed]
@@ -206,10 +210,15 @@ class FolderSource:
         width = max(len(self.pairs[n]) for n in names)
         images = np.full((len(names), width), b"", dtype=object)
         masks = np.full((len(names), width), b"", dtype=object)
+        # Mask label per entry: -1 for binary masks (FSS-1000), else the
+        # class index in a label-map PNG (PASCAL VOC; see decode.py).
+        labels = np.full((len(names), width), -1, np.int32)
         counts = np.zeros(len(names), np.int32)
         for i, n in enumerate(names):
-            for j, (image, mask) in enumerate(self.pairs[n]):
-                images[i, j], masks[i, j] = image, mask
+            for j, entry in enumerate(self.pairs[n]):
+                images[i, j], masks[i, j] = entry[0], entry[1]
+                if len(entry) > 2:
+                    labels[i, j] = entry[2]
             counts[i] = len(self.pairs[n])
         # Entries are paths (folders) or encoded bytes (shards); both are
         # tf.string and go through `self.read_fn`.
@@ -217,11 +226,11 @@ class FolderSource:
             lambda x: x.encode() if isinstance(x, str) else x, otypes=[object])
         return (tf.constant(as_bytes(images).tolist(), tf.string),
                 tf.constant(as_bytes(masks).tolist(), tf.string),
-                tf.constant(counts))
+                tf.constant(labels), tf.constant(counts))
 
     def _task_fn(self, split, shots, query_shots):
         total = shots + query_shots
-        image_paths, mask_paths, counts = self._tables(split, total)
+        image_paths, mask_paths, labels, counts = self._tables(split, total)
         size = self.image_size
         width = image_paths.shape[1]
 
@@ -236,12 +245,22 @@ class FolderSource:
                 lambda p: decode.decode_image(read(p), size),
                 tf.gather(image_paths[c], picks), fn_output_signature=tf.float32)
             masks = tf.map_fn(
-                lambda p: decode.decode_mask(read(p), size),
-                tf.gather(mask_paths[c], picks), fn_output_signature=tf.float32)
+                lambda pl: decode.decode_any_mask(read(pl[0]), size, pl[1]),
+                (tf.gather(mask_paths[c], picks), tf.gather(labels[c], picks)),
+                fn_output_signature=tf.float32)
             return TaskBatch(images[:shots], masks[:shots], images[shots:],
                              masks[shots:])
 
         return task_of_class, tf.shape(counts)[0]
+
+    def task_of_class(self, split, position, shots, query_shots, seed):
+        """One TaskBatch of the class at `position` of
+        `class_names(split, shots + query_shots)` (FP-k)."""
+        key = (split, shots, query_shots)
+        cache = self.__dict__.setdefault("_task_fns", {})
+        if key not in cache:
+            cache[key] = self._task_fn(split, shots, query_shots)[0]
+        return cache[key](tf.constant(position, tf.int32), seed)
 
     def tasks(self, split, shots, query_shots, seed, start=0, count=None):
         """tf.data stream of TaskBatch; task i depends only on (seed, i)."""

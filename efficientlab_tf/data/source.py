@@ -67,9 +67,13 @@ def build_task_source(config):
                else FolderSource)
         return cls(config.data, config.model.image_size,
                    skip_bad=config.data.skip_bad_examples)
-    raise ValueError(
-        f"dataset {config.data.dataset!r} has no task source yet; "
-        "use --dataset=synthetic.")
+    if config.data.dataset in ("pascal5i", "fpk"):
+        from efficientlab_tf.data import pascal
+
+        cls = pascal.PascalSource if config.data.dataset == "pascal5i" else pascal.FpkSource
+        return cls(config.data, config.model.image_size,
+                   skip_bad=config.data.skip_bad_examples)
+    raise ValueError(f"unknown dataset {config.data.dataset!r}.")
 
 
 def meta_batches(source, config, start_step):

@@ -7,10 +7,16 @@ initialization given 10x the adaptation steps by default) has its own 95% CI.
 
 import os
 
+import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from efficientlab_tf.evaluation import protocol
 from efficientlab_tf.meta import weights as weights_lib
+from efficientlab_tf.model.metrics import binary_iou
+from efficientlab_tf.model.metrics import mean_ci95
+
+BOX_FRACTIONS = tuple(np.round(np.arange(0.2, 1.0001, 0.05), 2))
 
 
 def compare_inits(exp, inits, tasks, steps, lr, random_factor=10):
@@ -51,6 +57,51 @@ def compare_inits(exp, inits, tasks, steps, lr, random_factor=10):
     return rows
 
 
+def centred_box(size, fraction):
+    """float32 [size, size] mask of a centred square box, side `fraction` * size."""
+    side = int(round(fraction * size))
+    start = (size - side) // 2
+    box = np.zeros((size, size), np.float32)
+    box[start:start + side, start:start + side] = 1.0
+    return box
+
+
+def constant_prediction_scores(tasks, mask):
+    """Per-task mean query IoU of predicting `mask` [H, W] for every query."""
+    scores = []
+    for task in tasks:
+        n = task.query_masks.shape[0]
+        probs = tf.broadcast_to(tf.constant(mask), [n, *mask.shape])
+        scores.append(float(tf.reduce_mean(binary_iou(task.query_masks, probs))))
+    return scores
+
+
+def fit_box_fraction(tasks, fractions=BOX_FRACTIONS):
+    """Side fraction of the centred box with the best mean IoU on `tasks`
+    (meta-train tasks: the box is a prior learned from training classes)."""
+    size = tasks[0].query_masks.shape[1]
+    means = [np.mean(constant_prediction_scores(tasks, centred_box(size, f)))
+             for f in fractions]
+    return float(fractions[int(np.argmax(means))])
+
+
+def trivial_rows(tasks, box_fraction):
+    """Rows for two predictors that ignore the support set: every pixel
+    foreground, and a centred box of side `box_fraction`."""
+    size = tasks[0].query_masks.shape[1]
+    rows = []
+    for name, mask in (
+        ("all-foreground", np.ones((size, size), np.float32)),
+        (f"centred box (side {box_fraction:.2f})", centred_box(size, box_fraction)),
+    ):
+        scores = constant_prediction_scores(tasks, mask)
+        mean, ci = mean_ci95(scores)
+        rows.append({"name": name, "init": "trivial", "steps": 0,
+                     "mean_iou": mean, "ci95": ci, "per_task": scores})
+        logging.info("%-34s: mean IoU %.4f +- %.4f", name, mean, ci)
+    return rows
+
+
 def add_paired(rows, reference_name):
     """Adds `diff_vs_ref` and `diff_ci95` (paired over tasks) to every row."""
     ref = next((r for r in rows if r["name"] == reference_name), None)
@@ -63,15 +114,19 @@ def add_paired(rows, reference_name):
 
 
 def markdown_table(rows, reference_name):
-    """The rows as a Markdown table."""
+    """The rows as a Markdown table (with per-fold means for merged rows)."""
+    folds = "fold_means" in rows[0]
     lines = [
-        f"| initialization | steps | mean IoU | 95% CI | minus `{reference_name}` (paired 95% CI) |",
-        "|---|---:|---:|---:|---:|",
+        f"| initialization | steps | mean IoU | 95% CI | minus `{reference_name}` (paired 95% CI) |"
+        + (" per-fold means |" if folds else ""),
+        "|---|---:|---:|---:|---:|" + ("---|" if folds else ""),
     ]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['steps']} | {r['mean_iou']:.4f} | "
-            f"±{r['ci95']:.4f} | {r['diff_vs_ref']:+.4f} ± {r['diff_ci95']:.4f} |")
+            f"±{r['ci95']:.4f} | {r['diff_vs_ref']:+.4f} ± {r['diff_ci95']:.4f} |"
+            + (" " + " / ".join(f"{m:.3f}" for m in r["fold_means"]) + " |"
+               if folds else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -87,3 +142,28 @@ def write_table(rows, reference_name, workdir, stem="compare"):
     os.replace(path + ".tmp", path)
     write_json(os.path.join(workdir, f"{stem}.json"), rows)
     return path
+
+
+def merge_tables(tables):
+    """Pools per-fold comparison rows (same row names) into one table.
+
+    Args:
+        tables: list of row lists (one per fold), e.g. from compare_<k>shot.json.
+
+    Returns:
+        rows: every name present in all folds, with per-task scores
+        concatenated (folds hold disjoint tasks), mean/CI over all tasks,
+        and "fold_means" (the row's mean per fold).
+    """
+    names = [r["name"] for r in tables[0]]
+    common = [n for n in names
+              if all(any(r["name"] == n for r in t) for t in tables)]
+    merged = []
+    for name in common:
+        parts = [next(r for r in t if r["name"] == name) for t in tables]
+        per_task = [x for p in parts for x in p["per_task"]]
+        mean, ci = mean_ci95(per_task)
+        merged.append({**{k: parts[0][k] for k in ("name", "init", "steps")},
+                       "mean_iou": mean, "ci95": ci, "per_task": per_task,
+                       "fold_means": [p["mean_iou"] for p in parts]})
+    return merged

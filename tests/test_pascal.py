@@ -1,0 +1,203 @@
+"""PASCAL-5i and FP-k loaders on generated VOC/SBD trees (palette PNGs, 255 borders)."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from efficientlab_tf.config import DataConfig
+from efficientlab_tf.data import fss1000
+from efficientlab_tf.data import pascal
+from efficientlab_tf.model.metrics import binary_iou
+
+from tests.test_fss1000 import write_pair
+
+SIZE = 32
+PALETTE = sum(([(37 * i) % 256, (91 * i) % 256, (53 * i) % 256] for i in range(256)), [])
+
+
+def label_map(labels, seed):
+    """[SIZE, SIZE] uint8: one square per label, each with a 255 border."""
+    rng = np.random.RandomState(seed)
+    out = np.zeros((SIZE, SIZE), np.uint8)
+    for label in labels:
+        y, x = rng.randint(2, SIZE - 12, 2)
+        out[y - 1:y + 11, x - 1:x + 11] = 255
+        out[y:y + 10, x:x + 10] = label
+    return out
+
+
+def write_voc(root, train, val, aug=None, size=SIZE):
+    """train/val/aug: {image id: [labels]}. Returns {id: label map}."""
+    maps = {}
+    for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassAug",
+                "ImageSets/Segmentation", "ImageSets/SegmentationAug"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    everything = {**train, **val, **(aug or {})}
+    for n, (image_id, labels) in enumerate(sorted(everything.items())):
+        rng = np.random.RandomState(100 + n)
+        image = rng.randint(0, 256, (size, size, 3)).astype(np.uint8)
+        Image.fromarray(image).save(os.path.join(root, "JPEGImages", f"{image_id}.jpg"),
+                                    quality=95)
+        labels_map = label_map(labels, seed=n)
+        maps[image_id] = labels_map
+        palette = Image.fromarray(labels_map, "P")
+        palette.putpalette(PALETTE)
+        palette.save(os.path.join(root, "SegmentationClass", f"{image_id}.png"))
+        Image.fromarray(labels_map, "L").save(
+            os.path.join(root, "SegmentationClassAug", f"{image_id}.png"))
+    for name, ids in (("Segmentation/train.txt", train), ("Segmentation/val.txt", val),
+                      ("SegmentationAug/train_aug.txt", {**train, **(aug or {})})):
+        with open(os.path.join(root, "ImageSets", name), "w") as f:
+            f.write("".join(f"{i}\n" for i in ids))
+    return maps
+
+
+def voc_tree(tmp_path):
+    # Fold 0 test classes: aeroplane(1) .. boat(4) and bottle(5).
+    train = {f"2007_{i:06d}": [6 + i % 3, 1] for i in range(6)}  # bus/car/cat + aeroplane
+    val = {f"2008_{i:06d}": [1 + i % 2] for i in range(6)}  # aeroplane, bicycle
+    root = str(tmp_path / "VOCdevkit" / "VOC2012")
+    maps = write_voc(root, train, val, aug={"2009_000000": [6], "2008_000000": [1]})
+    return str(tmp_path / "VOCdevkit"), maps
+
+
+def source(data_dir, **kwargs):
+    config = DataConfig(dataset="pascal5i", data_dir=data_dir, fold=0, **kwargs)
+    return pascal.PascalSource(config, SIZE, skip_bad=config.skip_bad_examples)
+
+
+def test_folds_are_the_standard_class_groups():
+    assert pascal.fold_classes(0) == ["aeroplane", "bicycle", "bird", "boat", "bottle"]
+    assert pascal.fold_classes(3) == ["pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+    assert pascal.voc_index("tvmonitor") == 20
+    with pytest.raises(ValueError, match="fold"):
+        DataConfig(dataset="pascal5i", data_dir="/x", fold=4)
+
+
+def test_splits_and_masks_pixel_by_pixel(tmp_path):
+    data_dir, maps = voc_tree(tmp_path)
+    with pytest.raises(fss1000.BadExamplesError, match="class bird .0 pairs. of"):
+        source(data_dir).task_of_class("test", 0, 1, 2, tf.constant([0, 0]))
+    src = source(data_dir, skip_bad_examples=True)
+    assert src.classes("test") == pascal.fold_classes(0)
+    assert "bus" in src.classes("train") and "aeroplane" not in src.classes("train")
+    # Test examples come from the val list only, training ones from train.
+    assert len(src.pairs["aeroplane"]) == 3 and len(src.pairs["bicycle"]) == 3
+    assert all("2008_" in p[0] for p in src.pairs["aeroplane"])
+    assert all("2007_" in p[0] for p in src.pairs["bus"])
+    assert len(src.pairs["aeroplane@train"]) == 6  # Monitoring split.
+    names = src.class_names("test", 3)
+    assert names == ["aeroplane", "bicycle"]
+    for position, label in ((0, 1), (1, 2)):
+        task = src.task_of_class("test", position, 1, 2, tf.constant([0, position]))
+        images = tf.concat([task.support_images, task.query_images], 0).numpy()
+        masks = tf.concat([task.support_masks, task.query_masks], 0).numpy()[..., 0]
+        for image, mask in zip(images, masks):
+            # Find the example by its pixels, then check its mask by hand.
+            matches = [i for i, (path, _, _) in enumerate(src.pairs[names[position]])
+                       if np.abs(np.asarray(Image.open(path), np.float32) - image).mean() < 3]
+            assert len(matches) == 1
+            path = src.pairs[names[position]][matches[0]][0]
+            labels = maps[os.path.basename(path)[:-4]]
+            want = np.where(labels == label, 1.0, np.where(labels == 255, 255.0, 0.0))
+            np.testing.assert_array_equal(mask, want)
+            assert (mask == 255).any() and (mask == 1).any()
+
+
+def test_training_masks_make_other_classes_background(tmp_path):
+    data_dir, maps = voc_tree(tmp_path)
+    src = source(data_dir, skip_bad_examples=True)
+    position = src.class_names("train", 2).index("bus")
+    task = src.task_of_class("train", position, 1, 1, tf.constant([1, 2]))
+    mask = task.support_masks.numpy()[..., 0]
+    # bus (6) pixels are 1; the aeroplane square in the same image is 0.
+    assert set(np.unique(mask).tolist()) == {0.0, 1.0, 255.0}
+    candidates = [np.where(m == 6, 1.0, np.where(m == 255, 255.0, 0.0))
+                  for m in maps.values() if (m == 6).any() and (m == 1).any()]
+    assert any(np.array_equal(mask[0], c) for c in candidates)
+
+
+def test_ignored_border_does_not_count_in_iou(tmp_path):
+    data_dir, maps = voc_tree(tmp_path)
+    task = source(data_dir, skip_bad_examples=True).task_of_class(
+        "test", 0, 1, 1, tf.constant([0, 0]))
+    masks = task.query_masks
+    # Predict the square plus its whole 255 border: IoU is still exactly 1.
+    probs = tf.cast(masks[..., 0] > 0, tf.float32)
+    np.testing.assert_allclose(binary_iou(masks, probs).numpy(), [1.0])
+
+
+def test_sbd_aug_masks_and_list(tmp_path):
+    data_dir, _ = voc_tree(tmp_path)
+    src = source(data_dir, pascal_aug=True)
+    # train_aug lists 2009_000000 (bus) and 2008_000000, a val image: dropped.
+    assert len(src.pairs["bus"]) == 3
+    assert all("SegmentationClassAug" in p[1] for p in src.pairs["bus"])
+    assert not any("2008_000000" in p[0] for p in src.pairs["aeroplane@train"])
+
+
+def test_every_bad_file_is_listed(tmp_path):
+    data_dir, _ = voc_tree(tmp_path)
+    root = os.path.join(data_dir, "VOC2012")
+    os.remove(os.path.join(root, "SegmentationClass", "2008_000001.png"))
+    Image.new("RGB", (SIZE, SIZE)).save(
+        os.path.join(root, "SegmentationClass", "2008_000002.png"))
+    Image.fromarray(np.full((SIZE, SIZE), 37, np.uint8), "L").save(
+        os.path.join(root, "SegmentationClass", "2008_000003.png"))
+    Image.fromarray(np.zeros((SIZE, SIZE + 4), np.uint8), "L").save(
+        os.path.join(root, "SegmentationClass", "2008_000004.png"))
+    with open(os.path.join(root, "SegmentationClass", "2008_000005.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(fss1000.BadExamplesError) as e:
+        source(data_dir)
+    text = str(e.value)
+    assert "5 bad examples" in text
+    for needle in ("2008_000001.png: missing", "2008_000002.png: cannot read label map",
+                   "mode 'RGB'", "2008_000003.png: labels [37]",
+                   "2008_000004.png: size", "2008_000005.png: cannot read"):
+        assert needle in text, needle
+    src = source(data_dir, skip_bad_examples=True)
+    assert len(src.pairs["aeroplane"]) + len(src.pairs["bicycle"]) == 1
+
+
+def test_missing_lists_and_roots_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no JPEGImages"):
+        source(str(tmp_path))
+    data_dir, _ = voc_tree(tmp_path)
+    os.remove(os.path.join(data_dir, "VOC2012", "ImageSets", "Segmentation", "val.txt"))
+    with pytest.raises(FileNotFoundError, match="val.txt"):
+        source(data_dir)
+
+
+def fpk_tree(tmp_path, pairs=3):
+    fss = tmp_path / "fss"
+    for c, name in enumerate(pascal.FPK_ANALOGS):
+        for n in range(1, pairs + 1):
+            write_pair(str(fss / name), n, seed=10 * c + n)
+    analogs = [pascal.voc_index(v) for v in pascal.FPK_ANALOGS.values()]
+    train = {f"2007_{i:06d}": [analogs[i % 5]] for i in range(10)}
+    val = {f"2008_{i:06d}": [analogs[i % 5], 15] for i in range(5)}
+    write_voc(str(tmp_path / "voc"), train, val)
+    return str(fss), str(tmp_path / "voc")
+
+
+def test_fpk_joins_fss1000_and_pascal_analogs(tmp_path):
+    fss, voc = fpk_tree(tmp_path)
+    config = DataConfig(dataset="fpk", data_dir=fss, pascal_dir=voc)
+    src = pascal.FpkSource(config, SIZE)
+    assert src.classes("test") == ["airliner", "bus", "motorbike", "potted_plant",
+                                   "television"]
+    # 3 FSS-1000 pairs + 2 train + 1 val PASCAL images per class.
+    assert src.counts == {n: 6 for n in src.classes("test")}
+    assert src.max_shots(2) == 4
+    task = src.task_of_class("test", 4, 4, 2, tf.constant([3, 4]))
+    masks = tf.concat([task.support_masks, task.query_masks], 0).numpy()
+    # All six examples are drawn: the PASCAL ones carry 255 borders, the
+    # FSS-1000 ones are binary.
+    with_border = [(m == 255).any() for m in masks]
+    assert sum(with_border) == 3
+    only_fss = pascal.FpkSource(DataConfig(dataset="fpk", data_dir=fss), SIZE)
+    assert only_fss.counts["bus"] == 3
