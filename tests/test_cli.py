@@ -1,5 +1,6 @@
 """run_meta.py end to end and its answers to bad input."""
 
+import json
 import os
 import subprocess
 import sys
@@ -228,3 +229,71 @@ class FSS1000FlagfileTest(tf.test.TestCase):
             self.assertIn("2 meta-train, 1 meta-val, 2 meta-test", proc.stderr)
             self.assertIn("step 2/2", proc.stderr)
             self.assertTrue(os.path.exists(os.path.join(workdir, "results.json")))
+
+
+@pytest.mark.slow
+class RealDataModesTest(tf.test.TestCase):
+    """compare / compare_merge on class folds, PASCAL-5i training and FP-k data."""
+
+    def test_fold_compare_with_trivial_rows_and_merge(self):
+        from tests.test_fss1000 import make_tree
+
+        root = make_tree(classes=("c1", "c2", "c3", "c4", "c5", "c6"), pairs=10)
+        small = ["--image_size=32", "--meta_batch=2", "--inner_iters=2",
+                 "--eval_tasks=2", "--val_classes=1", "--num_folds=3", "--fold=1",
+                 "--encoder_weights=none", "--export=false", "--image_every=0"]
+        workdir = tempfile.mkdtemp()
+        proc = run_meta("--flagfile=flags/fss1000_fomaml_5shot.flags",
+                        f"--data_dir={root}", "--meta_iters=1", *small,
+                        f"--workdir={workdir}")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        self.assertIn("3 meta-train, 1 meta-val, 2 meta-test", proc.stderr)
+        out = tempfile.mkdtemp()
+        proc = run_meta("--flagfile=flags/fss1000_fomaml_5shot.flags",
+                        f"--data_dir={root}", "--mode=compare", *small,
+                        f"--compare_runs={workdir}", "--eval_shots_list=1,2",
+                        f"--workdir={out}")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        with open(os.path.join(out, "compare_2shot.json")) as f:
+            names = [r["name"] for r in json.load(f)]
+        self.assertIn("all-foreground", names)
+        self.assertTrue(any(n.startswith("centred box (side") for n in names))
+        self.assertIn("random init, 10x steps", names)
+        self.assertIn(os.path.basename(workdir), names)
+        self.assertIn("### 1-shot, 2 meta-test tasks", proc.stdout)
+        merged = tempfile.mkdtemp()
+        proc = run_meta("--mode=compare_merge", f"--compare_runs={out},{out}",
+                        "--eval_shots_list=2", f"--workdir={merged}")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        with open(os.path.join(merged, "compare_merged_2shot.json")) as f:
+            rows = json.load(f)
+        self.assertLen(rows[0]["per_task"], 4)  # 2 tasks x 2 "folds"
+        self.assertIn("2 folds, 4 tasks", proc.stdout)
+
+    def test_pascal5i_training_and_fpk_on_generated_trees(self):
+        import pathlib
+
+        from tests.test_pascal import fpk_tree
+        from tests.test_pascal import voc_tree
+
+        tmp = pathlib.Path(tempfile.mkdtemp())
+        voc, _ = voc_tree(tmp / "a")
+        workdir = tempfile.mkdtemp()
+        proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--dataset=pascal5i",
+                        f"--data_dir={voc}", "--fold=0", "--skip_bad_examples",
+                        "--image_size=32", "--train_shots=2", "--foml_tail=1",
+                        "--train_query_shots=0", "--eval_shots=1", "--query_shots=1",
+                        "--meta_iters=1", "--export=false", "--image_every=0",
+                        f"--workdir={workdir}")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        self.assertIn("PASCAL-5i fold 0", proc.stderr)
+        self.assertIn("step 1/1", proc.stderr)
+        fss, pascal_dir = fpk_tree(tmp / "b")
+        proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=fpk",
+                        "--dataset=fpk", f"--data_dir={fss}", f"--pascal_dir={pascal_dir}",
+                        "--image_size=32", "--fpk_shots=1,2,50", "--fpk_iters=1,1,1",
+                        "--fpk_tasks=5", "--fpk_repeats=1", "--fpk_query=2",
+                        f"--workdir={tempfile.mkdtemp()}")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        self.assertIn("k = [50] need more than that", proc.stdout)
+        self.assertIn("smallest task holds 6 examples", proc.stdout)
