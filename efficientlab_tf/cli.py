@@ -658,14 +658,19 @@ def _uho(config, training):
 
 
 def _convert(config):
+    from efficientlab_tf.data import pascal
     from efficientlab_tf.data import tfrecords
 
     if not config.data.data_dir or not FLAGS.shard_dir:
-        raise ValueError("--mode=convert needs --data_dir (FSS-1000 layout) and "
-                         "--shard_dir.")
-    index = tfrecords.write_shards(config.data.data_dir, FLAGS.shard_dir,
-                                   FLAGS.num_shards,
-                                   skip_bad=config.data.skip_bad_examples)
+        raise ValueError("--mode=convert needs --data_dir (FSS-1000 layout, or a "
+                         "VOC root with --dataset=pascal5i, or FSS-1000 with "
+                         "--dataset=fpk --pascal_dir) and --shard_dir.")
+    if config.data.dataset in ("pascal5i", "fpk"):
+        index = pascal.write_shards(config.data, FLAGS.shard_dir, FLAGS.num_shards)
+    else:
+        index = tfrecords.write_shards(config.data.data_dir, FLAGS.shard_dir,
+                                       FLAGS.num_shards,
+                                       skip_bad=config.data.skip_bad_examples)
     print(f"{index['examples']} examples, {len(index['classes'])} classes -> "
           f"{FLAGS.shard_dir}")
 

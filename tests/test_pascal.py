@@ -201,3 +201,38 @@ def test_fpk_joins_fss1000_and_pascal_analogs(tmp_path):
     assert sum(with_border) == 3
     only_fss = pascal.FpkSource(DataConfig(dataset="fpk", data_dir=fss), SIZE)
     assert only_fss.counts["bus"] == 3
+
+
+def test_pascal_and_fpk_shards_serve_the_same_tasks_as_folders(tmp_path):
+    from efficientlab_tf.data import tfrecords
+
+    data_dir, _ = voc_tree(tmp_path / "p")
+    config = DataConfig(dataset="pascal5i", data_dir=data_dir, fold=0,
+                        skip_bad_examples=True)
+    shard_dir = str(tmp_path / "pascal_shards")
+    index = pascal.write_shards(config, shard_dir, num_shards=2)
+    assert index["dataset"] == "pascal5i"
+    folder = pascal.PascalSource(config, SIZE, skip_bad=True)
+    shards = pascal.PascalSource(
+        DataConfig(dataset="pascal5i", data_dir=shard_dir, fold=0), SIZE, skip_bad=True)
+    assert {k: len(v) for k, v in folder.pairs.items()} == \
+        {k: len(v) for k, v in shards.pairs.items()}
+    for split, shots in (("train", 1), ("test", 1)):
+        a = next(iter(folder.tasks(split, shots, 1, seed=5)))
+        b = next(iter(shards.tasks(split, shots, 1, seed=5)))
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x.numpy(), y.numpy())
+    with pytest.raises(ValueError, match="holds 'pascal5i' shards"):
+        tfrecords.read_shards(shard_dir)
+
+    fss, voc = fpk_tree(tmp_path / "f")
+    fconfig = DataConfig(dataset="fpk", data_dir=fss, pascal_dir=voc)
+    fshards = str(tmp_path / "fpk_shards")
+    assert pascal.write_shards(fconfig, fshards, num_shards=3)["examples"] == 30
+    a = pascal.FpkSource(fconfig, SIZE)
+    b = pascal.FpkSource(DataConfig(dataset="fpk", data_dir=fshards), SIZE)
+    assert a.counts == b.counts
+    ta = a.task_of_class("test", 2, 3, 2, tf.constant([1, 1]))
+    tb = b.task_of_class("test", 2, 3, 2, tf.constant([1, 1]))
+    for x, y in zip(ta, tb):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())

@@ -39,6 +39,7 @@ from PIL import Image
 
 from efficientlab_tf.data import decode
 from efficientlab_tf.data import fss1000
+from efficientlab_tf.data import tfrecords
 from efficientlab_tf.resources import read_class_list
 
 VOC_CLASSES = (
@@ -146,6 +147,79 @@ def scan_ids(root, ids, mask_dir, skip_bad=False, where=""):
     return by_label
 
 
+def scan_voc(root, aug, skip_bad=False):
+    """({label: pairs} of the training list, {label: pairs} of the val list);
+    training images that are also in the val list are left out."""
+    mask_dir, train_list, val_list = layout(root, aug)
+    val_ids = _read_ids(val_list)
+    train_ids = _read_ids(train_list)
+    overlap = set(train_ids) & set(val_ids)
+    if overlap:
+        logging.warning("%d images of %s are also in %s; left out of "
+                        "meta-training.", len(overlap), train_list, val_list)
+        train_ids = [i for i in train_ids if i not in overlap]
+    return (scan_ids(root, train_ids, mask_dir, skip_bad, train_list),
+            scan_ids(root, val_ids, mask_dir, skip_bad, val_list))
+
+
+def write_shards(data_config, out_dir, num_shards=8):
+    """`--mode=convert` for pascal5i (whole VOC, split tags train/val) and fpk
+    (the joined FP-k pools); returns the shard index."""
+    skip = data_config.skip_bad_examples
+    entries = []
+    if data_config.dataset == "pascal5i":
+        root = resolve_voc_root(data_config.data_dir)
+        for split, by_label in zip(("train", "val"),
+                                   scan_voc(root, data_config.pascal_aug, skip)):
+            for label in sorted(by_label):
+                entries += [(VOC_CLASSES[label - 1], split, i, m, label)
+                            for i, m in by_label[label]]
+    elif data_config.dataset == "fpk":
+        pools = _fpk_pools(data_config, skip)[0]
+        problems = []
+        for name, pairs in pools.items():
+            for i, m, label in pairs:
+                found = tfrecords.check_pair(i, m) if label < 0 else []
+                problems += found
+                if not found:
+                    entries.append((name, "fpk", i, m, label))
+        fss1000._report(problems, data_config.data_dir, skip)
+    else:
+        raise ValueError(f"pascal.write_shards converts pascal5i or fpk; got "
+                         f"{data_config.dataset!r}.")
+    return tfrecords.write_entries(entries, out_dir, num_shards,
+                                   data_config.dataset)
+
+
+def _fpk_pools(data_config, skip_bad):
+    """({FP-k name: [(image, mask, label)]}, {name: [FSS count, PASCAL count]})."""
+    names = read_class_list("fpk_fss1000_classes.txt")
+    root = fss1000.resolve_root(data_config.data_dir)
+    missing = [n for n in names if not os.path.isdir(os.path.join(root, n))]
+    if missing:
+        raise FileNotFoundError(
+            f"FP-k needs the FSS-1000 classes {missing} under {root!r}.")
+    pools, counts = {}, {}
+    for name in names:
+        fss = fss1000.read_class_folder(os.path.join(root, name), skip_bad)
+        pools[name] = [(i, m, -1) for i, m in fss]
+        counts[name] = [len(fss), 0]
+    if data_config.pascal_dir:
+        voc = resolve_voc_root(data_config.pascal_dir)
+        mask_dir, train_list, val_list = layout(voc, data_config.pascal_aug)
+        ids = list(dict.fromkeys(_read_ids(train_list) + _read_ids(val_list)))
+        by_label = scan_ids(voc, ids, mask_dir, skip_bad, voc)
+        for name in names:
+            label = voc_index(FPK_ANALOGS[name])
+            extra = [(i, m, label) for i, m in by_label.get(label, [])]
+            pools[name] += extra
+            counts[name][1] = len(extra)
+    else:
+        logging.warning("FP-k without --pascal_dir: only the FSS-1000 "
+                        "examples (10 per class) are available.")
+    return pools, counts
+
+
 class PascalSource(fss1000.FolderSource):
     """PASCAL-5i tasks; the same sampling code as FSS-1000 folders."""
 
@@ -156,20 +230,20 @@ class PascalSource(fss1000.FolderSource):
         if data_config.fold < 0:
             raise ValueError("--dataset=pascal5i needs --fold=0..3.")
         test = fold_classes(data_config.fold)
-        self.root = resolve_voc_root(data_config.data_dir)
         self.image_size = int(image_size)
         self.skip_bad = skip_bad
-        self.read_fn = tf.io.read_file
-        mask_dir, train_list, val_list = layout(self.root, data_config.pascal_aug)
-        val_ids = _read_ids(val_list)
-        train_ids = _read_ids(train_list)
-        overlap = set(train_ids) & set(val_ids)
-        if overlap:
-            logging.warning("%d images of %s are also in %s; left out of "
-                            "meta-training.", len(overlap), train_list, val_list)
-            train_ids = [i for i in train_ids if i not in overlap]
-        train_by = scan_ids(self.root, train_ids, mask_dir, skip_bad, train_list)
-        val_by = scan_ids(self.root, val_ids, mask_dir, skip_bad, val_list)
+        if tfrecords.is_shard_dir(data_config.data_dir):
+            self.root = data_config.data_dir
+            self.read_fn = tf.identity  # Entries are encoded bytes.
+            by_split = {"train": {}, "val": {}}
+            for _, split, image, mask, label in tfrecords.read_entries(
+                    self.root, "pascal5i"):
+                by_split[split].setdefault(label, []).append((image, mask))
+            train_by, val_by = by_split["train"], by_split["val"]
+        else:
+            self.root = resolve_voc_root(data_config.data_dir)
+            self.read_fn = tf.io.read_file
+            train_by, val_by = scan_voc(self.root, data_config.pascal_aug, skip_bad)
         self.pairs = {}
         for name in VOC_CLASSES:
             label = voc_index(name)
@@ -198,32 +272,19 @@ class FpkSource(fss1000.FolderSource):
     def __init__(self, data_config, image_size, skip_bad=False):
         self.image_size = int(image_size)
         self.skip_bad = skip_bad
-        self.read_fn = tf.io.read_file
         names = read_class_list("fpk_fss1000_classes.txt")
-        self.root = fss1000.resolve_root(data_config.data_dir)
-        missing = [n for n in names if not os.path.isdir(os.path.join(self.root, n))]
-        if missing:
-            raise FileNotFoundError(
-                f"FP-k needs the FSS-1000 classes {missing} under {self.root!r}.")
-        self.pairs = {}
-        counts = {}
-        for name in names:
-            fss = fss1000.read_class_folder(os.path.join(self.root, name), skip_bad)
-            self.pairs[name] = [(i, m, -1) for i, m in fss]
-            counts[name] = [len(fss), 0]
-        if data_config.pascal_dir:
-            voc = resolve_voc_root(data_config.pascal_dir)
-            mask_dir, train_list, val_list = layout(voc, data_config.pascal_aug)
-            ids = list(dict.fromkeys(_read_ids(train_list) + _read_ids(val_list)))
-            by_label = scan_ids(voc, ids, mask_dir, skip_bad, voc)
-            for name in names:
-                label = voc_index(FPK_ANALOGS[name])
-                extra = [(i, m, label) for i, m in by_label.get(label, [])]
-                self.pairs[name] += extra
-                counts[name][1] = len(extra)
+        if tfrecords.is_shard_dir(data_config.data_dir):
+            self.root = data_config.data_dir
+            self.read_fn = tf.identity
+            self.pairs = {n: [] for n in names}
+            counts = {n: [0, 0] for n in names}
+            for name, _, image, mask, label in tfrecords.read_entries(self.root, "fpk"):
+                self.pairs[name].append((image, mask, label))
+                counts[name][0 if label < 0 else 1] += 1
         else:
-            logging.warning("FP-k without --pascal_dir: only the FSS-1000 "
-                            "examples (10 per class) are available.")
+            self.root = fss1000.resolve_root(data_config.data_dir)
+            self.read_fn = tf.io.read_file
+            self.pairs, counts = _fpk_pools(data_config, skip_bad)
         self.counts = {n: sum(c) for n, c in counts.items()}
         self.splits = {"train": [], "val": [], "test": list(names)}
         self._where = lambda text: f"FP-k task {text}"

@@ -1,9 +1,12 @@
-"""TFRecord shards of FSS-1000-layout data, and a task source that reads them.
+"""TFRecord shards of any task dataset, and a task source that reads them.
 
-`write_shards` stores every (image, mask) pair's *encoded* bytes unchanged
-(no re-encoding, so shards are lossless), with its class name and index,
-round-robin over `num_shards` files, plus `shards.json` (classes, counts,
-shard files). Every file is decoded once while converting: undecodable
+`write_entries` stores every (image, mask) pair's *encoded* bytes unchanged
+(no re-encoding, so shards are lossless), with its class name, index, mask
+label (-1: binary mask; else the class index of a PASCAL label map) and
+split tag (the PASCAL image list it came from), round-robin over
+`num_shards` files, plus `shards.json` (dataset, classes, counts, shard
+files). `write_shards` converts FSS-1000 trees; `pascal.write_shards` PASCAL
+VOC and FP-k pools. Every file is decoded once while converting: undecodable
 images or masks, masks whose size differs from their image and non-binary
 masks are all listed in one error (or skipped with `skip_bad`). Files are
 written under temporary names and renamed at the end.
@@ -24,7 +27,8 @@ from PIL import Image
 from efficientlab_tf.data import fss1000
 
 INDEX = "shards.json"
-FORMAT = "efficientlab_tf-fss1000-shards-v1"
+FORMAT = "efficientlab_tf-shards-v2"
+_FORMAT_V1 = "efficientlab_tf-fss1000-shards-v1"  # Read as FSS-1000 shards.
 
 
 def check_pair(image_path, mask_path):
@@ -53,15 +57,64 @@ def check_pair(image_path, mask_path):
     return problems
 
 
-def _example(image_bytes, mask_bytes, class_name, index):
+def _example(image_bytes, mask_bytes, class_name, index, label=-1, split=""):
+    def b(value):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def i(value):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
     feature = {
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes])),
-        "mask": tf.train.Feature(bytes_list=tf.train.BytesList(value=[mask_bytes])),
-        "class_name": tf.train.Feature(
-            bytes_list=tf.train.BytesList(value=[class_name.encode()])),
-        "index": tf.train.Feature(int64_list=tf.train.Int64List(value=[index])),
+        "image": b(image_bytes), "mask": b(mask_bytes),
+        "class_name": b(class_name.encode()), "index": i(index),
+        "label": i(label), "split": b(split.encode()),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def write_entries(entries, out_dir, num_shards=8, dataset="fss1000"):
+    """Writes examples to shards; returns the index dict.
+
+    Args:
+        entries: (class name, split tag, image path, mask path, label) per
+            example, already validated; label -1 marks a binary mask, else
+            the class index in a label-map mask (PASCAL). The split tag says
+            which image list an example came from ("" when there is none).
+        dataset: recorded in the index ("fss1000", "pascal5i" or "fpk").
+    """
+    if num_shards < 1:
+        raise ValueError(f"`num_shards` must be >= 1; got {num_shards}.")
+    os.makedirs(out_dir, exist_ok=True)
+    names = [f"shard-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
+    tmp = [os.path.join(out_dir, f".tmp-{n}") for n in names]
+    writers = [tf.io.TFRecordWriter(p) for p in tmp]
+    counts, positions = {}, {}
+    try:
+        for count, (name, split, image, mask, label) in enumerate(entries):
+            with open(image, "rb") as f:
+                image_bytes = f.read()
+            with open(mask, "rb") as f:
+                mask_bytes = f.read()
+            key = (name, split)
+            index = positions[key] = positions.get(key, -1) + 1
+            counts[name] = counts.get(name, 0) + 1
+            writers[count % num_shards].write(_example(
+                image_bytes, mask_bytes, name, index, label, split).SerializeToString())
+    finally:
+        for w in writers:
+            w.close()
+    for t, n in zip(tmp, names):
+        os.replace(t, os.path.join(out_dir, n))
+    total = sum(counts.values())
+    index = {"format": FORMAT, "dataset": dataset, "shards": names,
+             "examples": total, "classes": dict(sorted(counts.items()))}
+    path = os.path.join(out_dir, INDEX)
+    with open(path + ".tmp", "w") as f:
+        json.dump(index, f, indent=2)
+    os.replace(path + ".tmp", path)
+    logging.info("Wrote %d examples of %d classes to %d shards in %s.", total,
+                 len(counts), num_shards, out_dir)
+    return index
 
 
 def write_shards(data_dir, out_dir, num_shards=8, skip_bad=False):
@@ -70,59 +123,42 @@ def write_shards(data_dir, out_dir, num_shards=8, skip_bad=False):
         raise ValueError(f"`num_shards` must be >= 1; got {num_shards}.")
     root = fss1000.resolve_root(data_dir)
     classes = fss1000.scan(root, skip_bad)
-    problems, good = [], {}
-    for name, pairs in classes.items():
-        kept = []
-        for image, mask in pairs:
+    problems, entries = [], []
+    for name in sorted(classes):
+        for image, mask in classes[name]:
             found = check_pair(image, mask)
             problems.extend(found)
             if not found:
-                kept.append((image, mask))
-        if kept:
-            good[name] = kept
+                entries.append((name, "", image, mask, -1))
     fss1000._report(problems, root, skip_bad)  # noqa: SLF001 (one reporter)
-    os.makedirs(out_dir, exist_ok=True)
-    names = [f"shard-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
-    tmp = [os.path.join(out_dir, f".tmp-{n}") for n in names]
-    writers = [tf.io.TFRecordWriter(p) for p in tmp]
-    count = 0
-    try:
-        for name in sorted(good):
-            for index, (image, mask) in enumerate(good[name]):
-                with open(image, "rb") as f:
-                    image_bytes = f.read()
-                with open(mask, "rb") as f:
-                    mask_bytes = f.read()
-                writers[count % num_shards].write(
-                    _example(image_bytes, mask_bytes, name, index).SerializeToString())
-                count += 1
-    finally:
-        for w in writers:
-            w.close()
-    for t, n in zip(tmp, names):
-        os.replace(t, os.path.join(out_dir, n))
-    index = {"format": FORMAT, "shards": names, "examples": count,
-             "classes": {n: len(p) for n, p in sorted(good.items())}}
-    path = os.path.join(out_dir, INDEX)
-    with open(path + ".tmp", "w") as f:
-        json.dump(index, f, indent=2)
-    os.replace(path + ".tmp", path)
-    logging.info("Wrote %d examples of %d classes to %d shards in %s.", count,
-                 len(good), num_shards, out_dir)
-    return index
+    return write_entries(entries, out_dir, num_shards, "fss1000")
 
 
 def is_shard_dir(path):
     return bool(path) and os.path.exists(os.path.join(path, INDEX))
 
 
-def read_shards(shard_dir):
-    """{class name: [(image bytes, mask bytes)]} ordered by index."""
+def read_index(shard_dir):
     with open(os.path.join(shard_dir, INDEX)) as f:
         index = json.load(f)
-    if index.get("format") != FORMAT:
+    if index.get("format") not in (FORMAT, _FORMAT_V1):
         raise ValueError(f"{shard_dir}/{INDEX} is not a {FORMAT} index "
                          f"(format {index.get('format')!r}).")
+    index.setdefault("dataset", "fss1000")
+    return index
+
+
+def read_entries(shard_dir, dataset=None):
+    """[(class name, split tag, image bytes, mask bytes, label)] in writing order
+    within each (class, split).
+
+    Raises:
+        ValueError: the shards hold another dataset than `dataset`.
+    """
+    index = read_index(shard_dir)
+    if dataset and index["dataset"] != dataset:
+        raise ValueError(f"{shard_dir} holds {index['dataset']!r} shards; "
+                         f"--dataset={dataset} needs shards converted with it.")
     files = [os.path.join(shard_dir, n) for n in index["shards"]]
     missing = [f for f in files if not os.path.exists(f)]
     if missing:
@@ -130,16 +166,25 @@ def read_shards(shard_dir):
     spec = {"image": tf.io.FixedLenFeature([], tf.string),
             "mask": tf.io.FixedLenFeature([], tf.string),
             "class_name": tf.io.FixedLenFeature([], tf.string),
-            "index": tf.io.FixedLenFeature([], tf.int64)}
+            "index": tf.io.FixedLenFeature([], tf.int64),
+            "label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+            "split": tf.io.FixedLenFeature([], tf.string, default_value="")}
     ds = tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
     ds = ds.map(lambda r: tf.io.parse_single_example(r, spec),
                 num_parallel_calls=tf.data.AUTOTUNE)
+    rows = [(ex["class_name"].decode(), ex["split"].decode(), int(ex["index"]),
+             ex["image"], ex["mask"], int(ex["label"]))
+            for ex in ds.as_numpy_iterator()]
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+    return [(c, s, i, m, label) for c, s, _, i, m, label in rows]
+
+
+def read_shards(shard_dir):
+    """{class name: [(image bytes, mask bytes)]} of FSS-1000 shards, in order."""
     by_class = {}
-    for ex in ds.as_numpy_iterator():
-        by_class.setdefault(ex["class_name"].decode(), []).append(
-            (int(ex["index"]), ex["image"], ex["mask"]))
-    return {name: [(i, m) for _, i, m in sorted(items, key=lambda x: x[0])]
-            for name, items in by_class.items()}
+    for name, _, image, mask, _ in read_entries(shard_dir, "fss1000"):
+        by_class.setdefault(name, []).append((image, mask))
+    return by_class
 
 
 class ShardSource(fss1000.FolderSource):
