@@ -687,17 +687,24 @@ def _fpk(config, training):
     if FLAGS.fpk_tasks > len(exp.source.classes("test")):
         raise ValueError(f"--fpk_tasks={FLAGS.fpk_tasks} exceeds the "
                          f"{len(exp.source.classes('test'))} meta-test classes.")
-    if hasattr(exp.source, "max_shots"):  # Real FP-k data: say what fits.
-        most = exp.source.max_shots(FLAGS.fpk_query)
-        dropped = [k for k in shots if k > most]
+    min_pairs = 0
+    if hasattr(exp.source, "pairs"):  # Real data: say which k the data serves.
+        sizes = {n: len(exp.source.pairs[n]) for n in exp.source.classes("test")}
+
+        def serves(k):
+            return sum(c >= k + FLAGS.fpk_query for c in sizes.values()) >= FLAGS.fpk_tasks
+
+        dropped = [k for k in shots if not serves(k)]
         if dropped:
-            print(f"FP-k: the smallest task holds {most + FLAGS.fpk_query} "
-                  f"examples ({exp.source.counts}); k = {dropped} need more than "
-                  f"that with {FLAGS.fpk_query} test examples and are skipped.")
-            iters = [i for k, i in zip(shots, iters) if k <= most]
-            shots = [k for k in shots if k <= most]
+            print(f"FP-k: k = {dropped} need more than the data holds: fewer than "
+                  f"{FLAGS.fpk_tasks} test classes have k + {FLAGS.fpk_query} "
+                  f"examples (examples per class: {sizes}); they are skipped.")
+            iters = [i for k, i in zip(shots, iters) if serves(k)]
+            shots = [k for k in shots if serves(k)]
         if not shots:
             raise ValueError("no FP-k k value fits the data (see above).")
+        # Every k uses the same classes: those that serve the largest k.
+        min_pairs = max(shots) + FLAGS.fpk_query
     inits = [("random init", None)]
     if FLAGS.compare_imagenet:
         inits.append(("ImageNet encoder", _imagenet_init(exp, config)))
@@ -709,6 +716,9 @@ def _fpk(config, training):
 
     def task_fn(t, r, k):
         task_seed = tf.constant([seed, 100_000 + 1000 * t + r], tf.int32)
+        if min_pairs:
+            return exp.source.task_of_class("test", t, k, FLAGS.fpk_query,
+                                            task_seed, min_pairs=min_pairs)
         return exp.source.task_of_class("test", t, k, FLAGS.fpk_query, task_seed)
 
     rows = fpk.run_fpk(exp.learner.eval_task, task_fn, inits, shots, iters,

@@ -295,5 +295,5 @@ class RealDataModesTest(tf.test.TestCase):
                         "--fpk_tasks=5", "--fpk_repeats=1", "--fpk_query=2",
                         f"--workdir={tempfile.mkdtemp()}")
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-        self.assertIn("k = [50] need more than that", proc.stdout)
-        self.assertIn("smallest task holds 6 examples", proc.stdout)
+        self.assertIn("k = [50] need more than the data holds", proc.stdout)
+        self.assertIn("'airliner': 6", proc.stdout)

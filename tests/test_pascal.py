@@ -192,7 +192,6 @@ def test_fpk_joins_fss1000_and_pascal_analogs(tmp_path):
                                    "television"]
     # 3 FSS-1000 pairs + 2 train + 1 val PASCAL images per class.
     assert src.counts == {n: 6 for n in src.classes("test")}
-    assert src.max_shots(2) == 4
     task = src.task_of_class("test", 4, 4, 2, tf.constant([3, 4]))
     masks = tf.concat([task.support_masks, task.query_masks], 0).numpy()
     # All six examples are drawn: the PASCAL ones carry 255 borders, the

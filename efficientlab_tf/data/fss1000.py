@@ -195,11 +195,13 @@ class FolderSource:
                 f"split must be one of {sorted(self.splits)}; got {split!r}.")
         return self.splits[split]
 
-    def _tables(self, split, needed):
+    def _tables(self, split, needed, report=True):
         names = self.classes(split)
         short = [f"{n} ({len(self.pairs[n])} pairs)" for n in names
                  if len(self.pairs[n]) < needed]
-        if short:
+        if short and not report:  # The caller chose the classes (FP-k).
+            names = [n for n in names if len(self.pairs[n]) >= needed]
+        elif short:
             _report([f"{self._where(s)}: fewer than {needed} pairs "
                      "(shots + query)" for s in short],
                     f"{self.root} [{split}]", self.skip_bad)
@@ -228,9 +230,10 @@ class FolderSource:
                 tf.constant(as_bytes(masks).tolist(), tf.string),
                 tf.constant(labels), tf.constant(counts))
 
-    def _task_fn(self, split, shots, query_shots):
+    def _task_fn(self, split, shots, query_shots, min_pairs=0):
         total = shots + query_shots
-        image_paths, mask_paths, labels, counts = self._tables(split, total)
+        image_paths, mask_paths, labels, counts = self._tables(
+            split, max(total, min_pairs), report=not min_pairs)
         size = self.image_size
         width = image_paths.shape[1]
 
@@ -253,13 +256,15 @@ class FolderSource:
 
         return task_of_class, tf.shape(counts)[0]
 
-    def task_of_class(self, split, position, shots, query_shots, seed):
+    def task_of_class(self, split, position, shots, query_shots, seed,
+                      min_pairs=0):
         """One TaskBatch of the class at `position` of
-        `class_names(split, shots + query_shots)` (FP-k)."""
-        key = (split, shots, query_shots)
+        `class_names(split, max(shots + query_shots, min_pairs))` (FP-k: a
+        fixed `min_pairs` keeps positions stable across k)."""
+        key = (split, shots, query_shots, min_pairs)
         cache = self.__dict__.setdefault("_task_fns", {})
         if key not in cache:
-            cache[key] = self._task_fn(split, shots, query_shots)[0]
+            cache[key] = self._task_fn(split, shots, query_shots, min_pairs)[0]
         return cache[key](tf.constant(position, tf.int32), seed)
 
     def tasks(self, split, shots, query_shots, seed, start=0, count=None):

@@ -291,8 +291,3 @@ class FpkSource(fss1000.FolderSource):
         for name, (fss, voc) in counts.items():
             logging.info("FP-k %s: %d FSS-1000 + %d PASCAL (%s) = %d examples.",
                          name, fss, voc, FPK_ANALOGS[name], fss + voc)
-
-    def max_shots(self, query_shots):
-        """The largest k every FP-k task can serve with `query_shots` tests."""
-        return min(self.counts.values()) - query_shots
-
