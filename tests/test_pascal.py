@@ -18,14 +18,15 @@ SIZE = 32
 PALETTE = sum(([(37 * i) % 256, (91 * i) % 256, (53 * i) % 256] for i in range(256)), [])
 
 
-def label_map(labels, seed):
-    """[SIZE, SIZE] uint8: one square per label, each with a 255 border."""
+def label_map(labels, seed, size=SIZE):
+    """[size, size] uint8: one square per label, each with a 255 border."""
     rng = np.random.RandomState(seed)
-    out = np.zeros((SIZE, SIZE), np.uint8)
+    out = np.zeros((size, size), np.uint8)
+    side = max(10, size // 3)
     for label in labels:
-        y, x = rng.randint(2, SIZE - 12, 2)
-        out[y - 1:y + 11, x - 1:x + 11] = 255
-        out[y:y + 10, x:x + 10] = label
+        y, x = rng.randint(2, size - side - 2, 2)
+        out[y - 1:y + side + 1, x - 1:x + side + 1] = 255
+        out[y:y + side, x:x + side] = label
     return out
 
 
@@ -41,7 +42,7 @@ def write_voc(root, train, val, aug=None, size=SIZE):
         image = rng.randint(0, 256, (size, size, 3)).astype(np.uint8)
         Image.fromarray(image).save(os.path.join(root, "JPEGImages", f"{image_id}.jpg"),
                                     quality=95)
-        labels_map = label_map(labels, seed=n)
+        labels_map = label_map(labels, seed=n, size=size)
         maps[image_id] = labels_map
         palette = Image.fromarray(labels_map, "P")
         palette.putpalette(PALETTE)
