@@ -96,8 +96,9 @@ def define_flags():
             "Meta-test classes (synthetic, or a folder dataset without the "
             "official FSS-1000 test classes).")
     _define("integer", "fold", d.fold,
-            "Folder datasets: meta-test fold (-1: the usual split); the classes "
-            "are dealt into --num_folds seeded folds.")
+            "Meta-test fold. pascal5i: 0-3 (VOC classes 5i+1..5i+5). Folder "
+            "datasets: -1 for the usual split, else the classes are dealt into "
+            "--num_folds seeded folds.")
     _define("integer", "num_folds", d.num_folds, "Folds when --fold >= 0.")
     _define("string", "pascal_dir", d.pascal_dir,
             "fpk: PASCAL VOC 2012 root whose analog classes join the FSS-1000 "
