@@ -725,7 +725,7 @@ def _fpk(config, training):
     rows = fpk.run_fpk(exp.learner.eval_task, task_fn, inits, shots, iters,
                        FLAGS.fpk_tasks, FLAGS.fpk_repeats, config.eval_inner_lr,
                        seed=seed)
-    md = fpk.write_fpk(rows, config.run.workdir)
+    md = fpk.write_fpk(rows, config.run.workdir, query=FLAGS.fpk_query)
     training.write_json(os.path.join(config.run.workdir, "fpk.json"), rows)
     print(md)
 

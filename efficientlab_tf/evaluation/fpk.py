@@ -56,8 +56,9 @@ def run_fpk(eval_fn, task_fn, inits, shots, iters, tasks, repeats, lr, seed=0):
     return rows
 
 
-def write_fpk(rows, out_dir):
-    """fpk.csv, fpk.md (table: rows = k, columns = inits) and fpk.png."""
+def write_fpk(rows, out_dir, query=20):
+    """fpk.csv, fpk.md (table: rows = k, columns = inits) and fpk.png
+    (`query`: test examples per task, for the axis label)."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "fpk.csv")
     with open(path + ".tmp", "w", newline="") as f:
@@ -96,7 +97,7 @@ def write_fpk(rows, out_dir):
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=i)
     ax.set_xscale("log")
     ax.set_xlabel("k training examples")
-    ax.set_ylabel("mean IoU (20 test examples)")
+    ax.set_ylabel(f"mean IoU ({query} test examples per task)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "fpk.tmp.png"))
