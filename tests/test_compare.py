@@ -78,3 +78,10 @@ class TrivialRowsTest(tf.test.TestCase):
         self.assertAllClose(rows[0]["fold_means"], [0.5, 0.8])
         compare.add_paired(rows, "a")
         self.assertIn("0.500 / 0.800", compare.markdown_table(rows, "a"))
+        # Trivial rows whose fitted box differs per fold still pool.
+        box0 = {"name": "centred box (side 0.60)", "init": "trivial", "steps": 0,
+                "mean_iou": 0.3, "per_task": [0.3]}
+        box1 = dict(box0, name="centred box (side 0.65)", mean_iou=0.5, per_task=[0.5])
+        rows = compare.merge_tables([[box0], [box1]])
+        self.assertEqual(rows[0]["name"], "centred box (fitted per fold)")
+        self.assertAllClose(rows[0]["per_task"], [0.3, 0.5])

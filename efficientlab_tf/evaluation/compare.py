@@ -155,15 +155,20 @@ def merge_tables(tables):
         concatenated (folds hold disjoint tasks), mean/CI over all tasks,
         and "fold_means" (the row's mean per fold).
     """
-    names = [r["name"] for r in tables[0]]
-    common = [n for n in names
-              if all(any(r["name"] == n for r in t) for t in tables)]
+    def key(row):  # Trivial rows carry a per-fold fitted parameter in the name.
+        return row["name"].split(" (")[0] if row.get("init") == "trivial" else row["name"]
+
+    keys = [key(r) for r in tables[0]]
+    common = [k for k in keys if all(any(key(r) == k for r in t) for t in tables)]
     merged = []
-    for name in common:
-        parts = [next(r for r in t if r["name"] == name) for t in tables]
+    for k in common:
+        parts = [next(r for r in t if key(r) == k) for t in tables]
+        names = {p["name"] for p in parts}
+        name = names.pop() if len(names) == 1 else f"{k} (fitted per fold)"
         per_task = [x for p in parts for x in p["per_task"]]
         mean, ci = mean_ci95(per_task)
-        merged.append({**{k: parts[0][k] for k in ("name", "init", "steps")},
+        merged.append({"name": name, "init": parts[0]["init"],
+                       "steps": parts[0]["steps"],
                        "mean_iou": mean, "ci95": ci, "per_task": per_task,
                        "fold_means": [p["mean_iou"] for p in parts]})
     return merged
