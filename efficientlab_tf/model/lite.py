@@ -213,7 +213,7 @@ def convert_state_dict(state_dict, source="state dict"):
     return {k: [np.asarray(a, np.float32) for a in v] for k, v in out.items()}
 
 
-def assign(model, weights, source="weights", require_top=False):
+def assign(model, weights, source="weights"):
     """Sets converted `weights` on every layer of `model` that has weights.
 
     Raises:
@@ -233,8 +233,6 @@ def assign(model, weights, source="weights", require_top=False):
                 f"got {got}."
             )
         layer.set_weights(arrays)
-    if require_top and "predictions" not in [l.name for l in model.layers]:
-        raise LiteWeightsError("model has no classifier head.")
 
 
 # --- locating, converting and caching ---------------------------------------
