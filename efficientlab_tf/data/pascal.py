@@ -269,6 +269,9 @@ class FpkSource(fss1000.FolderSource):
     `fpk_fss1000_classes.txt`).
     """
 
+    def _where(self, text):
+        return f"FP-k task {text}"
+
     def __init__(self, data_config, image_size, skip_bad=False):
         self.image_size = int(image_size)
         self.skip_bad = skip_bad
@@ -287,7 +290,6 @@ class FpkSource(fss1000.FolderSource):
             self.pairs, counts = _fpk_pools(data_config, skip_bad)
         self.counts = {n: sum(c) for n, c in counts.items()}
         self.splits = {"train": [], "val": [], "test": list(names)}
-        self._where = lambda text: f"FP-k task {text}"
         for name, (fss, voc) in counts.items():
             logging.info("FP-k %s: %d FSS-1000 + %d PASCAL (%s) = %d examples.",
                          name, fss, voc, FPK_ANALOGS[name], fss + voc)
