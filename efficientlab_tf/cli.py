@@ -7,6 +7,7 @@
 `config.json`, then trains, or compares initializations (`--mode=compare`).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,15 +20,19 @@ from absl import flags
 from absl import logging
 
 from efficientlab_tf import config as config_lib
+from efficientlab_tf import preflight
+from efficientlab_tf import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 _DEFINED = []
 MODES = ("train", "compare", "export", "adapt", "evaluate", "uho", "lr_sweep",
          "convert", "fpk", "imagenet_check", "compare_merge")
 
-# Input errors that `main` reports as one line instead of a stack trace.
+# Input errors that `main` reports as one line instead of a stack trace
+# (EncoderWeightsError, LiteWeightsError, BadExamplesError: ValueError).
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
-                FileExistsError)  # EncoderWeightsError/LiteWeightsError: ValueError.
+                FileExistsError, PermissionError, workdir_lib.WorkdirError,
+                workdir_lib.CheckpointError, preflight.MissingDependencyError)
 
 
 def _define(kind, name, default, *args):
@@ -272,9 +277,9 @@ def write_flagfile(path, f=FLAGS):
     os.replace(path + ".tmp", path)
 
 
-def _fail(message):
+def _fail(message, program="run_meta.py"):
     """One line on stderr and exit status 2 (no stack trace)."""
-    sys.stderr.write(f"run_meta.py: error: {message}\n")
+    sys.stderr.write(f"{program}: error: {message}\n")
     sys.exit(2)
 
 
@@ -294,39 +299,58 @@ def main(argv):
     if config.run.run_eagerly:
         tf.config.run_functions_eagerly(True)
     keras.utils.set_random_seed(config.run.seed)
+    with contextlib.ExitStack() as stack:
+        try:
+            preflight.check(config, FLAGS.mode,
+                            uses_imagenet=FLAGS.compare_imagenet)
+            # One run per workdir: the lock is held until this process exits.
+            stack.enter_context(workdir_lib.lock(config.run.workdir))
+            prepared = _run_mode(config, training, compare)
+        except _USER_ERRORS as e:
+            _fail(str(e))
+        if prepared is not None:  # Training: errors past setup are bugs,
+            try:                  # shown with their stack trace, except NaN.
+                training.run(prepared)
+            except training.NonFiniteError as e:
+                _fail(str(e))
+
+
+def _write_record(config, suffix=""):
+    """flags<suffix>.txt (a flagfile that repeats the run) and config<suffix>.json."""
+    from efficientlab_tf import training
+
     workdir = config.run.workdir
-    try:
-        training.prepare_workdir(workdir)
-        # A training run's flags.txt repeats it; other modes get their own
-        # file so they never overwrite the run's.
-        suffix = "" if FLAGS.mode == "train" else f"_{FLAGS.mode}"
-        write_flagfile(os.path.join(workdir, f"flags{suffix}.txt"))
-        training.write_json(os.path.join(workdir, f"config{suffix}.json"),
-                            dataclasses.asdict(config))
-        if FLAGS.mode == "compare":
-            return _compare(config, training, compare)
-        if FLAGS.mode == "compare_merge":
-            return _compare_merge(config, compare)
-        if FLAGS.mode == "export":
-            return _export(config, training)
-        if FLAGS.mode == "adapt":
-            return _adapt(config, training)
-        if FLAGS.mode == "evaluate":
-            return _evaluate(config, training)
-        if FLAGS.mode == "uho":
-            return _uho(config, training)
-        if FLAGS.mode == "lr_sweep":
-            return _lr_sweep(config, training)
-        if FLAGS.mode == "convert":
-            return _convert(config)
-        if FLAGS.mode == "fpk":
-            return _fpk(config, training)
-        if FLAGS.mode == "imagenet_check":
-            return _imagenet_check(config, training)
+    write_flagfile(os.path.join(workdir, f"flags{suffix}.txt"))
+    training.write_json(os.path.join(workdir, f"config{suffix}.json"),
+                        dataclasses.asdict(config))
+
+
+def _run_mode(config, training, compare):
+    """Runs --mode in a locked workdir; for training, returns the prepared run."""
+    mode = FLAGS.mode
+    if mode == "train":
+        # A rerun resumes: it must match the stored record, which is
+        # rewritten only once the run is built (a refused rerun keeps it).
+        workdir_lib.check_resumable(config.run.workdir, dataclasses.asdict(config))
         prepared = training.prepare(config)
-    except _USER_ERRORS as e:
-        _fail(str(e))
-    training.run(prepared)
+        _write_record(config)
+        return prepared
+    # Other modes get their own record so they never overwrite the run's.
+    _write_record(config, f"_{mode}")
+    runners = {
+        "compare": lambda: _compare(config, training, compare),
+        "compare_merge": lambda: _compare_merge(config, compare),
+        "export": lambda: _export(config, training),
+        "adapt": lambda: _adapt(config, training),
+        "evaluate": lambda: _evaluate(config, training),
+        "uho": lambda: _uho(config, training),
+        "lr_sweep": lambda: _lr_sweep(config, training),
+        "convert": lambda: _convert(config),
+        "fpk": lambda: _fpk(config, training),
+        "imagenet_check": lambda: _imagenet_check(config, training),
+    }
+    runners[mode]()
+    return None
 
 
 def _shots_list():
@@ -341,8 +365,10 @@ def _compare(config, training, compare):
     if not FLAGS.compare_runs:
         raise ValueError("--mode=compare needs --compare_runs=<run dir>,...")
     exp = training.Experiment(config)
-    prefixes = [(os.path.basename(os.path.normpath(p)),
-                 training.resolve_checkpoint(p)) for p in FLAGS.compare_runs]
+    for p in FLAGS.compare_runs:  # Missing runs fail before any scoring.
+        training.resolve_checkpoints(p)
+    prefixes = [(os.path.basename(os.path.normpath(p)), p)
+                for p in FLAGS.compare_runs]
     inits = [("random init", None)]
     if FLAGS.compare_imagenet:
         inits.append(("ImageNet encoder", _imagenet_init(exp, config)))
@@ -484,6 +510,7 @@ def _adapt(config, training):
 
 # ---------------------------------------------------------------- client
 CLIENT_FLAGS = []
+CLIENT = "efficientlab-client"  # Program name in the client's errors.
 
 
 def define_client_flags():
@@ -507,15 +534,16 @@ def client_main(argv):
     from efficientlab_tf.export import client
 
     if len(argv) > 1:
-        _fail(f"unexpected positional arguments {argv[1:]}; use --images=a,b.")
+        _fail(f"unexpected positional arguments {argv[1:]}; use --images=a,b.",
+              CLIENT)
     if not FLAGS.images:
-        _fail("--images is empty: give image files to segment.")
+        _fail("--images is empty: give image files to segment.", CLIENT)
     try:
         written = client.run_client(FLAGS.server, FLAGS.model, FLAGS.images,
                                     FLAGS.out_dir, FLAGS.protocol)
     except (ValueError, TypeError, FileNotFoundError, ConnectionError,
             RuntimeError, ImportError) as e:
-        _fail(str(e))
+        _fail(str(e), CLIENT)
     for path in written:
         print(path)
 

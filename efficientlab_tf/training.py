@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from efficientlab_tf import workdir as workdir_lib
 from efficientlab_tf.data.source import build_task_source
 from efficientlab_tf.data.source import meta_batches
 from efficientlab_tf.evaluation import plots
@@ -36,38 +37,72 @@ def write_json(path, obj):
     os.replace(tmp, path)
 
 
-def prepare_workdir(workdir):
-    """Creates `workdir`; a clear error if it is a file."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise NotADirectoryError(
-            f"`workdir` {workdir!r} exists and is not a directory.")
-    os.makedirs(workdir, exist_ok=True)
+prepare_workdir = workdir_lib.prepare
 
 
-def resolve_checkpoint(path):
-    """A checkpoint prefix from a prefix, a checkpoint folder or a run folder."""
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN or Inf; nothing non-finite was saved."""
+
+
+def check_finite_weights(model, what):
+    """Raises NonFiniteError before `what` (a save or export) of bad weights."""
+    bad = [v.path for v in model.variables
+           if tf.as_dtype(v.dtype).is_floating
+           and not bool(tf.reduce_all(tf.math.is_finite(v.value)))]
+    if bad:
+        raise NonFiniteError(
+            f"refusing to {what}: {len(bad)} variables hold NaN/Inf "
+            f"(first: {bad[0]}).")
+
+
+def _checkpoint_prefixes(folder):
+    """All checkpoint prefixes recorded in `folder`, oldest first."""
+    state = tf.train.get_checkpoint_state(folder)
+    if state is None:
+        return []
+    prefixes = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+    return [p if os.path.isabs(p) else os.path.join(folder, p) for p in prefixes]
+
+
+def resolve_checkpoints(path):
+    """Checkpoint prefixes (oldest first) of a prefix, a checkpoint folder or
+    a run folder."""
     if tf.io.gfile.isdir(path):
         for folder in (os.path.join(path, "checkpoints"), path):
-            latest = tf.train.latest_checkpoint(folder)
-            if latest:
-                return latest
+            prefixes = _checkpoint_prefixes(folder)
+            if prefixes:
+                return prefixes
         raise FileNotFoundError(f"no checkpoint found in folder {path!r}.")
     if tf.io.gfile.exists(path + ".index"):
-        return path
+        return [path]
     raise FileNotFoundError(f"checkpoint {path!r} does not exist.")
 
 
+def resolve_checkpoint(path):
+    """The newest checkpoint prefix of `path` (see `resolve_checkpoints`)."""
+    return resolve_checkpoints(path)[-1]
+
+
+class _ModelOnly(tf.train.Checkpoint):
+    """Restores a run's model and ignores the rest (step, meta optimizer)."""
+
+    def restore(self, save_path, options=None):
+        return super().restore(save_path, options).expect_partial()
+
+
 def load_model_weights(model, path):
-    """Restores only the model from a checkpoint written by `train`."""
-    prefix = resolve_checkpoint(path)
+    """Restores only the model from a checkpoint written by `train`.
+
+    For a folder the newest readable checkpoint is used (a truncated newest
+    one is skipped with a warning naming both).
+    """
     try:
-        tf.train.Checkpoint(model=model).restore(prefix).assert_existing_objects_matched().expect_partial()
-    except (AssertionError, ValueError, tf.errors.OpError) as e:
-        first = str(e).strip().splitlines()[0]
+        return workdir_lib.restore_intact(_ModelOnly(model=model),
+                                          resolve_checkpoints(path))
+    except workdir_lib.CheckpointError as e:
         raise ValueError(
-            f"checkpoint {prefix!r} does not match this model "
-            f"(different encoder, decoder or image size?): {first}") from None
-    return prefix
+            f"{e} (a checkpoint of another model: different encoder, decoder "
+            "or image size?)") from None
 
 
 class Experiment:
@@ -80,6 +115,10 @@ class Experiment:
             self.model, config.meta, bn_mode=config.model.bn_mode,
             jit_compile=config.run.jit_compile)
         self.source = build_task_source(config)
+
+    def has_split(self, split):
+        """Whether `split` has classes (meta-val may be empty)."""
+        return bool(len(self.source.classes(split)))
 
     def eval_tasks(self, split, shots=None, count=None, seed=None):
         cfg = self.config
@@ -131,20 +170,27 @@ def train(config, model=None):
 class _Prepared:
     """Everything built and restored before the first step."""
 
-    def __init__(self, exp, step, manager):
+    def __init__(self, exp, step, manager, val_tasks, test_tasks):
         self.exp, self.step, self.manager = exp, step, manager
+        self.val_tasks, self.test_tasks = val_tasks, test_tasks
 
 
 def prepare(config, model=None):
     """Builds model, learner and data; restores or warm-starts.
 
     Every input error (bad flag values, missing files, a workdir that is a
-    file, a checkpoint of another model) surfaces here, before training.
+    file, a checkpoint of another model, classes too small for the shots,
+    missing packages) surfaces here, before training. A corrupt newest
+    checkpoint is skipped with a warning (see `workdir.restore_intact`).
     """
     cfg = config
     workdir = cfg.run.workdir
     prepare_workdir(workdir)
     exp = Experiment(cfg, model)
+    # The evaluation task sets are drawn now, so shot counts that the classes
+    # cannot serve fail at second 0, not after training.
+    val_tasks = exp.eval_tasks("val") if exp.has_split("val") else None
+    test_tasks = exp.eval_tasks("test")
     learner = exp.learner
     step = tf.Variable(0, dtype=tf.int64, name="step")
     trackables = {"model": exp.model, "step": step}
@@ -154,25 +200,30 @@ def prepare(config, model=None):
     manager = tf.train.CheckpointManager(
         ckpt, os.path.join(workdir, "checkpoints"),
         max_to_keep=cfg.run.keep_checkpoints)
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("Resumed from %s at step %d.", manager.latest_checkpoint,
-                     int(step))
+    if manager.checkpoints:
+        prefix = workdir_lib.restore_intact(ckpt, manager.checkpoints)
+        logging.info("Resumed from %s at step %d.", prefix, int(step))
     elif cfg.run.init_from:
         prefix = load_model_weights(exp.model, cfg.run.init_from)
         logging.info("Initialised the model from %s.", prefix)
-    return _Prepared(exp, step, manager)
+    return _Prepared(exp, step, manager, val_tasks, test_tasks)
 
 
 def run(prepared):
-    """The training loop of a `prepare`d run; returns the results dict."""
+    """The training loop of a `prepare`d run; returns the results dict.
+
+    Raises:
+        NonFiniteError: a step produced a NaN/Inf loss or meta-direction;
+            nothing was saved after it, so the newest checkpoint is the last
+            finite one.
+    """
     exp, step, manager = prepared.exp, prepared.step, prepared.manager
     cfg = exp.config
     learner = exp.learner
     workdir = cfg.run.workdir
     writer = tf.summary.create_file_writer(os.path.join(workdir, "train"))
     val_writer = tf.summary.create_file_writer(os.path.join(workdir, "meta_val"))
-    val_tasks = exp.eval_tasks("val")
+    val_tasks = prepared.val_tasks
     total = cfg.meta.meta_iters
     start = int(step)
     batches = iter(meta_batches(exp.source, cfg, start))
@@ -181,6 +232,9 @@ def run(prepared):
     last_time, last_step = time.time(), start
     logging.info("Training %s from step %d to %d in %s.", cfg.meta.algo,
                  start, total, workdir)
+    if val_tasks is None:
+        logging.info("No meta-val classes (--val_classes=0): training on "
+                     "meta-train classes without meta-validation.")
 
     def validate(s):
         result = exp.evaluate(val_tasks, name="meta_val")
@@ -191,6 +245,10 @@ def run(prepared):
                      "(%d tasks)", s, cfg.eval.shots, result["mean_iou"],
                      result["ci95"], result["tasks"])
         return result
+
+    def save(number):
+        check_finite_weights(exp.model, "save a checkpoint")
+        return manager.save(checkpoint_number=number)
 
     try:
         while int(step) < total:
@@ -204,13 +262,21 @@ def run(prepared):
                 meta_lr = linear_meta_step(cfg.meta, s)
                 metrics = learner.meta_step(
                     tasks, tf.constant(meta_lr, tf.float32), seed)
-            step.assign_add(1)
             s += 1
+            if not bool(metrics["finite"]):  # One scalar read per step.
+                raise NonFiniteError(
+                    f"meta-iteration {s}: the loss or meta-direction is NaN/Inf "
+                    f"(loss {float(metrics['meta_train_loss']):.4g}); training "
+                    "stopped and nothing was saved or exported, so "
+                    f"{manager.latest_checkpoint or 'no checkpoint'} is the "
+                    "last finite state. Lower --inner_lr or --meta_step.")
+            step.assign_add(1)
             if s % cfg.run.log_every == 0 or s == total:
                 now = time.time()
                 rate = (now - last_time) / max(s - last_step, 1)
                 last_time, last_step = now, s
-                values = {k: float(v) for k, v in metrics.items()}
+                values = {k: float(v) for k, v in metrics.items()
+                          if k != "finite"}
                 with writer.as_default():
                     for k, v in values.items():
                         tf.summary.scalar(f"train/{k}", v, step=s)
@@ -223,31 +289,35 @@ def run(prepared):
                     values["pre_adapt_query_iou"],
                     values["post_adapt_query_iou"], rate,
                     _format_eta(rate * (total - s)))
-            if cfg.run.image_every and s % cfg.run.image_every == 0:
+            if (cfg.run.image_every and s % cfg.run.image_every == 0
+                    and val_tasks is not None):
                 with val_writer.as_default():
                     _image_summary(learner, val_tasks[0], cfg, s)
             if s % cfg.run.checkpoint_every == 0:
-                manager.save(checkpoint_number=s)
-            if cfg.eval.every and s % cfg.eval.every == 0 and s < total:
+                save(s)
+            if (cfg.eval.every and s % cfg.eval.every == 0 and s < total
+                    and val_tasks is not None):
                 validate(s)
     except KeyboardInterrupt:
-        path = manager.save(checkpoint_number=int(step))
+        path = save(int(step))
         logging.warning("Interrupted: saved %s; rerun the same command to "
                         "resume.", path)
         raise
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(
             f"-{int(step)}"):
-        manager.save(checkpoint_number=int(step))
+        save(int(step))
     writer.flush()
 
     results = {"step": int(step), "config": dataclasses.asdict(cfg)}
-    results["meta_val"] = _strip(validate(int(step)))
-    test = exp.evaluate(exp.eval_tasks("test"), name="meta_test")
+    if val_tasks is not None:
+        results["meta_val"] = _strip(validate(int(step)))
+    test = exp.evaluate(prepared.test_tasks, name="meta_test")
     results["meta_test"] = _strip(test)
     logging.info("meta-test %d-shot mean IoU %.4f +- %.4f (%d tasks, %d steps, "
                  "lr %g)", cfg.eval.shots, test["mean_iou"], test["ci95"],
                  test["tasks"], cfg.eval_inner_iters, cfg.eval_inner_lr)
     if cfg.run.export:
+        check_finite_weights(exp.model, "export")
         results["saved_model"] = export_model(
             exp, os.path.join(workdir, "saved_model"))
         logging.info("Exported SavedModel to %s.", results["saved_model"])

@@ -101,6 +101,48 @@ def test_bad_files_get_a_clear_error(tmp_path, mutate, message):
     assert path in str(e.value)
 
 
+class _Exploit:
+    """Pickles as a call of os.system: what a hostile .pth file holds."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("position", range(5))
+def test_malicious_pickle_in_any_of_the_five_never_runs(tmp_path, position):
+    # The five pickles of the legacy format, each replaceable by an exploit
+    # whose unpickling would create `marker` through os.system.
+    marker = tmp_path / "pwned"
+    exploit = pickle.dumps(_Exploit(f"touch {marker}"), protocol=2)
+    assert b"system" in exploit
+    pieces = [
+        pickle.dumps(torch_legacy.MAGIC_NUMBER, protocol=2),
+        pickle.dumps(1001, protocol=2),
+        pickle.dumps({"little_endian": True}, protocol=2),
+        b"\x80\x02ccollections\nOrderedDict\n)R.",  # An empty state dict.
+        pickle.dumps([], protocol=2),
+    ]
+    pieces[position] = exploit
+    path = tmp_path / "evil.pth"
+    path.write_bytes(b"".join(pieces))
+    with pytest.raises(torch_legacy.TorchFileError, match="posix.system|os.system"):
+        torch_legacy.load_state_dict(str(path))
+    assert not marker.exists(), "the exploit ran"
+    # The unmodified file is read (so the test would see a refusal of good
+    # files, not only of bad ones).
+    pieces[position] = [
+        pickle.dumps(torch_legacy.MAGIC_NUMBER, protocol=2),
+        pickle.dumps(1001, protocol=2),
+        pickle.dumps({"little_endian": True}, protocol=2),
+        b"\x80\x02ccollections\nOrderedDict\n)R.",
+        pickle.dumps([], protocol=2)][position]
+    path.write_bytes(b"".join(pieces))
+    assert torch_legacy.load_state_dict(str(path)) == collections.OrderedDict()
+
+
 # --- conversion against an independent numpy forward pass ----------------------
 
 def _pad_same(x, k, s):

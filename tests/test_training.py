@@ -23,9 +23,9 @@ def tiny_config(workdir, algo="fomaml", meta_iters=4, **run):
                                    meta_batch=2, meta_step=1.0,
                                    meta_step_final=0.5, meta_iters=meta_iters),
         eval=config_lib.EvalConfig(shots=2, tasks=2, every=0),
-        run=config_lib.RunConfig(workdir=workdir, checkpoint_every=2,
-                                 log_every=1, image_every=0,
-                                 **{"export": False, **run}),
+        run=config_lib.RunConfig(**{
+            "workdir": workdir, "checkpoint_every": 2, "log_every": 1,
+            "image_every": 0, "export": False, **run}),
     )
 
 

@@ -9,6 +9,10 @@ It owns the update routine, the outer update and the compiled functions:
 * `eval_task(support, query, lr, steps, seed)`: adapt, predict the query,
   restore; returns IoU per query image.
 
+Both training steps return scalar metrics plus `finite`, a bool that is
+False when the loss, the meta-direction or the adapted weights hold a NaN or
+an Inf (the outer loop stops on it before anything is saved).
+
 lr, steps and meta_lr are tensors and every task has a fixed shape, so each
 function traces once per shape (tests count traces).
 """
@@ -36,6 +40,11 @@ def build_adapter(model, meta_config, in_place=True, batch_size=None):
         batch_size=batch_size or meta_config.inner_batch,
         in_place=in_place,
     )
+
+
+def _all_finite(tensors):
+    """Scalar bool: every element of every tensor is finite."""
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
 
 
 def linear_meta_step(meta_config, step):
@@ -116,6 +125,9 @@ class MetaLearner:
         )
         scale = 1.0 / num_tasks
         direction = [a * scale for a in acc]
+        # One scalar the outer loop reads every step: a NaN/Inf loss or
+        # meta-direction stops training before anything is saved.
+        finite = _all_finite([loss] + direction + acc_stats)
         if self.meta_optimizer is None:
             for v, d in zip(adapter.trainable_variables, direction):
                 v.assign_add(meta_lr * d)
@@ -131,6 +143,7 @@ class MetaLearner:
             "pre_adapt_query_iou": pre * scale,
             "post_adapt_query_iou": post * scale,
             "meta_grad_norm": tf.linalg.global_norm(direction),
+            "finite": finite,
         }
 
     def _joint_step_impl(self, tasks, lr, seed):
@@ -146,7 +159,8 @@ class MetaLearner:
             q_img, q_mask = tasks.support_images[0], tasks.support_masks[0]
         iou = tf.reduce_mean(binary_iou(q_mask, self.adapter.predict(adapted, q_img)))
         return {"meta_train_loss": loss, "pre_adapt_query_iou": iou,
-                "post_adapt_query_iou": iou}
+                "post_adapt_query_iou": iou,
+                "finite": _all_finite([loss] + adapted.trainable + adapted.stats)}
 
     # ---------------------------------------------------------- evaluation
     def _eval_task_impl(self, support_images, support_masks, query_images,

@@ -15,9 +15,11 @@ bytes:
 then, for each key in that order, the element count as a little-endian int64
 followed by the elements.
 
-Only the globals a state dict needs are resolved (an allow list), so reading a
-file never runs code from it; anything else is a `TorchFileError` that names
-the file and what was found.
+Every one of the five pickles goes through an allow-list unpickler: the
+header pickles and the key list may resolve no global at all, the state dict
+only `OrderedDict`, `_rebuild_tensor_v2` and the storage types. Reading a
+file therefore never runs code from it; anything else is a `TorchFileError`
+that names the file and what was found.
 """
 
 import collections
@@ -101,10 +103,39 @@ def _rebuild_tensor_v2(storage, offset, size, stride, *unused):
     return _TensorRef(storage, offset, size, stride)
 
 
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, path):
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickler that resolves no global and no persistent id.
+
+    The header pickles (magic number, protocol version, system info) and the
+    storage-key list hold only ints, strings, tuples, lists and dicts, so
+    nothing needs resolving; a pickle that asks for any callable (the
+    `__reduce__` of an exploit asks for `os.system` or `builtins.eval`) is
+    refused before anything runs.
+    """
+
+    def __init__(self, file, path, what):
         super().__init__(file)
         self.path = path
+        self.what = what
+
+    def find_class(self, module, name):
+        raise TorchFileError(
+            f"{self.path}: the {self.what} refers to {module}.{name}; a legacy "
+            "torch.save file holds only plain values there, so it was refused "
+            "without running anything."
+        )
+
+    def persistent_load(self, pid):
+        raise TorchFileError(
+            f"{self.path}: unexpected persistent id in the {self.what}."
+        )
+
+
+class _Unpickler(_PlainUnpickler):
+    """The state-dict pickle: only OrderedDict, tensors and storage types."""
+
+    def __init__(self, file, path):
+        super().__init__(file, path, "state dict")
         self.storages = {}
 
     def find_class(self, module, name):
@@ -135,8 +166,11 @@ class _Unpickler(pickle.Unpickler):
 
 
 def _load_pickle(file, path, what):
+    """One header pickle through `_PlainUnpickler` (never `pickle.load`)."""
     try:
-        return pickle.load(file)
+        return _PlainUnpickler(file, path, what).load()
+    except TorchFileError:
+        raise
     except Exception as e:
         raise TorchFileError(
             f"{path}: could not read the {what} ({type(e).__name__}: {e}); "

@@ -1,0 +1,188 @@
+"""A run's folder: one process at a time, a record that survives refusals,
+and checkpoints that fall back past a corrupt one.
+
+* `lock(workdir)`: an exclusive `fcntl.flock` on `<workdir>/.lock`, held for
+  the whole run. The kernel drops it when the process exits or is killed, so
+  a lock file left by a dead process never blocks a rerun; the second of two
+  live runs on one folder is refused with one line naming the first.
+* `check_resumable(workdir, config)`: before a training run resumes from
+  checkpoints, the stored `config.json` must agree on everything that shapes
+  the checkpointed state (`RESUME_KEYS`); every difference is named. The
+  record (`flags.txt`, `config.json`) is written only after this check and
+  after the run was built, so a refused rerun leaves it as it was.
+* `restore_intact(checkpoint, prefixes)`: restores the newest readable
+  checkpoint, warning about each unreadable (truncated, corrupt) one.
+
+POSIX only (`fcntl`), like the rest of the tooling around TF Serving.
+"""
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+
+from absl import logging
+
+LOCK_FILE = ".lock"
+
+# Config fields a resumed run must share with the stored record: they fix
+# the shapes of the checkpointed variables (or, for the meta optimizer,
+# which variables exist at all).
+RESUME_KEYS = (
+    ("model", "encoder"),
+    ("model", "image_size"),
+    ("model", "cut_stage"),
+    ("model", "skip_stage"),
+    ("model", "decoder"),
+    ("model", "decoder_filters"),
+    ("model", "num_classes"),
+    ("meta", "meta_optimizer"),
+)
+_FLAG_NAMES = {("meta", "meta_optimizer"): "meta_optimizer"}
+
+
+class WorkdirError(RuntimeError):
+    """A run folder cannot be used as asked (locked, or another run's)."""
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run folder could be restored."""
+
+
+def prepare(workdir):
+    """Creates `workdir`; a clear error if it is a file or not writable."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(
+            f"`workdir` {workdir!r} exists and is not a directory.")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(
+            f"cannot create `workdir` {workdir!r}: {e.strerror}.") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise PermissionError(f"`workdir` {workdir!r} is not writable.")
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def lock(workdir):
+    """Holds the exclusive lock of `workdir` (see module docstring).
+
+    Raises:
+        WorkdirError: another live process holds it.
+    """
+    prepare(workdir)
+    path = os.path.join(workdir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise
+        raise WorkdirError(
+            f"`workdir` {workdir!r} is in use by another run "
+            f"({holder or 'unknown process'}); wait for it to finish or "
+            "choose another --workdir.") from None
+    try:
+        previous = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        pid = _parse_pid(previous)
+        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+            logging.warning("Taking over the stale lock of %s in %s (that "
+                            "process no longer exists).", previous, workdir)
+        program = os.path.basename(sys.argv[0]) if sys.argv else "python"
+        record = (f"pid {os.getpid()} on {socket.gethostname()} since "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({program})")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record.encode(), 0)
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # A clean exit leaves no holder behind.
+        os.close(fd)  # Releases the flock.
+
+
+def _parse_pid(text):
+    parts = text.split()
+    if len(parts) >= 2 and parts[0] == "pid" and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
+
+def has_checkpoints(workdir):
+    return os.path.isfile(os.path.join(workdir, "checkpoints", "checkpoint"))
+
+
+def check_resumable(workdir, config_dict, record="config.json"):
+    """Refuses to resume a run whose stored config differs in `RESUME_KEYS`.
+
+    Args:
+        workdir: The run folder.
+        config_dict: `dataclasses.asdict` of the new run's config.
+        record: The stored config file name.
+
+    Raises:
+        WorkdirError: naming every differing flag with both values.
+    """
+    path = os.path.join(workdir, record)
+    if not (has_checkpoints(workdir) and os.path.isfile(path)):
+        return
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+    except (OSError, ValueError) as e:
+        raise WorkdirError(f"{path} is unreadable ({e}); it records the run "
+                           "whose checkpoints are in this workdir.") from None
+    diffs = []
+    for section, key in RESUME_KEYS:
+        old = stored.get(section, {}).get(key)
+        new = config_dict[section][key]
+        if old is not None and old != new:
+            name = _FLAG_NAMES.get((section, key), key)
+            diffs.append(f"--{name}: stored {old!r}, given {new!r}")
+    if diffs:
+        raise WorkdirError(
+            f"{workdir!r} holds checkpoints of a run that differs: "
+            f"{'; '.join(diffs)}. Use the stored flags "
+            f"(--flagfile={os.path.join(workdir, 'flags.txt')}) to resume, or "
+            "another --workdir for a new run.")
+
+
+def restore_intact(checkpoint, prefixes, what="checkpoint"):
+    """Restores the newest of `prefixes` that reads; returns its prefix.
+
+    Args:
+        checkpoint: A `tf.train.Checkpoint`.
+        prefixes: Checkpoint prefixes, oldest first.
+        what: Word for messages.
+
+    Raises:
+        CheckpointError: none could be restored (every reason listed).
+    """
+    failures = []
+    for prefix in reversed(list(prefixes)):
+        try:
+            checkpoint.restore(prefix).assert_existing_objects_matched()
+        except Exception as e:  # noqa: BLE001 (truncation raises IndexError)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            failures.append(f"{prefix}: {type(e).__name__}: {first[:200]}")
+            continue
+        if failures:
+            logging.warning("%s unreadable; restored %s instead.",
+                            "; ".join(failures), prefix)
+        return prefix
+    raise CheckpointError(f"no {what} could be restored: " + "; ".join(failures))
