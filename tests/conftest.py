@@ -1,9 +1,12 @@
 """Test setup: CPU only, quiet TF, seeded and deterministic."""
 
 import os
+import tempfile
 
 os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Scan and weight caches of this test session (subprocesses inherit it).
+os.environ["EFFICIENTLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="efficientlab-cache-")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402

@@ -138,6 +138,66 @@ class ExportTest(tf.test.TestCase):
             self.loaded.signatures["serving_default"](
                 images=tf.zeros([1, 32, 32, 4], tf.uint8))
 
+    def test_few_shot_masks_follow_the_one_mask_rule(self):
+        support, query = uint8((2, 32, 32, 3), 40), uint8((1, 32, 32, 3), 41)
+        target = np.random.RandomState(42).uniform(size=(2, 32, 32)) > 0.5
+        zero_one = tf.constant(target, tf.uint8)
+        zero_255 = tf.constant(target * 255, tf.uint8)
+        # Anti-aliased 0-255 mask: 50 is background (< 128), as the loaders
+        # decode it; before, few_shot took any value > 0 as target.
+        soft = tf.constant(np.where(target, 255, 50), tf.uint8)
+        want = self.few_shot(support, zero_255, query)["probabilities"]
+        for masks in (zero_one, soft, zero_255[..., None]):
+            self.assertAllClose(self.few_shot(support, masks, query)["probabilities"],
+                                want, atol=1e-6)
+
+    def test_serving_errors_say_what_is_wrong(self):
+        serve = self.loaded.signatures["serving_default"]
+        query = uint8((1, 32, 32, 3), 0)
+        cases = [
+            (lambda: serve(images=tf.zeros([1, 32, 32, 4], tf.uint8)),
+             "3 channels \\(RGB\\)"),
+            (lambda: serve(images=tf.zeros([0, 32, 32, 3], tf.uint8)),
+             "batch is empty"),
+            (lambda: self.few_shot(tf.zeros([2, 0, 0, 3], tf.uint8),
+                                   tf.zeros([2, 0, 0], tf.uint8), query),
+             "positive height and width"),
+            (lambda: self.few_shot(uint8((2, 32, 32, 3), 1),
+                                   tf.zeros([2, 32, 32, 2], tf.uint8), query),
+             "support_masks must be uint8 \\[K, H, W\\] or \\[K, H, W, 1\\]"),
+        ]
+        for call, message in cases:
+            with self.assertRaisesRegex(tf.errors.InvalidArgumentError, message):
+                call()
+
+    def test_serve_bytes_refuses_huge_images_from_the_header(self):
+        png = bytearray(tf.io.encode_png(tf.zeros([2, 2, 1], tf.uint8)).numpy())
+        png[16:24] = (10000).to_bytes(4, "big") * 2  # IHDR: 10000 x 10000.
+        serve_bytes = self.loaded.signatures["serve_bytes"]
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                    "larger than the limit of 16777216 pixels"):
+            serve_bytes(encoded=tf.constant([bytes(png)]))
+        gif = b"GIF89a" + bytes(40)
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                    "only JPEG and PNG"):
+            serve_bytes(encoded=tf.constant([gif]))
+        # Headers read right: a 24 x 40 JPEG and PNG pass and report their size.
+        image = uint8((24, 40, 3), 9)
+        out = serve_bytes(encoded=tf.stack([tf.io.encode_jpeg(image),
+                                            tf.io.encode_png(image)]))
+        self.assertAllEqual(out["heights"], [24, 24])
+        self.assertAllEqual(out["widths"], [40, 40])
+
+    def test_version_folders_are_readable_and_numbered_past_odd_names(self):
+        umask = os.umask(0)
+        os.umask(umask)
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o777 & ~umask)
+        base = tempfile.mkdtemp()
+        for name in ("3", "latest", "v9", "\u00b2", ".tmp-4-abc"):
+            os.makedirs(os.path.join(base, name))
+        open(os.path.join(base, "7"), "w").close()  # A file, not a version.
+        self.assertEqual(next_version(base), 4)
+
     def test_in_place_adapter_is_refused(self):
         adapter = build_adapter(self.model, MetaConfig(), in_place=True)
         with self.assertRaisesRegex(ValueError, "in_place=False"):

@@ -124,9 +124,89 @@ class FSS1000Test(tf.test.TestCase):
 
     def test_class_too_small_for_a_task(self):
         src = source(make_tree(pairs=3))
-        with self.assertRaisesRegex(fss1000.BadExamplesError,
-                                    "bus \\(3 pairs\\): fewer than 6 pairs"):
+        # Not "bad examples": the shot flags ask for more than the class holds.
+        with self.assertRaisesRegex(
+                ValueError, r"test tasks need 6 image/mask pairs per class "
+                r"\(support shots.*--eval_shots.*bus \(3 pairs\)") as e:
             src.tasks("test", 5, 1, seed=0)
+        self.assertNotIsInstance(e.exception, fss1000.BadExamplesError)
+
+    def test_zero_one_masks_are_target_where_one(self):
+        # 0/1 masks (common in other tools) and 0/255 masks: one rule.
+        root = tempfile.mkdtemp()
+        for n in (1, 2, 3):
+            write_pair(os.path.join(root, "bus"), n, seed=n, mask_values=(0, 1))
+            write_pair(os.path.join(root, "cat"), n, seed=n, mask_values=(0, 255))
+            write_pair(os.path.join(root, "dog"), n, seed=n)
+        for name in ("bus", "cat"):
+            png = open(os.path.join(root, name, "1.png"), "rb").read()
+            raw = np.asarray(Image.open(os.path.join(root, name, "1.png")))
+            np.testing.assert_array_equal(decode_mask(png, 32).numpy()[..., 0],
+                                          raw == raw.max())
+        # Same seed, same pixels: the two encodings decode identically.
+        bus = decode_mask(open(os.path.join(root, "bus", "2.png"), "rb").read(), 32)
+        cat = decode_mask(open(os.path.join(root, "cat", "2.png"), "rb").read(), 32)
+        self.assertAllEqual(bus, cat)
+        self.assertGreater(float(tf.reduce_mean(bus)), 0.3)
+
+    def test_all_background_class_is_reported(self):
+        root = make_tree(pairs=3)
+        for n in (1, 2, 3):
+            write_pair(os.path.join(root, "dog"), n, mask_values=(0, 0))
+        with self.assertRaisesRegex(fss1000.BadExamplesError,
+                                    "every mask of class 'dog' is all background"):
+            fss1000.scan(root)
+        self.assertNotIn("dog", fss1000.scan(root, skip_bad=True))
+
+    def test_undecodable_rgb_and_resized_files_are_listed_at_scan_time(self):
+        root = make_tree(pairs=4)
+        jpg = os.path.join(root, "cat", "1.jpg")
+        data = open(jpg, "rb").read()
+        open(jpg, "wb").write(data[:len(data) // 3])  # Truncated JPEG.
+        open(os.path.join(root, "cat", "2.png"), "wb").close()  # Zero bytes.
+        photo = np.random.RandomState(0).randint(0, 256, (32, 32, 3), np.uint8)
+        Image.fromarray(photo).save(os.path.join(root, "dog", "1.png"))  # RGB.
+        Image.fromarray(np.zeros((16, 16), np.uint8) + 255, "L").save(
+            os.path.join(root, "dog", "2.png"))  # Other size.
+        with self.assertRaises(fss1000.BadExamplesError) as ctx:
+            fss1000.scan(root)
+        message = str(ctx.exception)
+        self.assertIn("4 bad examples", message)
+        self.assertIn(f"{jpg}: cannot decode image", message)
+        self.assertIn(os.path.join(root, "cat", "2.png") + ": cannot decode mask",
+                      message)
+        self.assertIn(os.path.join(root, "dog", "1.png") + ": mask is not binary",
+                      message)
+        self.assertIn("(a RGB image)", message)
+        self.assertIn(os.path.join(root, "dog", "2.png") +
+                      ": mask size (16, 16) differs from image size (32, 32)",
+                      message)
+        # The adapt mode's reader checks the same way.
+        with self.assertRaisesRegex(fss1000.BadExamplesError, "cannot decode"):
+            fss1000.read_class_folder(os.path.join(root, "cat"))
+        # Skipped, every remaining task decodes.
+        src = source(root, skip_bad=True, val_classes=1, test_classes=1)
+        self.assertEqual(len(src.pairs["cat"]), 2)
+        for task in src.tasks("train", 1, 1, seed=0).take(4):
+            self.assertEqual(task.support_images.shape, (1, 32, 32, 3))
+
+    def test_checks_are_cached_by_size_and_mtime(self):
+        from efficientlab_tf.data import validate
+
+        root = make_tree(pairs=2)
+        fss1000.scan(root)
+        calls = []
+        real = validate.check_pair
+        validate.check_pair = lambda i, m: calls.append(i) or real(i, m)
+        try:
+            fss1000.scan(root)
+            self.assertEqual(calls, [])  # Nothing decoded again.
+            path = os.path.join(root, "cat", "1.jpg")
+            os.utime(path, ns=(1, 1))
+            fss1000.scan(root)
+            self.assertEqual(calls, [path])
+        finally:
+            validate.check_pair = real
 
     def test_missing_data_dir(self):
         with self.assertRaisesRegex(FileNotFoundError, "/no/such/dir"):

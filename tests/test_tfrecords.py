@@ -76,5 +76,8 @@ class ShardTest(tf.test.TestCase):
     def test_one_more_pair_writer_sanity(self):
         folder = tempfile.mkdtemp()
         write_pair(folder, 1)
-        self.assertEqual(tfrecords.check_pair(os.path.join(folder, "1.jpg"),
-                                              os.path.join(folder, "1.png")), [])
+        problems, target = tfrecords.check_pair(os.path.join(folder, "1.jpg"),
+                                                os.path.join(folder, "1.png"))
+        self.assertEqual(problems, [])
+        mask = np.asarray(Image.open(os.path.join(folder, "1.png")))
+        self.assertEqual(target, int((mask == 255).sum()))

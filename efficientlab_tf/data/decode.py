@@ -1,8 +1,11 @@
 """The one image and mask decoder of the package (JPEG or PNG bytes).
 
 Images are resized bilinearly to [S, S, 3] float32 in [0, 255]; masks by
-nearest neighbour to [S, S, 1] float32 and binarised: a mask pixel is
-target (1) when its value is >= MASK_THRESHOLD (128) on a 0-255 scale.
+nearest neighbour to [S, S, 1] float32 and binarised by `binarize_mask`, the
+one mask rule of the package (loaders, shards and the served `few_shot`
+signature): 0/255 masks are target where the value is >= MASK_THRESHOLD
+(128), and a mask whose largest value is 1 is a 0/1 mask, target where it is
+1. The rule is applied per mask, so both kinds may be mixed in a dataset.
 Label-map masks (PASCAL VOC `SegmentationClass` palette PNGs and the SBD
 `SegmentationClassAug` grey PNGs) hold a class index per pixel and 255 on
 object boundaries; `decode_label_mask` reads the indices themselves (TF's PNG
@@ -33,6 +36,34 @@ def _decode(contents, channels):
     )
 
 
+# Largest image `serve_bytes` decodes (16.8 megapixels, e.g. 4096 x 4096): a
+# small PNG can declare 10000 x 10000 pixels (1.4 GiB once decoded), so the
+# size is read from the header and checked before decoding.
+MAX_SERVED_PIXELS = 4096 * 4096
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def encoded_image_size(contents):
+    """int64 [2] (height, width) read from a JPEG or PNG header, without
+    decoding the pixels; [-1, -1] for bytes that are neither."""
+
+    def png_size():
+        # IHDR: width and height, big-endian uint32, at bytes 16-23.
+        b = tf.cast(tf.io.decode_raw(tf.strings.substr(contents, 16, 8),
+                                     tf.uint8), tf.int64)
+        width = ((b[0] * 256 + b[1]) * 256 + b[2]) * 256 + b[3]
+        height = ((b[4] * 256 + b[5]) * 256 + b[6]) * 256 + b[7]
+        return tf.stack([height, width])
+
+    is_png = tf.logical_and(tf.strings.length(contents) >= 24,
+                            tf.strings.substr(contents, 0, 8) == _PNG_SIGNATURE)
+    return tf.cond(
+        tf.io.is_jpeg(contents),
+        lambda: tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64),
+        lambda: tf.cond(is_png, png_size,
+                        lambda: tf.constant([-1, -1], tf.int64)))
+
+
 def decode_image(contents, size):
     """JPEG/PNG bytes -> float32 [size, size, 3] in [0, 255]."""
     return decode_image_and_size(contents, size)[0]
@@ -48,12 +79,24 @@ def decode_image_and_size(contents, size):
             original)
 
 
+def binarize_mask(mask):
+    """uint8 masks [..., H, W, 1] -> float32 {0, 1}, each mask by its own kind.
+
+    A mask whose largest value is <= 1 is a 0/1 mask (target: 1); any other
+    is a 0-255 mask (target: >= 128).
+    """
+    mask = tf.cast(mask, tf.uint8)
+    top = tf.reduce_max(mask, axis=[-3, -2, -1], keepdims=True)
+    threshold = tf.where(top <= 1, tf.constant(1, tf.uint8),
+                         tf.constant(MASK_THRESHOLD, tf.uint8))
+    return tf.cast(mask >= threshold, tf.float32)
+
+
 def decode_mask(contents, size):
     """PNG/JPEG mask bytes -> float32 [size, size, 1] in {0, 1}."""
     mask = _decode(contents, 1)
     mask = tf.image.resize(mask, [size, size], method="nearest")
-    mask = tf.cast(mask >= MASK_THRESHOLD, tf.float32)
-    return tf.ensure_shape(mask, [size, size, 1])
+    return tf.ensure_shape(binarize_mask(mask), [size, size, 1])
 
 
 def png_indices(contents):

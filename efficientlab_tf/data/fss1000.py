@@ -13,9 +13,12 @@ gets `test_classes` seeded meta-test classes instead. `fold`/`num_folds`
 turn the classes into cross-validation folds (as PASCAL-5i does): meta-test
 is one fold, meta-train/val the others.
 
-Bad input (image without mask, mask without image, empty class folder, a
-class with fewer pairs than a task needs) is reported all at once, every
-offending file listed; with `skip_bad_examples` it is logged and left out.
+Bad input (image without mask, mask without image, empty class folder,
+files that do not decode, masks of another size than their image, masks that
+are not 0/255 or 0/1, a class whose masks are all background; see
+`validate.py`) is reported all at once, every offending file listed; with
+`skip_bad_examples` it is logged and left out. A class with fewer pairs than
+a task needs is named with the shot flags that ask for them.
 """
 
 import os
@@ -25,6 +28,7 @@ import tensorflow as tf
 from absl import logging
 
 from efficientlab_tf.data import decode
+from efficientlab_tf.data import validate
 from efficientlab_tf.data.tasks import TaskBatch
 from efficientlab_tf.resources import read_class_list
 
@@ -65,14 +69,17 @@ def scan_class(folder):
 
 
 def read_class_folder(folder, skip_bad=False):
-    """Pairs of one class folder (e.g. a user's labelled examples)."""
+    """Checked pairs of one class folder (e.g. a user's labelled examples)."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"class folder {folder!r} is not a directory.")
     pairs, problems = scan_class(folder)
-    _report(problems, folder, skip_bad)
-    if not pairs:
-        raise FileNotFoundError(f"no image/mask pairs in {folder!r}.")
-    return pairs
+    name = os.path.basename(os.path.normpath(folder))
+    good, bad = validate.check_classes({name: pairs} if pairs else {},
+                                       os.path.dirname(os.path.abspath(folder)))
+    report(problems + bad, folder, skip_bad)
+    if not good:
+        raise FileNotFoundError(f"no usable image/mask pairs in {folder!r}.")
+    return good[name]
 
 
 def scan(root, skip_bad=False):
@@ -90,7 +97,8 @@ def scan(root, skip_bad=False):
         problems.extend(class_problems)
         if pairs:
             classes[name] = pairs
-    _report(problems, root, skip_bad)
+    classes, bad = validate.check_classes(classes, root)
+    report(problems + bad, root, skip_bad)
     if not classes:
         raise FileNotFoundError(f"no class folders with image/mask pairs in {root!r}.")
     return classes
@@ -107,7 +115,8 @@ def _natural_key(stem):
     return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
 
 
-def _report(problems, where, skip_bad):
+def report(problems, where, skip_bad):
+    """Raises BadExamplesError listing `problems` (or logs them with skip_bad)."""
     if not problems:
         return
     text = "\n  ".join(problems)
@@ -202,9 +211,19 @@ class FolderSource:
         if short and not report:  # The caller chose the classes (FP-k).
             names = [n for n in names if len(self.pairs[n]) >= needed]
         elif short:
-            _report([f"{self._where(s)}: fewer than {needed} pairs "
-                     "(shots + query)" for s in short],
-                    f"{self.root} [{split}]", self.skip_bad)
+            # Not bad files: the shot flags ask for more than these classes hold.
+            more = "..." if len(short) > 10 else ""
+            message = (
+                f"{split} tasks need {needed} image/mask pairs per class "
+                "(support shots + query shots: --train_shots + "
+                "--train_query_shots for meta-training, --eval_shots + "
+                f"--query_shots for evaluation), but {len(short)} of the "
+                f"{len(names)} {split} classes of {self.root} have fewer: "
+                f"{', '.join(short[:10])}{more}")
+            if not self.skip_bad:
+                raise ValueError(message + "; lower those flags, or pass "
+                                 "--skip_bad_examples to leave the classes out.")
+            logging.warning("%s; leaving them out (--skip_bad_examples).", message)
             names = [n for n in names if len(self.pairs[n]) >= needed]
         if not names:
             raise ValueError(

@@ -143,7 +143,7 @@ def scan_ids(root, ids, mask_dir, skip_bad=False, where=""):
             by_label.setdefault(label, []).append((image, mask))
         if (n + 1) % 2000 == 0:
             logging.info("Scanned %d/%d label maps of %s.", n + 1, len(ids), where)
-    fss1000._report(problems, where or root, skip_bad)
+    fss1000.report(problems, where or root, skip_bad)
     return by_label
 
 
@@ -175,15 +175,11 @@ def write_shards(data_config, out_dir, num_shards=8):
                 entries += [(VOC_CLASSES[label - 1], split, i, m, label)
                             for i, m in by_label[label]]
     elif data_config.dataset == "fpk":
+        # FSS-1000 pairs were checked by read_class_folder, label maps by
+        # scan_ids.
         pools = _fpk_pools(data_config, skip)[0]
-        problems = []
-        for name, pairs in pools.items():
-            for i, m, label in pairs:
-                found = tfrecords.check_pair(i, m) if label < 0 else []
-                problems += found
-                if not found:
-                    entries.append((name, "fpk", i, m, label))
-        fss1000._report(problems, data_config.data_dir, skip)
+        entries = [(name, "fpk", i, m, label)
+                   for name, pairs in pools.items() for i, m, label in pairs]
     else:
         raise ValueError(f"pascal.write_shards converts pascal5i or fpk; got "
                          f"{data_config.dataset!r}.")

@@ -8,7 +8,8 @@ split tag (the PASCAL image list it came from), round-robin over
 files). `write_shards` converts FSS-1000 trees; `pascal.write_shards` PASCAL
 VOC and FP-k pools. Every file is decoded once while converting: undecodable
 images or masks, masks whose size differs from their image and non-binary
-masks are all listed in one error (or skipped with `skip_bad`). Files are
+masks are all listed in one error (or skipped with `skip_bad`; the checks of
+`validate.py`). Files are
 written under temporary names and renamed at the end.
 
 `ShardSource` loads the shards and serves tasks exactly as the folder
@@ -25,36 +26,11 @@ from absl import logging
 from PIL import Image
 
 from efficientlab_tf.data import fss1000
+from efficientlab_tf.data.validate import check_pair  # noqa: F401 (re-export)
 
 INDEX = "shards.json"
 FORMAT = "efficientlab_tf-shards-v2"
 _FORMAT_V1 = "efficientlab_tf-fss1000-shards-v1"  # Read as FSS-1000 shards.
-
-
-def check_pair(image_path, mask_path):
-    """Problems of one pair (empty list if fine): decode, sizes, binary mask."""
-    problems = []
-    try:
-        with Image.open(image_path) as im:
-            im.load()
-            image_size = im.size
-    except Exception as e:
-        return [f"{image_path}: cannot decode image ({type(e).__name__}: {e})"]
-    try:
-        with Image.open(mask_path) as m:
-            m.load()
-            mask = np.asarray(m.convert("L"))
-            mask_size = m.size
-    except Exception as e:
-        return [f"{mask_path}: cannot decode mask ({type(e).__name__}: {e})"]
-    if image_size != mask_size:
-        problems.append(f"{mask_path}: mask size {mask_size} differs from image "
-                        f"size {image_size}")
-    values = np.unique(mask)
-    if not set(values.tolist()) <= {0, 1, 255}:
-        problems.append(f"{mask_path}: mask is not binary (values "
-                        f"{values[:8].tolist()}{'...' if len(values) > 8 else ''})")
-    return problems
 
 
 def _example(image_bytes, mask_bytes, class_name, index, label=-1, split=""):
@@ -122,15 +98,9 @@ def write_shards(data_dir, out_dir, num_shards=8, skip_bad=False):
     if num_shards < 1:
         raise ValueError(f"`num_shards` must be >= 1; got {num_shards}.")
     root = fss1000.resolve_root(data_dir)
-    classes = fss1000.scan(root, skip_bad)
-    problems, entries = [], []
-    for name in sorted(classes):
-        for image, mask in classes[name]:
-            found = check_pair(image, mask)
-            problems.extend(found)
-            if not found:
-                entries.append((name, "", image, mask, -1))
-    fss1000._report(problems, root, skip_bad)  # noqa: SLF001 (one reporter)
+    classes = fss1000.scan(root, skip_bad)  # Every pair checked (validate.py).
+    entries = [(name, "", image, mask, -1)
+               for name in sorted(classes) for image, mask in classes[name]]
     return write_entries(entries, out_dir, num_shards, "fss1000")
 
 

@@ -7,19 +7,28 @@ Signatures:
   the input resolution; images are resized to the network size in the graph.
 * `serve_bytes`: encoded JPEG/PNG images, string [N] -> the same outputs at
   the network resolution S x S (images of a batch may differ in size), plus
-  each image's `heights` and `widths` so a client can resize back.
+  each image's `heights` and `widths` so a client can resize back. Images
+  over `max_pixels` (default `decode.MAX_SERVED_PIXELS`, 4096 x 4096) are
+  refused from their header, before decoding.
 * `few_shot`: `support_images` uint8 [K, H, W, 3], `support_masks` uint8
-  [K, H, W] (0 = background, any other value = target) and `query_images`
-  uint8 [Q, H', W', 3] -> the query's `probabilities` and `masks`. It adapts
-  inside the graph with the update routine in its tensor form (the
-  variables are only read), with the exported omega = (lr, steps, batch
-  size, optimizer), so concurrent requests never see each other.
+  [K, H, W] or [K, H, W, 1] (0/255 or 0/1 masks, the rule of
+  `decode.binarize_mask`) and `query_images` uint8 [Q, H', W', 3] -> the
+  query's `probabilities` and `masks`. It adapts inside the graph with the
+  update routine in its tensor form (the variables are only read), with the
+  exported omega = (lr, steps, batch size, optimizer), so concurrent
+  requests never see each other.
 
-A version is written to a temporary folder and renamed, so a crash never
-leaves a half-written version for TF Serving to pick up.
+Image inputs accept any channel count in the signature so that a wrong one
+(RGBA, grey) gets an error that says so instead of a shape mismatch; empty
+batches and 0 x 0 images are refused the same way.
+
+A version is written to a temporary folder, made readable as the umask
+allows (TF Serving often runs as another user), and renamed, so a crash
+never leaves a half-written version for TF Serving to pick up.
 """
 
 import os
+import re
 import shutil
 import tempfile
 
@@ -33,10 +42,16 @@ _FEW_SHOT_SEED = (0, 0)  # Same request, same answer.
 
 
 def next_version(base_dir):
-    """1 + the largest integer-named folder in `base_dir` (1 if none)."""
+    """1 + the largest integer-named folder in `base_dir` (1 if none).
+
+    Other entries (`.tmp-*` folders of an export in progress, `latest`, a
+    README, names of Unicode digits such as "²") are not versions.
+    """
     if not os.path.isdir(base_dir):
         return 1
-    versions = [int(d) for d in os.listdir(base_dir) if d.isdigit()]
+    versions = [int(d) for d in os.listdir(base_dir)
+                if re.fullmatch(r"[0-9]+", d)
+                and os.path.isdir(os.path.join(base_dir, d))]
     return max(versions, default=0) + 1
 
 
@@ -44,10 +59,43 @@ def _outputs(probs):
     return {"probabilities": probs, "masks": tf.cast(probs >= 0.5, tf.uint8)}
 
 
-def _check_images(images, name):
-    tf.debugging.assert_positive(
-        tf.shape(images)[1] * tf.shape(images)[2],
-        message=f"{name}: images must have a positive height and width")
+def _after(checks, *tensors):
+    """`tensors`, computed only once every check in `checks` has passed.
+
+    Assertions are stateful but the ops that read the inputs are not, so
+    without this a resize can fail first with a message that names no input.
+    """
+    with tf.control_dependencies(checks):
+        out = [tf.identity(t) for t in tensors]
+    return out[0] if len(out) == 1 else out
+
+
+def _image_checks(images, name):
+    """In-graph checks with clear messages for the usual wrong image tensors."""
+    shape = tf.shape(images)
+    return [
+        tf.debugging.assert_equal(
+            shape[3], 3, message=f"{name}: images must have 3 channels (RGB); "
+            "convert RGBA or grey images to RGB first. Channels received"),
+        tf.debugging.assert_positive(
+            shape[0], message=f"{name}: the batch is empty (need >= 1 image)"),
+        tf.debugging.assert_positive(
+            shape[1] * shape[2],
+            message=f"{name}: images must have a positive height and width"),
+    ]
+
+
+def _mask_stack(masks):
+    """uint8 [K, H, W] or [K, H, W, 1] -> [K, H, W], else a clear error."""
+    rank = tf.rank(masks)
+    check = tf.debugging.Assert(
+        tf.logical_or(tf.equal(rank, 3), tf.logical_and(
+            tf.equal(rank, 4), tf.equal(tf.shape(masks)[-1], 1))),
+        ["few_shot: support_masks must be uint8 [K, H, W] or [K, H, W, 1]; "
+         "got shape", tf.shape(masks)])
+    masks = _after([check], masks)
+    return tf.ensure_shape(tf.reshape(masks, tf.shape(masks)[:3]),
+                           [None, None, None])
 
 
 def _resize_images(images, size):
@@ -56,7 +104,7 @@ def _resize_images(images, size):
 
 def _serve_fn(model, size):
     def serve(images):
-        _check_images(images, "serving_default")
+        images = _after(_image_checks(images, "serving_default"), images)
         probs = foreground_probability(model(_resize_images(images, size),
                                              training=False))
         probs = tf.image.resize(probs[..., None], tf.shape(images)[1:3])[..., 0]
@@ -65,10 +113,22 @@ def _serve_fn(model, size):
     return serve
 
 
-def _serve_bytes_fn(model, size):
+def _serve_bytes_fn(model, size, max_pixels):
     def serve_bytes(encoded):
-        tf.debugging.assert_positive(
-            tf.size(encoded), message="serve_bytes: no images in the request")
+        encoded = _after([tf.debugging.assert_positive(
+            tf.size(encoded), message="serve_bytes: no images in the request")],
+            encoded)
+        hw = tf.map_fn(decode.encoded_image_size, encoded,
+                       fn_output_signature=tf.int64)
+        encoded = _after([
+            tf.debugging.assert_non_negative(
+                hw, message="serve_bytes: only JPEG and PNG images are accepted"),
+            tf.debugging.assert_less_equal(
+                hw[:, 0] * hw[:, 1], tf.constant(max_pixels, tf.int64),
+                message=f"serve_bytes: an image is larger than the limit of "
+                f"{max_pixels} pixels set at export (height x width read from "
+                "its header, before decoding); pixels per image"),
+        ], encoded)
 
         images, hw = tf.map_fn(
             lambda c: decode.decode_image_and_size(c, size), encoded,
@@ -83,25 +143,32 @@ def _serve_bytes_fn(model, size):
 
 def _few_shot_fn(adapter, size, lr, steps):
     def few_shot(support_images, support_masks, query_images):
+        support_masks = _mask_stack(support_masks)
         k = tf.shape(support_images)[0]
-        tf.debugging.assert_positive(
-            k, message="few_shot: support_images is empty (need >= 1 example)")
-        tf.debugging.assert_equal(
-            k, tf.shape(support_masks)[0],
-            message="few_shot: support_images and support_masks hold "
-                    "different numbers of examples")
-        tf.debugging.assert_equal(
-            tf.shape(support_images)[1:3], tf.shape(support_masks)[1:3],
-            message="few_shot: support_masks must have the height and width "
-                    "of support_images")
-        tf.debugging.assert_positive(
-            tf.shape(query_images)[0],
-            message="few_shot: query_images is empty")
-        _check_images(query_images, "few_shot")
+        checks = [
+            tf.debugging.assert_positive(
+                k, message="few_shot: support_images is empty (need >= 1 "
+                "example)"),
+            tf.debugging.assert_equal(
+                k, tf.shape(support_masks)[0],
+                message="few_shot: support_images and support_masks hold "
+                        "different numbers of examples"),
+            tf.debugging.assert_equal(
+                tf.shape(support_images)[1:3], tf.shape(support_masks)[1:3],
+                message="few_shot: support_masks must have the height and "
+                        "width of support_images"),
+            tf.debugging.assert_positive(
+                tf.shape(query_images)[0],
+                message="few_shot: query_images is empty"),
+        ]
+        checks += _image_checks(query_images, "few_shot query")
+        checks += _image_checks(support_images, "few_shot support")
+        support_images, support_masks, query_images = _after(
+            checks, support_images, support_masks, query_images)
         images = _resize_images(support_images, size)
         masks = tf.image.resize(support_masks[..., None], [size, size],
                                 method="nearest")
-        masks = tf.cast(masks > 0, tf.float32)
+        masks = decode.binarize_mask(masks)  # 0/255 or 0/1, per mask.
         adapted, _ = adapter.adapt(images, masks, lr, steps,
                                    tf.constant(_FEW_SHOT_SEED, tf.int32))
         probs = adapter.predict(adapted, _resize_images(query_images, size))
@@ -113,7 +180,8 @@ def _few_shot_fn(adapter, size, lr, steps):
 
 
 def export_saved_model(model, base_dir, image_size, version=None,
-                       few_shot_adapter=None, omega=None):
+                       few_shot_adapter=None, omega=None,
+                       max_pixels=decode.MAX_SERVED_PIXELS):
     """Exports `model` as `<base_dir>/<version>`; returns that path.
 
     Args:
@@ -124,6 +192,7 @@ def export_saved_model(model, base_dir, image_size, version=None,
         few_shot_adapter: An `Adapter` with `in_place=False` over `model`;
             when given, the `few_shot` signature is added.
         omega: (lr, steps) of the `few_shot` adaptation.
+        max_pixels: Largest image (height x width) `serve_bytes` decodes.
 
     Raises:
         FileExistsError: the version folder already exists.
@@ -141,13 +210,14 @@ def export_saved_model(model, base_dir, image_size, version=None,
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
+        # Channels unconstrained: _image_checks names a wrong count.
         uint8_images = lambda name: tf.TensorSpec(  # noqa: E731
-            [None, None, None, 3], tf.uint8, name=name)
+            [None, None, None, None], tf.uint8, name=name)
         # The first endpoint becomes `serving_default`.
         archive.add_endpoint("serve", _serve_fn(model, image_size),
                              input_signature=[uint8_images("images")])
         archive.add_endpoint(
-            "serve_bytes", _serve_bytes_fn(model, image_size),
+            "serve_bytes", _serve_bytes_fn(model, image_size, max_pixels),
             input_signature=[tf.TensorSpec([None], tf.string, name="encoded")])
         if few_shot_adapter is not None:
             lr, steps = omega
@@ -158,11 +228,14 @@ def export_saved_model(model, base_dir, image_size, version=None,
                              tf.constant(steps, tf.int32)),
                 input_signature=[
                     uint8_images("support_images"),
-                    tf.TensorSpec([None, None, None], tf.uint8,
-                                  name="support_masks"),
+                    tf.TensorSpec(None, tf.uint8, name="support_masks"),
                     uint8_images("query_images"),
                 ])
         archive.write_out(tmp, verbose=False)
+        # mkdtemp makes the folder 0700; give it the umask's usual mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

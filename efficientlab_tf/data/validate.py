@@ -1,0 +1,143 @@
+"""Content checks of image/mask pairs, done once per file and cached.
+
+A pair is bad when the image or the mask does not decode (truncated JPEG,
+zero-byte PNG), when the mask's size differs from the image's (it would be
+stretched), or when the mask is not a binary mask: every value must be in
+{0, 255} or in {0, 1} (an RGB photo saved as `<n>.png` fails here). A class
+whose masks are all background after decoding (the rule of
+`decode.binarize_mask`) is reported too: its tasks would have no target.
+
+Checking decodes every file, so results are cached per file by (size,
+modification time) in `<cache>/scan/<root hash>.json` (`lite.cache_dir()`,
+i.e. $EFFICIENTLAB_CACHE_DIR or ~/.cache/efficientlab_tf): the second scan
+of a large tree reads only directory entries and `stat`s.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+from PIL import Image
+
+CACHE_VERSION = 1
+
+
+def _mask_values_problem(values):
+    values = set(values.tolist())
+    if values <= {0, 255} or values <= {0, 1}:
+        return None
+    shown = sorted(values)[:8]
+    more = "..." if len(values) > 8 else ""
+    return (f"mask is not binary (values {shown}{more}; expected 0/255 or 0/1 "
+            "masks)")
+
+
+def check_pair(image_path, mask_path):
+    """(problems, target pixels) of one pair; problems is [] when it is fine.
+
+    Target pixels follow `decode.binarize_mask` (0/1 or 0/255 masks).
+    """
+    try:
+        with Image.open(image_path) as im:
+            im.load()
+            image_size = im.size
+    except Exception as e:  # noqa: BLE001 (PIL raises many types)
+        return [f"{image_path}: cannot decode image ({type(e).__name__}: {e})"], 0
+    try:
+        with Image.open(mask_path) as m:
+            m.load()
+            mode = m.mode
+            mask = np.asarray(m.convert("L") if m.mode != "L" else m)
+            mask_size = m.size
+    except Exception as e:  # noqa: BLE001
+        return [f"{mask_path}: cannot decode mask ({type(e).__name__}: {e})"], 0
+    problems = []
+    if image_size != mask_size:
+        problems.append(f"{mask_path}: mask size {mask_size} differs from image "
+                        f"size {image_size}")
+    problem = _mask_values_problem(np.unique(mask))
+    if problem:
+        problems.append(f"{mask_path}: {problem}" + (
+            f" (a {mode} image)" if mode not in ("L", "1", "P") else ""))
+    threshold = 1 if mask.max(initial=0) <= 1 else 128  # decode.binarize_mask
+    return problems, int((mask >= threshold).sum())
+
+
+def _cache_path(root):
+    from efficientlab_tf.model.lite import cache_dir
+
+    digest = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:16]
+    return os.path.join(cache_dir(), "scan", f"{digest}.json")
+
+
+def _stamp(path):
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _load_cache(path):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        if data.get("version") == CACHE_VERSION:
+            return data["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return {}
+
+
+def _save_cache(path, files):
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"version": CACHE_VERSION, "files": files}, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # A cache that cannot be written only costs time.
+
+
+def check_classes(classes, root):
+    """Checks every pair of `{class: [(image, mask), ...]}` under `root`.
+
+    Returns:
+        (good {class: pairs}, problems): bad pairs are left out of `good`;
+        a class whose remaining masks are all background is listed in
+        problems and left out.
+    """
+    cache_file = _cache_path(root)
+    cache = _load_cache(cache_file)
+    fresh = {}
+    good, problems = {}, []
+    for name, pairs in classes.items():
+        kept, target = [], 0
+        for pair in pairs:
+            image, mask = pair[0], pair[1]
+            key = f"{image}|{mask}"
+            try:
+                stamp = _stamp(image) + _stamp(mask)
+            except OSError as e:
+                problems.append(f"{e.filename}: cannot read ({e.strerror})")
+                continue
+            entry = cache.get(key)
+            if not entry or entry[0] != stamp:
+                entry = [stamp, *check_pair(image, mask)]
+            fresh[key] = entry
+            if entry[1]:
+                problems.extend(entry[1])
+                continue
+            kept.append(pair)
+            target += entry[2]
+        if kept and not target:
+            problems.append(
+                f"{os.path.join(root, name)}: every mask of class {name!r} is "
+                "all background after decoding (0/255 masks: target >= 128; "
+                "0/1 masks: target = 1)")
+            continue
+        if kept:
+            good[name] = kept
+    if fresh != cache:
+        _save_cache(cache_file, fresh)
+    return good, problems
