@@ -35,7 +35,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest"],
+        # The gRPC client tests need the TF Serving protos.
+        "test": ["pytest", "tensorflow-serving-api>=2.20,<2.22"],
         "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
         "plot": [],  # Kept for old install commands: matplotlib is core now.
         "serving": ["tensorflow-serving-api"],

@@ -299,6 +299,11 @@ def main(argv):
     if config.run.run_eagerly:
         tf.config.run_functions_eagerly(True)
     keras.utils.set_random_seed(config.run.seed)
+    if (config.data.dataset == "synthetic" and config.data.data_dir
+            and FLAGS.mode != "imagenet_check"):
+        _fail(f"--data_dir={config.data.data_dir} is set but --dataset=synthetic "
+              "reads no files; add --dataset=fss1000 (or pascal5i, fpk) to use "
+              "it, or drop --data_dir.")
     with contextlib.ExitStack() as stack:
         try:
             preflight.check(config, FLAGS.mode,

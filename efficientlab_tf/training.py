@@ -110,11 +110,12 @@ class Experiment:
 
     def __init__(self, config, model=None):
         self.config = config
+        # Data first: a wrong --data_dir is found before weights are loaded.
+        self.source = build_task_source(config)
         self.model = model or build_efficientlab(config.model)
         self.learner = MetaLearner(
             self.model, config.meta, bn_mode=config.model.bn_mode,
             jit_compile=config.run.jit_compile)
-        self.source = build_task_source(config)
 
     def has_split(self, split):
         """Whether `split` has classes (meta-val may be empty)."""

@@ -154,6 +154,9 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
         (["--encoder_weights=/nonexistent/w.h5"], "/nonexistent/w.h5"),
         (["--foml_tail=10"], "foml_tail"),
         (["positional"], "positional"),
+        (["--data_dir=/tmp"], "--dataset=synthetic reads no files"),
+        (["--flagfile=flags/fss1000_fomaml_5shot.flags",
+          "--data_dir=/no/such/fss1000"], "/no/such/fss1000"),
     )
     def test_one_line_error_and_non_zero_exit(self, args, message):
         proc = run_meta(*args, f"--workdir={tempfile.mkdtemp()}",

@@ -3,6 +3,7 @@
 import http.server
 import json
 import os
+import socket
 import tempfile
 import threading
 
@@ -101,3 +102,64 @@ class ClientTest(tf.test.TestCase):
         with self.assertRaisesRegex(ConnectionError, "cannot reach TF Serving"):
             client.predict_rest("127.0.0.1:9", "m", np.zeros((2, 2, 3), np.uint8),
                                 timeout=5)
+
+
+class ConnectionErrorsTest(tf.test.TestCase):
+    """Every way a server can fail is one ConnectionError/ValueError line."""
+
+    def _silent_server(self):
+        # Accepts connections and never answers (a hung server).
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(4)
+        self.addCleanup(sock.close)
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+    def _closed_port(self):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()  # Nothing listens there now: connection refused.
+        return f"127.0.0.1:{port}"
+
+    def test_malformed_server(self):
+        image = np.zeros((2, 2, 3), np.uint8)
+        for server in ("http://localhost:8501", "localhost", "localhost:0",
+                       "localhost:99999", "a b:1", ""):
+            with self.assertRaisesRegex(ValueError, "--server must be host:port"):
+                client.predict_rest(server, "m", image)
+            with self.assertRaisesRegex(ValueError, "--server must be host:port"):
+                client.predict_grpc(server, "m", image)
+        client.check_server("[::1]:8500")
+        client.check_server("serving-1.example:8501")
+
+    def test_rest_read_timeout(self):
+        with self.assertRaisesRegex(ConnectionError, "did not answer within 1 s"):
+            client.predict_rest(self._silent_server(), "m",
+                                np.zeros((2, 2, 3), np.uint8), timeout=1)
+
+    def test_grpc_refused_and_timeout(self):
+        image = np.zeros((2, 2, 3), np.uint8)
+        with self.assertRaisesRegex(ConnectionError, "cannot reach TF Serving \\(gRPC\\)"):
+            client.predict_grpc(self._closed_port(), "m", image, timeout=5)
+        with self.assertRaisesRegex(ConnectionError, "did not answer within 1 s"):
+            client.predict_grpc(self._silent_server(), "m", image, timeout=1)
+
+    def test_client_errors_name_the_client(self):
+        import subprocess
+        import sys
+
+        folder = tempfile.mkdtemp()
+        path = os.path.join(folder, "a.png")
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+        code = ("import sys; sys.argv = ['efficientlab-client', "
+                f"'--server={self._closed_port()}', '--images={path}', "
+                f"'--out_dir={folder}']; "
+                "from efficientlab_tf import cli; cli.client_entry()")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                              text=True, timeout=120,
+                              env=dict(os.environ, CUDA_VISIBLE_DEVICES="-1"))
+        self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+        last = proc.stderr.strip().splitlines()[-1]
+        self.assertTrue(last.startswith("efficientlab-client: error: cannot reach"),
+                        last)

@@ -73,6 +73,20 @@ class ShardTest(tf.test.TestCase):
         with self.assertRaisesRegex(FileNotFoundError, "missing shard files"):
             tfrecords.read_shards(out)
 
+    def test_interrupted_conversion_leaves_no_temporary_shards(self):
+        root = make_tree(pairs=3)
+        out = os.path.join(tempfile.mkdtemp(), "shards")
+
+        def entries():
+            for name in ("cat", "dog"):
+                yield (name, "", os.path.join(root, name, "1.jpg"),
+                       os.path.join(root, name, "1.png"), -1)
+            raise KeyboardInterrupt  # Ctrl-C in the middle.
+
+        with self.assertRaises(KeyboardInterrupt):
+            tfrecords.write_entries(entries(), out, num_shards=2)
+        self.assertEqual(os.listdir(out), [])
+
     def test_one_more_pair_writer_sanity(self):
         folder = tempfile.mkdtemp()
         write_pair(folder, 1)

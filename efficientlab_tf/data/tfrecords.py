@@ -66,19 +66,26 @@ def write_entries(entries, out_dir, num_shards=8, dataset="fss1000"):
     writers = [tf.io.TFRecordWriter(p) for p in tmp]
     counts, positions = {}, {}
     try:
-        for count, (name, split, image, mask, label) in enumerate(entries):
-            with open(image, "rb") as f:
-                image_bytes = f.read()
-            with open(mask, "rb") as f:
-                mask_bytes = f.read()
-            key = (name, split)
-            index = positions[key] = positions.get(key, -1) + 1
-            counts[name] = counts.get(name, 0) + 1
-            writers[count % num_shards].write(_example(
-                image_bytes, mask_bytes, name, index, label, split).SerializeToString())
-    finally:
-        for w in writers:
-            w.close()
+        try:
+            for count, (name, split, image, mask, label) in enumerate(entries):
+                with open(image, "rb") as f:
+                    image_bytes = f.read()
+                with open(mask, "rb") as f:
+                    mask_bytes = f.read()
+                key = (name, split)
+                index = positions[key] = positions.get(key, -1) + 1
+                counts[name] = counts.get(name, 0) + 1
+                writers[count % num_shards].write(_example(
+                    image_bytes, mask_bytes, name, index, label,
+                    split).SerializeToString())
+        finally:
+            for w in writers:
+                w.close()
+    except BaseException:  # Interrupted or failed: no .tmp-shard files left.
+        for t in tmp:
+            if os.path.exists(t):
+                os.remove(t)
+        raise
     for t, n in zip(tmp, names):
         os.replace(t, os.path.join(out_dir, n))
     total = sum(counts.values())

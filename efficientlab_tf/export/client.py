@@ -11,6 +11,8 @@ One request per image, so images of any size can be sent.
 
 import json
 import os
+import re
+import socket
 import urllib.error
 import urllib.request
 
@@ -59,8 +61,20 @@ def masks_from_rest_response(response):
     return probs, masks
 
 
+def check_server(server):
+    """`host:port` (port 1-65535) or a ValueError saying what is expected."""
+    match = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})",
+                         server or "")
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise ValueError(
+            f"--server must be host:port, e.g. localhost:8501 (REST) or "
+            f"localhost:8500 (gRPC), without http://; got {server!r}.")
+    return server
+
+
 def predict_rest(server, model, image, version=None, timeout=60):
     """POST one image to TF Serving's REST API; returns (probs, mask)."""
+    check_server(server)
     path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "")
     url = f"http://{server}{path}:predict"
     data = json.dumps(rest_request_body(image)).encode()
@@ -73,7 +87,16 @@ def predict_rest(server, model, image, version=None, timeout=60):
         raise RuntimeError(f"TF Serving at {url} answered {e.code}: "
                            f"{e.read().decode(errors='replace')[:500]}") from None
     except urllib.error.URLError as e:
+        if isinstance(e.reason, (TimeoutError, socket.timeout)):
+            raise ConnectionError(f"TF Serving at {url} did not answer within "
+                                  f"{timeout} s.") from None
         raise ConnectionError(f"cannot reach TF Serving at {url}: {e.reason}") from None
+    except (TimeoutError, socket.timeout):
+        raise ConnectionError(f"TF Serving at {url} did not answer within "
+                              f"{timeout} s.") from None
+    except (ConnectionError, OSError) as e:
+        raise ConnectionError(f"connection to TF Serving at {url} failed: "
+                              f"{e}") from None
 
 
 def grpc_request(image, model, signature="serving_default"):
@@ -100,9 +123,21 @@ def predict_grpc(server, model, image, timeout=60):
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+    check_server(server)
     with grpc.insecure_channel(server) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        response = stub.Predict(request, timeout)
+        try:
+            response = stub.Predict(request, timeout)
+        except grpc.RpcError as e:
+            code, details = e.code(), (e.details() or "").splitlines()[:1]
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ConnectionError(f"TF Serving (gRPC) at {server} did not "
+                                      f"answer within {timeout} s.") from None
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise ConnectionError(f"cannot reach TF Serving (gRPC) at "
+                                      f"{server}: {' '.join(details)}") from None
+            raise RuntimeError(f"TF Serving (gRPC) at {server} answered "
+                               f"{code.name}: {' '.join(details)}") from None
     probs = tf.make_ndarray(response.outputs["probabilities"])[0]
     masks = tf.make_ndarray(response.outputs["masks"])[0]
     return probs, masks
@@ -117,6 +152,7 @@ def write_mask_png(mask, path):
 
 def run_client(server, model, image_paths, out_dir, protocol="rest"):
     """Segments every image; writes <out_dir>/<stem>_mask.png; returns paths."""
+    check_server(server)
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for path in image_paths:
