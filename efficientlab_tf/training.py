@@ -101,8 +101,8 @@ def load_model_weights(model, path):
                                           resolve_checkpoints(path))
     except workdir_lib.CheckpointError as e:
         raise ValueError(
-            f"{e} (a checkpoint of another model: different encoder, decoder "
-            "or image size?)") from None
+            f"{path!r} does not match this model (different encoder, decoder "
+            f"or image size?) or is unreadable: {e}") from None
 
 
 class Experiment:

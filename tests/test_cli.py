@@ -189,9 +189,18 @@ class KillResumeTest(tf.test.TestCase):
         proc = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "run_meta.py"), *args], cwd=ROOT,
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        index = os.path.join(workdir, "checkpoints", "ckpt-4.index")
+        # Checkpoint 4 counts once the manager's state file lists it (its
+        # .index appears earlier, while it is still being committed).
+        state = os.path.join(workdir, "checkpoints", "checkpoint")
+
+        def committed():
+            try:
+                return '"ckpt-4"' in open(state).read()
+            except OSError:
+                return False
+
         deadline = time.time() + 300
-        while not os.path.exists(index) and proc.poll() is None:
+        while not committed() and proc.poll() is None:
             self.assertLess(time.time(), deadline, "no checkpoint 4 in 300 s")
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
