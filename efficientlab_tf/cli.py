@@ -765,8 +765,8 @@ def _fpk(config, training):
 
 def _imagenet_check(config, training):
     """Top-5 check of the converted Lite0 ImageNet classifier (issue 6)."""
-    from efficientlab_tf.evaluation import imagenet_check
-    from efficientlab_tf.model import lite
+    from efficientlab_tf.pretrained import imagenet_check
+    from efficientlab_tf.pretrained import lite
 
     m = config.model
     if m.encoder != "efficientnet_lite0" or m.encoder_weights == "none":

@@ -35,7 +35,7 @@ def requirements(config, mode, uses_imagenet=False):
             `config.model.encoder_weights` does not say so
             (--compare_imagenet).
     """
-    from efficientlab_tf.model import lite  # Light: no TF work at import.
+    from efficientlab_tf.pretrained import lite  # Light: no TF work at import.
 
     needs = []
     if mode in SUMMARY_MODES:

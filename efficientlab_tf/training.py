@@ -9,7 +9,6 @@ be; Ctrl-C saves one before exiting and `kill -9` loses at most
 """
 
 import dataclasses
-import json
 import os
 import time
 
@@ -27,14 +26,10 @@ from efficientlab_tf.meta.learner import MetaLearner
 from efficientlab_tf.meta.learner import build_adapter
 from efficientlab_tf.meta.learner import linear_meta_step
 from efficientlab_tf.model.efficientlab import build_efficientlab
+from efficientlab_tf import io
 
 
-def write_json(path, obj):
-    """Writes JSON atomically (temporary file, then rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+write_json = io.write_json
 
 
 prepare_workdir = workdir_lib.prepare

@@ -20,10 +20,11 @@ import tensorflow as tf
 
 from efficientlab_tf.config import ModelConfig
 from efficientlab_tf.data import decode
-from efficientlab_tf.evaluation import imagenet_check
+from efficientlab_tf.pretrained import imagenet_check
 from efficientlab_tf.model import encoder as encoder_lib
-from efficientlab_tf.model import lite
-from efficientlab_tf.model import torch_legacy
+from efficientlab_tf.pretrained import lite
+from efficientlab_tf.pretrained import torch_legacy
+from tests import torch_writer
 from efficientlab_tf.model.efficientlab import build_efficientlab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +50,7 @@ def test_round_trip_with_strides_dtypes_and_scalars(tmp_path):
         half=np.array([1.5, -2.0], np.float16),
     )
     path = str(tmp_path / "x.pth")
-    torch_legacy.save_state_dict(sd, path)
+    torch_writer.save_state_dict(sd, path)
     got = torch_legacy.load_state_dict(path)
     assert list(got) == list(sd)
     for k in sd:
@@ -82,7 +83,7 @@ def test_reads_a_byte_stream_written_by_hand(tmp_path):
 def _write_bad(tmp_path, mutate):
     sd = collections.OrderedDict(a=np.ones((2, 2), np.float32))
     path = str(tmp_path / "bad.pth")
-    torch_legacy.save_state_dict(sd, path)
+    torch_writer.save_state_dict(sd, path)
     data = open(path, "rb").read()
     open(path, "wb").write(mutate(data))
     return path
@@ -243,7 +244,7 @@ def test_keras_lite0_matches_numpy_reference_on_random_weights(tmp_path):
     sd, model = _random_state_dict()
     assert sum(v.size for k, v in sd.items() if "num_batches" not in k) == 4_694_024
     path = str(tmp_path / "random.pth")
-    torch_legacy.save_state_dict(sd, path)
+    torch_writer.save_state_dict(sd, path)
     lite.load_imagenet_weights(model, pth_path=path)
     images = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
     got = model(images, training=False).numpy()

@@ -20,13 +20,12 @@ loader does (the same sampling code, reading bytes instead of files), so a
 import json
 import os
 
-import numpy as np
 import tensorflow as tf
 from absl import logging
-from PIL import Image
 
 from efficientlab_tf.data import fss1000
 from efficientlab_tf.data.validate import check_pair  # noqa: F401 (re-export)
+from efficientlab_tf import io
 
 INDEX = "shards.json"
 FORMAT = "efficientlab_tf-shards-v2"
@@ -91,10 +90,7 @@ def write_entries(entries, out_dir, num_shards=8, dataset="fss1000"):
     total = sum(counts.values())
     index = {"format": FORMAT, "dataset": dataset, "shards": names,
              "examples": total, "classes": dict(sorted(counts.items()))}
-    path = os.path.join(out_dir, INDEX)
-    with open(path + ".tmp", "w") as f:
-        json.dump(index, f, indent=2)
-    os.replace(path + ".tmp", path)
+    io.write_json(os.path.join(out_dir, INDEX), index)
     logging.info("Wrote %d examples of %d classes to %d shards in %s.", total,
                  len(counts), num_shards, out_dir)
     return index

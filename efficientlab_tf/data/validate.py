@@ -16,10 +16,10 @@ of a large tree reads only directory entries and `stat`s.
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image
+from efficientlab_tf import io
 
 CACHE_VERSION = 1
 
@@ -66,7 +66,7 @@ def check_pair(image_path, mask_path):
 
 
 def _cache_path(root):
-    from efficientlab_tf.model.lite import cache_dir
+    from efficientlab_tf.pretrained.lite import cache_dir
 
     digest = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:16]
     return os.path.join(cache_dir(), "scan", f"{digest}.json")
@@ -90,11 +90,7 @@ def _load_cache(path):
 
 def _save_cache(path, files):
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": CACHE_VERSION, "files": files}, f)
-        os.replace(tmp, path)
+        io.write_text(path, json.dumps({"version": CACHE_VERSION, "files": files}))
     except OSError:
         pass  # A cache that cannot be written only costs time.
 

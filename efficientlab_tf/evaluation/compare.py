@@ -15,6 +15,7 @@ from efficientlab_tf.evaluation import protocol
 from efficientlab_tf.meta import weights as weights_lib
 from efficientlab_tf.model.metrics import binary_iou
 from efficientlab_tf.model.metrics import mean_ci95
+from efficientlab_tf import io
 
 BOX_FRACTIONS = tuple(np.round(np.arange(0.2, 1.0001, 0.05), 2))
 
@@ -132,15 +133,9 @@ def markdown_table(rows, reference_name):
 
 def write_table(rows, reference_name, workdir, stem="compare"):
     """Writes <workdir>/<stem>.md and .json atomically; returns the md path."""
-    from efficientlab_tf.training import write_json
-
-    os.makedirs(workdir, exist_ok=True)
-    md = markdown_table(rows, reference_name)
-    path = os.path.join(workdir, f"{stem}.md")
-    with open(path + ".tmp", "w") as f:
-        f.write(md)
-    os.replace(path + ".tmp", path)
-    write_json(os.path.join(workdir, f"{stem}.json"), rows)
+    path = io.write_text(os.path.join(workdir, f"{stem}.md"),
+                         markdown_table(rows, reference_name))
+    io.write_json(os.path.join(workdir, f"{stem}.json"), rows)
     return path
 
 

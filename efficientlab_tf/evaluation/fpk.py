@@ -15,6 +15,7 @@ import tensorflow as tf
 from absl import logging
 
 from efficientlab_tf.model.metrics import mean_ci95
+from efficientlab_tf import io
 
 FPK_SHOTS = (1, 5, 10, 50, 100, 200, 400)
 FPK_ITERS = (1, 5, 10, 25, 50, 100, 200)
@@ -61,13 +62,12 @@ def write_fpk(rows, out_dir, query=20):
     (`query`: test examples per task, for the axis label)."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "fpk.csv")
-    with open(path + ".tmp", "w", newline="") as f:
+    with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["init", "k", "iterations", "mean_iou", "ci95"])
         for r in rows:
             writer.writerow([r["init"], r["k"], r["iterations"],
                              f"{r['mean_iou']:.6f}", f"{r['ci95']:.6f}"])
-    os.replace(path + ".tmp", path)
     inits = list(dict.fromkeys(r["init"] for r in rows))
     ks = list(dict.fromkeys((r["k"], r["iterations"]) for r in rows))
     cell = {(r["init"], r["k"]): r for r in rows}
@@ -78,8 +78,7 @@ def write_fpk(rows, out_dir, query=20):
             f"{cell[(i, k)]['mean_iou']:.3f} ± {cell[(i, k)]['ci95']:.3f}"
             for i in inits) + " |")
     md = "\n".join(lines) + "\n"
-    with open(os.path.join(out_dir, "fpk.md"), "w") as f:
-        f.write(md)
+    io.write_text(os.path.join(out_dir, "fpk.md"), md)
     try:
         import matplotlib
 
@@ -100,7 +99,7 @@ def write_fpk(rows, out_dir, query=20):
     ax.set_ylabel(f"mean IoU ({query} test examples per task)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "fpk.tmp.png"))
+    with io.atomic_path(os.path.join(out_dir, "fpk.png")) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(os.path.join(out_dir, "fpk.tmp.png"), os.path.join(out_dir, "fpk.png"))
     return md

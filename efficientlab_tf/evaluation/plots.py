@@ -3,9 +3,9 @@
 needs matplotlib (`pip install efficientlab-tf[plot]`).
 """
 
-import os
 
 import tensorflow as tf
+from efficientlab_tf import io
 
 
 def overlay(images, masks, probs):
@@ -40,8 +40,7 @@ def write_png(grid, path):
     """Writes a [H, W, 3] float grid in [0, 1] as a PNG, atomically."""
     data = tf.io.encode_png(tf.cast(tf.clip_by_value(grid, 0, 1) * 255 + 0.5,
                                     tf.uint8))
-    tf.io.write_file(path + ".tmp", data)
-    os.replace(path + ".tmp", path)
+    io.write_text(path, data.numpy())
 
 
 def lr_sweep_plot(rows, train_lr, path):
@@ -67,6 +66,6 @@ def lr_sweep_plot(rows, train_lr, path):
     fig.colorbar(points, ax=ax, label="early-stopped steps")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png")
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)

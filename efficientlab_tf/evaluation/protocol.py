@@ -15,6 +15,7 @@ import tensorflow as tf
 from absl import logging
 
 from efficientlab_tf.model.metrics import mean_ci95
+from efficientlab_tf import io
 
 
 def materialize(dataset):
@@ -104,10 +105,9 @@ def evaluate_by_class(eval_fn, class_tasks, class_names, lr, steps, seed=0,
 def write_per_class_csv(result, path):
     """class, draws..., mean: one row per class (written atomically)."""
     import csv
-    import os
 
     draws = max(len(v) for v in result["per_class"].values())
-    with open(path + ".tmp", "w", newline="") as f:
+    with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["class"] + [f"iou_draw{d + 1}" for d in range(draws)]
                         + ["mean_iou"])
@@ -115,4 +115,3 @@ def write_per_class_csv(result, path):
             writer.writerow([name] + [f"{v:.6f}" for v in values]
                             + [""] * (draws - len(values))
                             + [f"{np.mean(values):.6f}"])
-    os.replace(path + ".tmp", path)

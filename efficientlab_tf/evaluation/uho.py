@@ -21,12 +21,12 @@ which evaluation and export take with `--omega_file`.
 
 import csv
 import dataclasses
-import json
 import math
 import os
 
 import numpy as np
 from absl import logging
+from efficientlab_tf import io
 
 FIELDS = ("round", "trial", "lr", "max_steps", "batch_size", "best_steps",
           "mean_iou")
@@ -174,10 +174,7 @@ def search(curve_fn, config, workdir, summary_fn=None):
     best = max(all_trials, key=lambda t: t["mean_iou"])
     omega = {"lr": best["lr"], "steps": best["best_steps"],
              "batch_size": best["batch_size"], "mean_iou": best["mean_iou"]}
-    path = os.path.join(workdir, "omega.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(omega, f, indent=2)
-    os.replace(path + ".tmp", path)
+    path = io.write_json(os.path.join(workdir, "omega.json"), omega)
     logging.info("UHO best: lr %.6f, %d steps, batch %d, mean IoU %.4f -> %s",
                  omega["lr"], omega["steps"], omega["batch_size"],
                  omega["mean_iou"], path)

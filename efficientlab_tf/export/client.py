@@ -18,6 +18,7 @@ import urllib.request
 
 import numpy as np
 from PIL import Image
+from efficientlab_tf import io
 
 
 def load_image(path):
@@ -145,9 +146,9 @@ def predict_grpc(server, model, image, timeout=60):
 
 def write_mask_png(mask, path):
     """Writes a {0, 1} mask as a 0/255 PNG, atomically."""
-    tmp = f"{path}.tmp.png"
-    Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255, "L").save(tmp)
-    os.replace(tmp, path)
+    with io.atomic_path(path) as tmp:
+        Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255,
+                        "L").save(tmp, format="PNG")
 
 
 def run_client(server, model, image_paths, out_dir, protocol="rest"):

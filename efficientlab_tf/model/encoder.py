@@ -16,7 +16,7 @@ import re
 
 import keras
 
-from efficientlab_tf.model import lite
+from efficientlab_tf.model import lite0
 from efficientlab_tf.model.layers import BatchNorm
 
 _KERAS_ENCODERS = {
@@ -102,10 +102,13 @@ def _is_torch_file(config, weights):
 
 def _lite0_base(config, weights):
     """Lite0 without its head; ImageNet (or .pth) weights converted offline."""
-    base = lite.efficientnet_lite0(
+    base = lite0.efficientnet_lite0(
         include_top=False, input_shape=(config.image_size, config.image_size, 3)
     )
     if weights == "imagenet" or _is_torch_file(config, weights):
+        # The offline weight tooling is imported only when weights are asked for.
+        from efficientlab_tf.pretrained import lite
+
         try:
             lite.load_imagenet_weights(base, None if weights == "imagenet" else weights)
         except lite.LiteWeightsError as e:
