@@ -5,7 +5,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from efficientlab_tf.config import MetaConfig
-from efficientlab_tf.meta.learner import build_adapter
+from efficientlab_tf.segmentation import build_adapter
 from tests import helpers
 
 

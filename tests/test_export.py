@@ -10,7 +10,7 @@ import tensorflow as tf
 from efficientlab_tf.config import MetaConfig
 from efficientlab_tf.export.saved_model import export_saved_model
 from efficientlab_tf.export.saved_model import next_version
-from efficientlab_tf.meta.learner import build_adapter
+from efficientlab_tf.segmentation import build_adapter
 from efficientlab_tf.model.efficientlab import foreground_probability
 from tests import helpers
 

@@ -7,6 +7,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from efficientlab_tf.config import MetaConfig
+from efficientlab_tf import segmentation
 from efficientlab_tf.meta.learner import MetaLearner
 from efficientlab_tf.meta.learner import linear_meta_step
 from efficientlab_tf.model.losses import segmentation_loss
@@ -20,7 +21,8 @@ def learner_for(algo, meta_batch=1, bn_mode="running", **kwargs):
     config = MetaConfig(algo=algo, train_shots=4, foml_tail=2, inner_iters=3,
                         inner_batch=2, inner_lr=0.05, meta_batch=meta_batch,
                         **kwargs)
-    return MetaLearner(model, config, bn_mode=bn_mode)
+    return MetaLearner(model, config, segmentation.task_fns(config.weight_decay),
+                       bn_mode=bn_mode)
 
 
 class LearnerTest(tf.test.TestCase, parameterized.TestCase):

@@ -161,25 +161,37 @@ class SyntheticFamily:
             return image, mask, objects[..., None]
         return image, mask
 
-    def task(self, class_ids, shots, query_shots, seed):
-        """A task of a class drawn from `class_ids`: TaskBatch of fixed shape."""
+    @staticmethod
+    def draw_class(class_ids, seed):
+        """(target class, seed of its images) of the task seeded by `seed`:
+        the one seed chain every task of the family follows."""
         class_ids = tf.constant(class_ids, tf.int32) if not isinstance(
             class_ids, tf.Tensor) else class_ids
         seeds = tf.random.experimental.stateless_split(seed, 2)
         pick = tf.random.stateless_uniform(
             [], seeds[0], 0, tf.shape(class_ids)[0], dtype=tf.int32)
-        target = tf.gather(class_ids, pick)
-        return self.task_of_class(target, class_ids, shots, query_shots,
-                                  seeds[1])
+        return tf.gather(class_ids, pick), seeds[1]
 
-    def task_of_class(self, target, class_ids, shots, query_shots, seed):
-        """A task of class `target`; distractors from the rest of `class_ids`."""
+    @staticmethod
+    def image_plan(target, class_ids, total, seed):
+        """(distractor classes, one seed per image) of a task of `target`."""
         class_ids = tf.constant(class_ids, tf.int32) if not isinstance(
             class_ids, tf.Tensor) else class_ids
         target = tf.cast(target, tf.int32)
         others = tf.boolean_mask(class_ids, tf.not_equal(class_ids, target))
-        total = shots + query_shots
-        image_seeds = tf.random.experimental.stateless_split(seed, total)
+        return others, tf.random.experimental.stateless_split(seed, total)
+
+    def task(self, class_ids, shots, query_shots, seed):
+        """A task of a class drawn from `class_ids`: TaskBatch of fixed shape."""
+        target, image_seed = self.draw_class(class_ids, seed)
+        return self.task_of_class(target, class_ids, shots, query_shots,
+                                  image_seed)
+
+    def task_of_class(self, target, class_ids, shots, query_shots, seed):
+        """A task of class `target`; distractors from the rest of `class_ids`."""
+        target = tf.cast(target, tf.int32)
+        others, image_seeds = self.image_plan(target, class_ids,
+                                              shots + query_shots, seed)
         images, masks = tf.map_fn(
             lambda s: self.render(target, others, s), image_seeds,
             fn_output_signature=(tf.float32, tf.float32),
@@ -243,18 +255,13 @@ def class_agnostic_scores(family, class_ids, shots, query_shots, seed, count):
     """
     from efficientlab_tf.model.metrics import binary_iou
 
-    pool = tf.constant(class_ids, tf.int32)
     scores = []
     for index in range(count):
-        seeds = tf.random.experimental.stateless_split(task_seed(seed, index), 2)
-        pick = tf.random.stateless_uniform([], seeds[0], 0, len(class_ids),
-                                           dtype=tf.int32)
-        target = tf.gather(pool, pick)
-        others = tf.boolean_mask(pool, tf.not_equal(pool, target))
-        image_seeds = tf.random.experimental.stateless_split(
-            seeds[1], shots + query_shots)[shots:]
+        target, image_seed = family.draw_class(class_ids, task_seed(seed, index))
+        others, image_seeds = family.image_plan(target, class_ids,
+                                                shots + query_shots, image_seed)
         ious = []
-        for s in image_seeds:
+        for s in image_seeds[shots:]:
             _, mask, objects = family.render(target, others, s, with_objects=True)
             ious.append(binary_iou(mask[None], objects[None, ..., 0])[0])
         scores.append(float(tf.reduce_mean(ious)))

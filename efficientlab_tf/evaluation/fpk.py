@@ -17,9 +17,6 @@ from absl import logging
 from efficientlab_tf.model.metrics import mean_ci95
 from efficientlab_tf import io
 
-FPK_SHOTS = (1, 5, 10, 50, 100, 200, 400)
-FPK_ITERS = (1, 5, 10, 25, 50, 100, 200)
-
 
 def run_fpk(eval_fn, task_fn, inits, shots, iters, tasks, repeats, lr, seed=0):
     """Scores initializations across k.

@@ -30,7 +30,6 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from efficientlab_tf.meta import weights as weights_lib
-from efficientlab_tf.model.efficientlab import foreground_probability
 
 
 class AdaptState(NamedTuple):
@@ -60,9 +59,12 @@ class Adapter:
             examples is used whole.
         in_place: Run the loop on the model's variables (snapshot, steps in
             place, restore) rather than on carried tensors.
+        predict_fn: `predict_fn(logits) -> prediction` applied by `predict`
+            (e.g. the foreground probability); None returns the logits.
     """
 
-    def __init__(self, model, loss_fn, optimizer, batch_size=8, in_place=True):
+    def __init__(self, model, loss_fn, optimizer, batch_size=8, in_place=True,
+                 predict_fn=None):
         if batch_size <= 0:
             raise ValueError(f"`batch_size` must be positive; got {batch_size}.")
         self.model = model
@@ -70,6 +72,7 @@ class Adapter:
         self.optimizer = optimizer
         self.batch_size = int(batch_size)
         self.in_place = bool(in_place)
+        self.predict_fn = predict_fn
         non_trainable = model.non_trainable_variables
         self._seed_idx = [
             i for i, v in enumerate(non_trainable) if _is_seed_state(v)
@@ -141,7 +144,7 @@ class Adapter:
         return AdaptState(new_trainable, new_stats, new_opt), loss
 
     def predict(self, state, images, seed=(0, 0)):
-        """Foreground probability [B, S, S] of `images` under `state` (inference)."""
+        """`predict_fn(logits)` of `images` under `state` (inference)."""
         non_trainable = self._non_trainable_values(
             state.stats, tf.constant(seed, tf.int32)
             if not isinstance(seed, tf.Tensor) else seed
@@ -149,7 +152,7 @@ class Adapter:
         logits, _ = self.model.stateless_call(
             list(state.trainable), non_trainable, images, training=False
         )
-        return foreground_probability(logits)
+        return logits if self.predict_fn is None else self.predict_fn(logits)
 
     # ------------------------------------------------------------------ loop
     def _minibatch(self, images, masks, order, t):

@@ -12,6 +12,9 @@ import tensorflow as tf
 from efficientlab_tf.meta import weights as weights_lib
 
 
+D_VAL_SEED_TAG = 7919  # A prime far above any inner step index.
+
+
 def meta_gradient(adapter, images, masks, lr, steps, tail, seed, start):
     """FOMAML direction for one task.
 
@@ -30,12 +33,17 @@ def meta_gradient(adapter, images, masks, lr, steps, tail, seed, start):
     """
     n = images.shape[0]
     steps = tf.cast(steps, tf.int32)
+    # The D_val step gets its own seed stream (shuffle and dropout noise),
+    # derived from the task seed with a fixed tag so it never coincides
+    # with the D_tr steps' seeds, which fold in step indices 0..steps-2.
+    # Any constant far above the step count works; the value is arbitrary
+    # but fixed, because changing it changes every FOMAML run.
     theta_tr, _ = adapter.adapt(
         images[: n - tail], masks[: n - tail], lr, steps - 1, seed, start=start
     )
     theta_val, tail_loss = adapter.adapt(
         images[n - tail:], masks[n - tail:], lr, 1,
-        tf.random.experimental.stateless_fold_in(seed, 7919),
+        tf.random.experimental.stateless_fold_in(seed, D_VAL_SEED_TAG),
         start=theta_tr, first_step=steps - 1,
     )
     return (

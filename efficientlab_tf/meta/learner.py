@@ -18,6 +18,8 @@ function traces once per shape (tests count traces).
 """
 
 import functools
+from typing import Callable
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
@@ -26,20 +28,28 @@ from efficientlab_tf.meta import fomaml
 from efficientlab_tf.meta import inner_opt
 from efficientlab_tf.meta import reptile
 from efficientlab_tf.meta.adapter import Adapter
-from efficientlab_tf.model.losses import segmentation_loss
-from efficientlab_tf.model.metrics import binary_iou
 
 
-def build_adapter(model, meta_config, in_place=True, batch_size=None):
-    """The update routine configured from a `MetaConfig`."""
-    return Adapter(
-        model,
-        functools.partial(segmentation_loss,
-                          weight_decay=meta_config.weight_decay),
-        inner_opt.get_inner_optimizer(meta_config.inner_optimizer),
-        batch_size=batch_size or meta_config.inner_batch,
-        in_place=in_place,
-    )
+class TaskFns(NamedTuple):
+    """What meta-learning needs to know about a task family (injected).
+
+    Attributes:
+        loss_fn: `loss_fn(targets, logits, trainable_weights) -> scalar`.
+        predict_fn: `predict_fn(logits) -> prediction` (e.g. probabilities).
+        metric_fn: `metric_fn(targets, predictions) -> [B]` per-example
+            score, higher is better (logged, evaluated, searched by UHO).
+    """
+
+    loss_fn: Callable
+    predict_fn: Callable
+    metric_fn: Callable
+
+
+def make_adapter(model, task, batch_size, optimizer="sgd", in_place=True):
+    """An `Adapter` for `task` (TaskFns) with omega's batch size and optimizer."""
+    return Adapter(model, task.loss_fn, inner_opt.get_inner_optimizer(optimizer),
+                   batch_size=batch_size, in_place=in_place,
+                   predict_fn=task.predict_fn)
 
 
 def _all_finite(tensors):
@@ -58,18 +68,22 @@ class MetaLearner:
 
     Args:
         model: Built keras.Model (images -> logits).
-        meta_config: MetaConfig.
+        meta_config: MetaConfig (inner and outer loop).
+        task: TaskFns (loss, prediction, metric) of the task family.
         bn_mode: "running" (statistics are meta-learned toward their
             post-adaptation values) or "batch" (statistics unused; left as
             they are).
         jit_compile: XLA for the compiled steps.
     """
 
-    def __init__(self, model, meta_config, bn_mode="running", jit_compile=False):
+    def __init__(self, model, meta_config, task, bn_mode="running",
+                 jit_compile=False):
         self.model = model
         self.config = meta_config
+        self.task = task
         self.bn_mode = bn_mode
-        self.adapter = build_adapter(model, meta_config)
+        self.adapter = make_adapter(model, task, meta_config.inner_batch,
+                                    meta_config.inner_optimizer)
         self.meta_optimizer = None
         if meta_config.meta_optimizer == "adam":
             self.meta_optimizer = keras.optimizers.Adam(meta_config.meta_step)
@@ -83,6 +97,7 @@ class MetaLearner:
         # Evaluation is never XLA-compiled: it runs once per task and shape.
         self.eval_task = tf.function(self._eval_task_impl, reduce_retracing=True)
         self._curve_fns = {}
+        self._eval_fns = {}
 
     # ------------------------------------------------------------ training
     def _direction(self, images, masks, lr, steps, seed, start):
@@ -110,8 +125,8 @@ class MetaLearner:
             q_img, q_mask = tasks.query_images[i], tasks.query_masks[i]
             if q_img.shape[0] == 0:  # No training query: log support IoU.
                 q_img, q_mask = tasks.support_images[i], tasks.support_masks[i]
-            pre_iou = tf.reduce_mean(binary_iou(q_mask, adapter.predict(start, q_img)))
-            post_iou = tf.reduce_mean(binary_iou(q_mask, adapter.predict(adapted, q_img)))
+            pre_iou = tf.reduce_mean(self.task.metric_fn(q_mask, adapter.predict(start, q_img)))
+            post_iou = tf.reduce_mean(self.task.metric_fn(q_mask, adapter.predict(adapted, q_img)))
             return (i + 1,
                     [a + d for a, d in zip(acc, direction)],
                     [a + d for a, d in zip(acc_stats, stats_dir)],
@@ -157,7 +172,7 @@ class MetaLearner:
         q_img, q_mask = tasks.query_images[0], tasks.query_masks[0]
         if q_img.shape[0] == 0:
             q_img, q_mask = tasks.support_images[0], tasks.support_masks[0]
-        iou = tf.reduce_mean(binary_iou(q_mask, self.adapter.predict(adapted, q_img)))
+        iou = tf.reduce_mean(self.task.metric_fn(q_mask, self.adapter.predict(adapted, q_img)))
         return {"meta_train_loss": loss, "pre_adapt_query_iou": iou,
                 "post_adapt_query_iou": iou,
                 "finite": _all_finite([loss] + adapted.trainable + adapted.stats)}
@@ -168,7 +183,27 @@ class MetaLearner:
         adapted, _ = self.adapter.adapt(
             support_images, support_masks, lr, steps, seed)
         probs = self.adapter.predict(adapted, query_images)
-        return binary_iou(query_masks, probs), probs
+        return self.task.metric_fn(query_masks, probs), probs
+
+    def eval_fn(self, batch_size=None, optimizer=None):
+        """Compiled `eval_task` for an omega's batch size and inner optimizer
+        (the training ones by default): adapt, predict the query, restore."""
+        key = (batch_size or self.config.inner_batch,
+               optimizer or self.config.inner_optimizer)
+        if key == (self.config.inner_batch, self.config.inner_optimizer):
+            return self.eval_task
+        if key not in self._eval_fns:
+            adapter = make_adapter(self.model, self.task, *key)
+
+            def eval_task(support_images, support_masks, query_images,
+                          query_masks, lr, steps, seed):
+                adapted, _ = adapter.adapt(support_images, support_masks, lr,
+                                           steps, seed)
+                probs = adapter.predict(adapted, query_images)
+                return self.task.metric_fn(query_masks, probs), probs
+
+            self._eval_fns[key] = tf.function(eval_task, reduce_retracing=True)
+        return self._eval_fns[key]
 
     def curve_fn(self, batch_size=None):
         """Compiled `(support, query, lr, steps, seed) -> IoU after 0..steps`.
@@ -181,20 +216,20 @@ class MetaLearner:
         """
         batch_size = batch_size or self.config.inner_batch
         if batch_size not in self._curve_fns:
-            adapter = build_adapter(self.model, self.config, in_place=False,
-                                    batch_size=batch_size)
+            adapter = make_adapter(self.model, self.task, batch_size,
+                                   self.config.inner_optimizer, in_place=False)
 
             def curve(support_images, support_masks, query_images, query_masks,
                       lr, steps, seed):
                 state = adapter.initial_state()
                 ious = tf.TensorArray(tf.float32, size=steps + 1)
-                ious = ious.write(0, tf.reduce_mean(binary_iou(
+                ious = ious.write(0, tf.reduce_mean(self.task.metric_fn(
                     query_masks, adapter.predict(state, query_images))))
 
                 def body(t, state, ious):
                     state, _ = adapter.adapt(support_images, support_masks, lr, 1,
                                              seed, start=state, first_step=t)
-                    iou = tf.reduce_mean(binary_iou(
+                    iou = tf.reduce_mean(self.task.metric_fn(
                         query_masks, adapter.predict(state, query_images)))
                     return t + 1, state, ious.write(t + 1, iou)
 
