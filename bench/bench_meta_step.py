@@ -19,7 +19,7 @@ from absl import flags  # noqa: E402
 
 from efficientlab_tf import cli  # noqa: E402
 from efficientlab_tf.data.source import meta_batches  # noqa: E402
-from efficientlab_tf.training import Experiment  # noqa: E402
+from efficientlab_tf.experiment import Experiment  # noqa: E402
 
 flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).")
 flags.DEFINE_integer("iters", 5, "Calls per repeat.")

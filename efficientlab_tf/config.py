@@ -2,15 +2,23 @@
 
 Defaults are the paper's values (Hendryx et al., "Meta-Learning Initializations
 for Image Segmentation", section 5 and the authors' posted command). Library
-code takes these objects; only `cli.py` reads flags and builds them.
+code takes these objects; only `cli/` reads flags and builds them, and every
+flag lands in one of them, so `config.json` describes a run completely.
+
+`Omega` is the update routine's hyperparameters omega = (lr, steps, batch
+size, optimizer): one type for training (`ExperimentConfig.train_omega`),
+evaluation, UHO's result (`omega.json`), export and the served `few_shot`
+signature (`ExperimentConfig.eval_omega`).
 """
 
 import dataclasses
+import json
+import os
 from typing import Optional
 
 ALGORITHMS = ("fomaml", "reptile", "joint")
 DATASETS = ("synthetic", "fss1000", "pascal5i", "fpk")
-DECODERS = ("rsd", "rsd_3_6", "rsd_no_residual", "none")
+DECODERS = ("rsd", "rsd_3_6", "rsd_no_residual", "none", "aspp")
 BN_MODES = ("running", "batch")
 INNER_OPTIMIZERS = ("sgd", "adam")
 META_OPTIMIZERS = ("interpolate", "adam")
@@ -32,6 +40,10 @@ ENCODERS = (
 )
 
 
+MODES = ("train", "compare", "export", "adapt", "evaluate", "uho", "lr_sweep",
+         "convert", "fpk", "imagenet_check", "compare_merge")
+
+
 def _check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {list(choices)}; got {value!r}.")
@@ -42,6 +54,56 @@ def _check_positive(name, value, allow_zero=False):
     if bad:
         kind = "non-negative" if allow_zero else "positive"
         raise ValueError(f"`{name}` must be {kind}; got {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Omega:
+    """Hyperparameters omega of the update routine U(theta; D, omega).
+
+    Attributes:
+        lr: Inner learning rate alpha.
+        steps: Inner steps.
+        batch_size: Inner minibatch size (a smaller support set is used whole).
+        optimizer: "sgd" or "adam" (beta1 = 0).
+    """
+
+    lr: float = 0.005
+    steps: int = 5
+    batch_size: int = 8
+    optimizer: str = "sgd"
+
+    def __post_init__(self):
+        _check_positive("omega lr", self.lr)
+        _check_positive("omega steps", self.steps, allow_zero=True)
+        _check_positive("omega batch_size", self.batch_size)
+        _check_choice("omega optimizer", self.optimizer, INNER_OPTIMIZERS)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_file(cls, path, default):
+        """An Omega from JSON {"lr", "steps"[, "batch_size", "optimizer"]}
+        (UHO's omega.json); missing keys keep `default`'s values.
+
+        Raises:
+            FileNotFoundError: `path` does not exist.
+            ValueError: the file is not such JSON (file named).
+        """
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--omega_file {path!r} does not exist.")
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            return dataclasses.replace(
+                default, lr=float(data["lr"]), steps=int(data["steps"]),
+                batch_size=int(data.get("batch_size", default.batch_size)),
+                optimizer=str(data.get("optimizer", default.optimizer)))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(
+                f"--omega_file {path!r} must hold JSON like "
+                f'{{"lr": 0.0075, "steps": 8, "batch_size": 8}}; '
+                f"{type(e).__name__}: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +123,9 @@ class ModelConfig:
         skip_stage: Stage of the long skip connection (3: 1/4 resolution,
             Keras `block2*`).
         decoder: "rsd" (RSD at the skip stage, the paper's best), "rsd_3_6"
-            (RSD at stages 3 and 6), "rsd_no_residual", or "none".
+            (RSD at stages 3 and 6), "rsd_no_residual", "none", or "aspp"
+            (Auto-DeepLab/DeepLabv3+-style ASPP decoder, Table 1's
+            "EfficientNet + Auto-DeepLab decoder" row).
         decoder_filters: Filters of the RSD's 3x3 output convolution (112).
         dropout: Dropout rate before the final 1x1 convolution (0.2).
         drop_connect_rate: EfficientNet stochastic-depth rate in the encoder.
@@ -283,16 +347,35 @@ class EvalConfig:
         tasks: Evaluation tasks per evaluation (same tasks every time).
         inner_iters: Adaptation steps at test time (None: meta.inner_iters).
         inner_lr: Adaptation learning rate (None: meta.inner_lr).
+        inner_batch: Adaptation batch size (None: meta.inner_batch).
         every: Meta-iterations between meta-validation runs (0: only at end).
         seed: Seed of the evaluation task draw.
+        omega_file: JSON omega (UHO's omega.json) that set inner_lr,
+            inner_iters and inner_batch (recorded; already applied).
+        shots_list: The k of each k-shot evaluation (evaluate, compare).
+        draws: evaluate mode: random support/query draws per test class.
+        pictures: evaluate mode: PNG grids of the first N tasks.
+        augment: Augment evaluation support sets with `data.augment`
+            (paper section 5: "During training and evaluation we apply
+            simple augmentations"); seeded per task, off by default.
+        episodes: evaluate mode on PASCAL-5i: episodes of the standard
+            report (class-wise foreground IoU and FB-IoU, 1000 as in
+            HSNet/HMNet).
     """
 
     shots: int = 5
     tasks: int = 40
     inner_iters: Optional[int] = None
     inner_lr: Optional[float] = None
+    inner_batch: Optional[int] = None
     every: int = 500
     seed: int = 1234
+    omega_file: Optional[str] = None
+    shots_list: tuple = (1, 5)
+    draws: int = 2
+    pictures: int = 0
+    augment: bool = False
+    episodes: int = 1000
 
     def __post_init__(self):
         _check_positive("shots", self.shots)
@@ -302,6 +385,14 @@ class EvalConfig:
             _check_positive("eval inner_iters", self.inner_iters, allow_zero=True)
         if self.inner_lr is not None:
             _check_positive("eval inner_lr", self.inner_lr)
+        if self.inner_batch is not None:
+            _check_positive("eval inner_batch", self.inner_batch)
+        if not self.shots_list or min(self.shots_list) < 1:
+            raise ValueError("`eval_shots_list` must be positive integers, e.g. "
+                             f"1,5; got {list(self.shots_list)}.")
+        _check_positive("eval_draws", self.draws)
+        _check_positive("eval_pictures", self.pictures, allow_zero=True)
+        _check_positive("pascal_episodes", self.episodes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,6 +400,7 @@ class RunConfig:
     """Bookkeeping of one run.
 
     Attributes:
+        mode: What run_meta.py does (`MODES`): train, evaluate, uho, ...
         workdir: Folder for checkpoints, TensorBoard events and exports.
         seed: Global seed; tasks and inner-loop shuffles derive from it.
         checkpoint_every: Meta-iterations between checkpoints.
@@ -322,6 +414,7 @@ class RunConfig:
         export: Write a SavedModel under workdir/export at the end.
     """
 
+    mode: str = "train"
     workdir: str = "runs/demo"
     seed: int = 0
     checkpoint_every: int = 50
@@ -334,12 +427,145 @@ class RunConfig:
     export: bool = True
 
     def __post_init__(self):
+        _check_choice("mode", self.mode, MODES)
         _check_positive("checkpoint_every", self.checkpoint_every)
         _check_positive("keep_checkpoints", self.keep_checkpoints)
         _check_positive("log_every", self.log_every)
         _check_positive("image_every", self.image_every, allow_zero=True)
         if not self.workdir:
             raise ValueError("`workdir` must be a non-empty path.")
+
+
+@dataclasses.dataclass(frozen=True)
+class UHOConfig:
+    """Update hyperparameter optimization (paper appendix C, Algorithms 1-2).
+
+    Attributes:
+        lr_range: (low, high) of the inner learning rate (log-uniform).
+        steps_range: (low, high) of the step cap per trial.
+        batch_sizes: Inner batch sizes to try (empty: the training one).
+        samples: Configurations per round (n).
+        rounds: Most rounds of refinement (b); the search stops earlier when
+            a round does not improve the best expected score.
+        keep_fraction: Fraction of the best trials *so far* that set the
+            next ranges (x%, Algorithm 2).
+        patience: Early-stopping patience in steps (3).
+        tasks: Tasks from T_tr u T_val scoring each trial (100, appendix C).
+        sweep_points: lr_sweep mode: learning rates over [lr/10, 10 lr].
+        seed: Sampling seed (None: the run seed).
+    """
+
+    lr_range: tuple = (0.005, 0.5)
+    steps_range: tuple = (1, 20)
+    batch_sizes: tuple = ()
+    samples: int = 8
+    rounds: int = 3
+    keep_fraction: float = 0.25
+    patience: int = 3
+    tasks: int = 100
+    sweep_points: int = 9
+    seed: Optional[int] = None
+
+    def __post_init__(self):
+        lo, hi = self.lr_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"`uho_lr_range` must satisfy 0 < low <= high; got {self.lr_range}.")
+        s_lo, s_hi = self.steps_range
+        if not 1 <= s_lo <= s_hi:
+            raise ValueError(f"`uho_steps_range` must satisfy 1 <= low <= high; got {self.steps_range}.")
+        if self.batch_sizes and min(self.batch_sizes) < 1:
+            raise ValueError(f"`uho_batch_sizes` must be positive; got {self.batch_sizes}.")
+        if min(self.samples, self.rounds, self.patience, self.tasks) < 1:
+            raise ValueError("`uho_samples`, `uho_rounds`, `uho_patience` and "
+                             "`uho_tasks` must be >= 1.")
+        if not 0 < self.keep_fraction <= 1:
+            raise ValueError(f"`uho_keep_fraction` must be in (0, 1]; got {self.keep_fraction}.")
+        if self.sweep_points < 2:
+            raise ValueError(f"`sweep_points` must be >= 2; got {self.sweep_points}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """compare / compare_merge / fpk modes: which initializations to score.
+
+    Attributes:
+        runs: Run folders (or checkpoints) to score.
+        imagenet: Add the ImageNet encoder (random decoder) as a row.
+        reference: Row the paired differences are taken against ("" = the
+            random init with `random_steps_factor` x steps).
+        random_steps_factor: The random init also gets this many times the
+            adaptation steps.
+    """
+
+    runs: tuple = ()
+    imagenet: bool = False
+    reference: str = ""
+    random_steps_factor: int = 10
+
+    def __post_init__(self):
+        _check_positive("random_steps_factor", self.random_steps_factor)
+
+    @property
+    def reference_row(self):
+        return self.reference or f"random init, {self.random_steps_factor}x steps"
+
+
+@dataclasses.dataclass(frozen=True)
+class FPKConfig:
+    """FP-k benchmark (paper section 6): k with its adaptation iterations.
+
+    Attributes:
+        shots: The k values.
+        iters: Adaptation iterations for each k (same length).
+        tasks: Tasks (classes).
+        repeats: Draws per task.
+        query: Test examples per draw.
+    """
+
+    shots: tuple = (1, 5, 10, 50, 100, 200, 400)
+    iters: tuple = (1, 5, 10, 25, 50, 100, 200)
+    tasks: int = 5
+    repeats: int = 4
+    query: int = 20
+
+    def __post_init__(self):
+        if len(self.shots) != len(self.iters):
+            raise ValueError(f"--fpk_shots and --fpk_iters need the same length; "
+                             f"got {len(self.shots)} and {len(self.iters)}.")
+        if not self.shots or min(self.shots) < 1 or min(self.iters) < 0:
+            raise ValueError("--fpk_shots must be positive and --fpk_iters "
+                             f"non-negative; got {self.shots} and {self.iters}.")
+        for name in ("tasks", "repeats", "query"):
+            _check_positive(f"fpk_{name}", getattr(self, name))
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertConfig:
+    """convert mode: TFRecord shards.
+
+    Attributes:
+        shard_dir: Output folder of the shards.
+        num_shards: Number of shard files.
+    """
+
+    shard_dir: Optional[str] = None
+    num_shards: int = 8
+
+    def __post_init__(self):
+        _check_positive("num_shards", self.num_shards)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """export / adapt modes.
+
+    Attributes:
+        export_dir: TF Serving model folder (versions below it).
+        adapt_data: adapt mode: folder of <n>.jpg/<n>.png pairs of one class.
+    """
+
+    export_dir: str = "saved_models/efficientlab"
+    adapt_data: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,6 +577,11 @@ class ExperimentConfig:
     meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    uho: UHOConfig = dataclasses.field(default_factory=UHOConfig)
+    compare: CompareConfig = dataclasses.field(default_factory=CompareConfig)
+    fpk: FPKConfig = dataclasses.field(default_factory=FPKConfig)
+    convert: ConvertConfig = dataclasses.field(default_factory=ConvertConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
     def __post_init__(self):
         if self.meta.algo != "joint" and self.meta.train_shots < 2:
@@ -360,14 +591,36 @@ class ExperimentConfig:
             )
 
     @property
+    def train_omega(self) -> Omega:
+        """omega of meta-training's inner loops."""
+        m = self.meta
+        return Omega(m.inner_lr, m.inner_iters, m.inner_batch, m.inner_optimizer)
+
+    @property
+    def eval_omega(self) -> Omega:
+        """omega at test time: evaluation, UHO's start, export, few_shot."""
+        e, train = self.eval, self.train_omega
+        return dataclasses.replace(
+            train,
+            lr=train.lr if e.inner_lr is None else e.inner_lr,
+            steps=train.steps if e.inner_iters is None else e.inner_iters,
+            batch_size=(train.batch_size if e.inner_batch is None
+                        else e.inner_batch))
+
+    def with_eval_omega(self, omega, source=None) -> "ExperimentConfig":
+        """This config with evaluation omega `omega` (from `source`, a file)."""
+        return dataclasses.replace(self, eval=dataclasses.replace(
+            self.eval, inner_lr=omega.lr, inner_iters=omega.steps,
+            inner_batch=omega.batch_size,
+            omega_file=source or self.eval.omega_file))
+
+    @property
     def eval_inner_iters(self) -> int:
-        it = self.eval.inner_iters
-        return self.meta.inner_iters if it is None else it
+        return self.eval_omega.steps
 
     @property
     def eval_inner_lr(self) -> float:
-        lr = self.eval.inner_lr
-        return self.meta.inner_lr if lr is None else lr
+        return self.eval_omega.lr
 
     @classmethod
     def demo(cls, workdir: str = "runs/demo") -> "ExperimentConfig":

@@ -16,23 +16,14 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from efficientlab_tf import io
 from efficientlab_tf import workdir as workdir_lib
-from efficientlab_tf.data.source import build_task_source
 from efficientlab_tf.data.source import meta_batches
 from efficientlab_tf.evaluation import plots
-from efficientlab_tf.evaluation import protocol
-from efficientlab_tf.export.saved_model import export_saved_model
-from efficientlab_tf.meta.learner import MetaLearner
-from efficientlab_tf.meta.learner import build_adapter
+from efficientlab_tf.experiment import Experiment
+from efficientlab_tf.experiment import load_model_weights
+from efficientlab_tf.experiment import resolve_checkpoints  # noqa: F401
 from efficientlab_tf.meta.learner import linear_meta_step
-from efficientlab_tf.model.efficientlab import build_efficientlab
-from efficientlab_tf import io
-
-
-write_json = io.write_json
-
-
-prepare_workdir = workdir_lib.prepare
 
 
 class NonFiniteError(FloatingPointError):
@@ -50,105 +41,15 @@ def check_finite_weights(model, what):
             f"(first: {bad[0]}).")
 
 
-def _checkpoint_prefixes(folder):
-    """All checkpoint prefixes recorded in `folder`, oldest first."""
-    state = tf.train.get_checkpoint_state(folder)
-    if state is None:
-        return []
-    prefixes = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
-    return [p if os.path.isabs(p) else os.path.join(folder, p) for p in prefixes]
-
-
-def resolve_checkpoints(path):
-    """Checkpoint prefixes (oldest first) of a prefix, a checkpoint folder or
-    a run folder."""
-    if tf.io.gfile.isdir(path):
-        for folder in (os.path.join(path, "checkpoints"), path):
-            prefixes = _checkpoint_prefixes(folder)
-            if prefixes:
-                return prefixes
-        raise FileNotFoundError(f"no checkpoint found in folder {path!r}.")
-    if tf.io.gfile.exists(path + ".index"):
-        return [path]
-    raise FileNotFoundError(f"checkpoint {path!r} does not exist.")
-
-
-def resolve_checkpoint(path):
-    """The newest checkpoint prefix of `path` (see `resolve_checkpoints`)."""
-    return resolve_checkpoints(path)[-1]
-
-
-class _ModelOnly(tf.train.Checkpoint):
-    """Restores a run's model and ignores the rest (step, meta optimizer)."""
-
-    def restore(self, save_path, options=None):
-        return super().restore(save_path, options).expect_partial()
-
-
-def load_model_weights(model, path):
-    """Restores only the model from a checkpoint written by `train`.
-
-    For a folder the newest readable checkpoint is used (a truncated newest
-    one is skipped with a warning naming both).
-    """
-    try:
-        return workdir_lib.restore_intact(_ModelOnly(model=model),
-                                          resolve_checkpoints(path))
-    except workdir_lib.CheckpointError as e:
-        raise ValueError(
-            f"{path!r} does not match this model (different encoder, decoder "
-            f"or image size?) or is unreadable: {e}") from None
-
-
-class Experiment:
-    """A model, its learner and its task source, built from one config."""
-
-    def __init__(self, config, model=None):
-        self.config = config
-        # Data first: a wrong --data_dir is found before weights are loaded.
-        self.source = build_task_source(config)
-        self.model = model or build_efficientlab(config.model)
-        self.learner = MetaLearner(
-            self.model, config.meta, bn_mode=config.model.bn_mode,
-            jit_compile=config.run.jit_compile)
-
-    def has_split(self, split):
-        """Whether `split` has classes (meta-val may be empty)."""
-        return bool(len(self.source.classes(split)))
-
-    def eval_tasks(self, split, shots=None, count=None, seed=None):
-        cfg = self.config
-        ds = self.source.tasks(
-            split, shots or cfg.eval.shots, cfg.data.query_shots,
-            cfg.eval.seed if seed is None else seed, count=count or cfg.eval.tasks)
-        return protocol.materialize(ds)
-
-    def evaluate(self, tasks, lr=None, steps=None, name="eval"):
-        cfg = self.config
-        return protocol.evaluate(
-            self.learner.eval_task, tasks,
-            cfg.eval_inner_lr if lr is None else lr,
-            cfg.eval_inner_iters if steps is None else steps,
-            seed=cfg.eval.seed, name=name)
-
-
-def _image_summary(learner, task, config, step):
-    lr = tf.constant(config.eval_inner_lr, tf.float32)
-    steps = tf.constant(config.eval_inner_iters, tf.int32)
-    _, probs = learner.eval_task(*task, lr, steps, tf.constant([0, 0]))
+def _image_summary(exp, task, step):
+    omega = exp.config.eval_omega
+    _, probs = exp.eval_fn(omega)(*task, tf.constant(omega.lr, tf.float32),
+                                  tf.constant(omega.steps, tf.int32),
+                                  tf.constant([0, 0]))
     grid = plots.prediction_grid(task, probs)
     tf.summary.image("meta_val/support_gt_query_pred", grid[None], step=step,
                      description="top: support with ground truth (green); "
                      "bottom: query, prediction red, ground truth green")
-
-
-def export_model(exp, base_dir, version=None):
-    """SavedModel with serving_default, serve_bytes and few_shot (eval omega)."""
-    cfg = exp.config
-    return export_saved_model(
-        exp.model, base_dir, cfg.model.image_size, version=version,
-        few_shot_adapter=build_adapter(exp.model, cfg.meta, in_place=False),
-        omega=(cfg.eval_inner_lr, cfg.eval_inner_iters))
 
 
 def _format_eta(seconds):
@@ -181,7 +82,7 @@ def prepare(config, model=None):
     """
     cfg = config
     workdir = cfg.run.workdir
-    prepare_workdir(workdir)
+    workdir_lib.prepare(workdir)
     exp = Experiment(cfg, model)
     # The evaluation task sets are drawn now, so shot counts that the classes
     # cannot serve fail at second 0, not after training.
@@ -288,7 +189,7 @@ def run(prepared):
             if (cfg.run.image_every and s % cfg.run.image_every == 0
                     and val_tasks is not None):
                 with val_writer.as_default():
-                    _image_summary(learner, val_tasks[0], cfg, s)
+                    _image_summary(exp, val_tasks[0], s)
             if s % cfg.run.checkpoint_every == 0:
                 save(s)
             if (cfg.eval.every and s % cfg.eval.every == 0 and s < total
@@ -309,15 +210,16 @@ def run(prepared):
         results["meta_val"] = _strip(validate(int(step)))
     test = exp.evaluate(prepared.test_tasks, name="meta_test")
     results["meta_test"] = _strip(test)
-    logging.info("meta-test %d-shot mean IoU %.4f +- %.4f (%d tasks, %d steps, "
-                 "lr %g)", cfg.eval.shots, test["mean_iou"], test["ci95"],
-                 test["tasks"], cfg.eval_inner_iters, cfg.eval_inner_lr)
+    omega = cfg.eval_omega
+    logging.info("meta-test %d-shot mean IoU %.4f +- %.4f (%d tasks, omega: "
+                 "%d steps, lr %g, batch %d)", cfg.eval.shots, test["mean_iou"],
+                 test["ci95"], test["tasks"], omega.steps, omega.lr,
+                 omega.batch_size)
     if cfg.run.export:
         check_finite_weights(exp.model, "export")
-        results["saved_model"] = export_model(
-            exp, os.path.join(workdir, "saved_model"))
+        results["saved_model"] = exp.export(os.path.join(workdir, "saved_model"))
         logging.info("Exported SavedModel to %s.", results["saved_model"])
-    write_json(os.path.join(workdir, "results.json"), results)
+    io.write_json(os.path.join(workdir, "results.json"), results)
     val_writer.flush()
     return results
 

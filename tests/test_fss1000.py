@@ -39,7 +39,7 @@ def source(root, **kwargs):
     config = DataConfig(dataset="fss1000", data_dir=root,
                         val_classes=kwargs.pop("val_classes", 1),
                         test_classes=kwargs.pop("test_classes", 1))
-    return fss1000.FolderSource(config, 32, **kwargs)
+    return fss1000.folder_source(config, 32, **kwargs)
 
 
 class FSS1000Test(tf.test.TestCase):

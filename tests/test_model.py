@@ -12,13 +12,14 @@ from absl.testing import parameterized
 from efficientlab_tf.config import ModelConfig
 from efficientlab_tf.model import encoder as encoder_lib
 from efficientlab_tf.model.efficientlab import build_efficientlab
+from efficientlab_tf.model.layers import ASPP
 from efficientlab_tf.model.layers import BatchNorm
 from tests import helpers
 
 
 class EfficientLabTest(tf.test.TestCase, parameterized.TestCase):
 
-    @parameterized.parameters("rsd", "rsd_3_6", "rsd_no_residual", "none")
+    @parameterized.parameters("rsd", "rsd_3_6", "rsd_no_residual", "none", "aspp")
     def test_output_shape_and_config_round_trip(self, decoder):
         model = helpers.tiny_efficientlab(decoder=decoder)
         x = tf.random.uniform((2, 32, 32, 3), 0, 255)
@@ -35,6 +36,27 @@ class EfficientLabTest(tf.test.TestCase, parameterized.TestCase):
         self.assertLess(counts["none"], counts["rsd_no_residual"])
         self.assertLess(counts["rsd_no_residual"], counts["rsd"])
         self.assertLess(counts["rsd"], counts["rsd_3_6"])
+
+    def test_aspp_by_hand(self):
+        # One input channel, constant 2, filters 1, one dilated branch (rate
+        # 1 here so the 3x3 sees 9 inputs at the centre). Fresh batch norm at
+        # inference divides by s = sqrt(1 + eps). Centre pixel:
+        #   1x1: 0.5 * 2 = 1.0;  3x3: 9 * 0.1 * 2 = 1.8;  pool: 0.25 * 2 = 0.5
+        #   each / s, ReLU; projection with ones: 3.3 / s; its BN: / s again.
+        layer = ASPP(filters=1, rates=(1,))
+        x = tf.fill([1, 5, 5, 1], 2.0)
+        layer.build(x.shape)
+        layer.convs[0].kernel.assign(tf.fill([1, 1, 1, 1], 0.5))
+        layer.convs[1].kernel.assign(tf.fill([3, 3, 1, 1], 0.1))
+        layer.pool_proj.kernel.assign(tf.fill([1, 1, 1, 1], 0.25))
+        layer.project.kernel.assign(tf.ones([1, 1, 3, 1]))
+        eps = layer.bns[0].epsilon
+        y = layer(x, training=False).numpy()
+        self.assertAllClose(y[0, 2, 2, 0], 3.3 / (1 + eps), atol=1e-5)
+        # A corner sees 4 of the 3x3's 9 inputs (zero padding): 0.8 instead of 1.8.
+        self.assertAllClose(y[0, 0, 0, 0], 2.3 / (1 + eps), atol=1e-5)
+        self.assertIn("aspp_stage6", [lyr.name for lyr in
+                                      helpers.tiny_efficientlab(decoder="aspp").layers])
 
     def test_batch_stats_mode_uses_batch_statistics_at_inference(self):
         layer = BatchNorm(batch_stats=True)
@@ -65,7 +87,7 @@ class EfficientLabTest(tf.test.TestCase, parameterized.TestCase):
 
     @parameterized.parameters(
         (dict(image_size=100), "multiple of 32"),
-        (dict(decoder="aspp"), "decoder"),
+        (dict(decoder="deeplab"), "decoder"),
         (dict(encoder="resnet50"), "encoder"),
         (dict(bn_mode="frozen"), "bn_mode"),
         (dict(skip_stage=6, cut_stage=3), "skip_stage < cut_stage"),

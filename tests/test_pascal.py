@@ -67,7 +67,7 @@ def voc_tree(tmp_path):
 
 def source(data_dir, **kwargs):
     config = DataConfig(dataset="pascal5i", data_dir=data_dir, fold=0, **kwargs)
-    return pascal.PascalSource(config, SIZE, skip_bad=config.skip_bad_examples)
+    return pascal.pascal_source(config, SIZE, skip_bad=config.skip_bad_examples)
 
 
 def test_folds_are_the_standard_class_groups():
@@ -80,7 +80,7 @@ def test_folds_are_the_standard_class_groups():
 
 def test_splits_and_masks_pixel_by_pixel(tmp_path):
     data_dir, maps = voc_tree(tmp_path)
-    with pytest.raises(fss1000.BadExamplesError, match="class bird .0 pairs. of"):
+    with pytest.raises(ValueError, match=r"need 3 image/mask pairs per class.*bird \(0 pairs\)"):
         source(data_dir).task_of_class("test", 0, 1, 2, tf.constant([0, 0]))
     src = source(data_dir, skip_bad_examples=True)
     assert src.classes("test") == pascal.fold_classes(0)
@@ -188,19 +188,19 @@ def fpk_tree(tmp_path, pairs=3):
 def test_fpk_joins_fss1000_and_pascal_analogs(tmp_path):
     fss, voc = fpk_tree(tmp_path)
     config = DataConfig(dataset="fpk", data_dir=fss, pascal_dir=voc)
-    src = pascal.FpkSource(config, SIZE)
+    src = pascal.fpk_source(config, SIZE)
     assert src.classes("test") == ["airliner", "bus", "motorbike", "potted_plant",
                                    "television"]
     # 3 FSS-1000 pairs + 2 train + 1 val PASCAL images per class.
-    assert src.counts == {n: 6 for n in src.classes("test")}
+    assert src.class_sizes("test") == {n: 6 for n in src.classes("test")}
     task = src.task_of_class("test", 4, 4, 2, tf.constant([3, 4]))
     masks = tf.concat([task.support_masks, task.query_masks], 0).numpy()
     # All six examples are drawn: the PASCAL ones carry 255 borders, the
     # FSS-1000 ones are binary.
     with_border = [(m == 255).any() for m in masks]
     assert sum(with_border) == 3
-    only_fss = pascal.FpkSource(DataConfig(dataset="fpk", data_dir=fss), SIZE)
-    assert only_fss.counts["bus"] == 3
+    only_fss = pascal.fpk_source(DataConfig(dataset="fpk", data_dir=fss), SIZE)
+    assert only_fss.class_sizes("test")["bus"] == 3
 
 
 def test_pascal_and_fpk_shards_serve_the_same_tasks_as_folders(tmp_path):
@@ -212,8 +212,8 @@ def test_pascal_and_fpk_shards_serve_the_same_tasks_as_folders(tmp_path):
     shard_dir = str(tmp_path / "pascal_shards")
     index = pascal.write_shards(config, shard_dir, num_shards=2)
     assert index["dataset"] == "pascal5i"
-    folder = pascal.PascalSource(config, SIZE, skip_bad=True)
-    shards = pascal.PascalSource(
+    folder = pascal.pascal_source(config, SIZE, skip_bad=True)
+    shards = pascal.pascal_source(
         DataConfig(dataset="pascal5i", data_dir=shard_dir, fold=0), SIZE, skip_bad=True)
     assert {k: len(v) for k, v in folder.pairs.items()} == \
         {k: len(v) for k, v in shards.pairs.items()}
@@ -229,10 +229,35 @@ def test_pascal_and_fpk_shards_serve_the_same_tasks_as_folders(tmp_path):
     fconfig = DataConfig(dataset="fpk", data_dir=fss, pascal_dir=voc)
     fshards = str(tmp_path / "fpk_shards")
     assert pascal.write_shards(fconfig, fshards, num_shards=3)["examples"] == 30
-    a = pascal.FpkSource(fconfig, SIZE)
-    b = pascal.FpkSource(DataConfig(dataset="fpk", data_dir=fshards), SIZE)
-    assert a.counts == b.counts
+    a = pascal.fpk_source(fconfig, SIZE)
+    b = pascal.fpk_source(DataConfig(dataset="fpk", data_dir=fshards), SIZE)
+    assert a.class_sizes("test") == b.class_sizes("test")
     ta = a.task_of_class("test", 2, 3, 2, tf.constant([1, 1]))
     tb = b.task_of_class("test", 2, 3, 2, tf.constant([1, 1]))
     for x, y in zip(ta, tb):
         np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+def test_pascal_report_by_hand():
+    from efficientlab_tf.evaluation import pascal_report
+
+    # Class "a": a 2x3 query with a VOC boundary pixel (255, ignored).
+    #   truth [[1, 1, 0], [0, 255, 0]], prediction >= 0.5: [[1, 0, 1], [0, 1, 0]]
+    #   foreground: I = 1 (0,0), U = 3 ((0,0), (0,1), (0,2))
+    #   background: I = 2 ((1,0), (1,2)), U = 4 ((0,1), (0,2), (1,0), (1,2))
+    masks = np.array([[1, 1, 0], [0, 255, 0]], np.float32)[None, ..., None]
+    probs = np.array([[0.9, 0.2, 0.7], [0.1, 0.8, 0.3]], np.float32)[None]
+    inter, union = pascal_report.intersections_unions(masks, probs)
+    np.testing.assert_array_equal(inter, [2, 1])
+    np.testing.assert_array_equal(union, [4, 3])
+    report = pascal_report.Report()
+    report.add("a", masks, probs)
+    # Class "b": an empty 2x2 mask predicted empty: background 4/4, no
+    # foreground (IoU 0 with union 0, as HSNet counts it).
+    report.add("b", np.zeros((1, 2, 2, 1), np.float32), np.full((1, 2, 2), 0.2))
+    result = report.result()
+    assert result["per_class_iou"] == {"a": 1 / 3, "b": 0.0}
+    assert abs(result["miou"] - (1 / 3) / 2) < 1e-9
+    # FB-IoU pools all queries: background (2 + 4) / (4 + 4), foreground 1 / 3.
+    assert abs(result["fb_iou"] - (6 / 8 + 1 / 3) / 2) < 1e-9
+    assert result["episodes"] == 2

@@ -30,8 +30,8 @@ class ShardTest(tf.test.TestCase):
         self.assertEqual(len([f for f in os.listdir(shard_dir)
                               if f.endswith(".tfrecord")]), 3)
         self.assertFalse([f for f in os.listdir(shard_dir) if f.startswith(".tmp")])
-        folder = fss1000.FolderSource(config(root), 32)
-        shards = tfrecords.ShardSource(config(shard_dir), 32)
+        folder = fss1000.folder_source(config(root), 32)
+        shards = tfrecords.shard_source(config(shard_dir), 32)
         self.assertEqual(folder.splits, shards.splits)
         for split in ("train", "test"):
             a = next(iter(folder.tasks(split, 2, 1, seed=3)))

@@ -30,9 +30,38 @@ class EarlyStopTest(tf.test.TestCase):
     def test_shrink_keeps_the_best_fraction(self):
         trials = [{"lr": lr, "best_steps": s, "mean_iou": iou} for lr, s, iou in
                   [(0.01, 3, 0.2), (0.04, 5, 0.7), (0.06, 7, 0.8), (0.3, 9, 0.1)]]
-        lr_range, steps_range = uho.shrink(trials, 0.5, (1, 20))
+        lr_range, steps_range = uho.refine_search_space(trials, 0.5, (1, 20))
         self.assertEqual(lr_range, (0.04, 0.06))
         self.assertEqual(steps_range, (5, 7))
+
+
+def fake_score(lr, max_steps, batch_size, patience, log=None):
+    """Early-stopped score of `fake_curve`, computing step by step."""
+    curve = fake_curve(lr, max_steps, batch_size)
+
+    def step(t):
+        if log is not None:
+            log.append(t)
+        return curve[t]
+
+    best, best_t, _ = uho.early_stopped_score(step, max_steps, patience)
+    return best, best_t
+
+
+class EarlyStoppedScoreTest(tf.test.TestCase):
+
+    def test_stops_computing_after_patience(self):
+        # Peak 0.6 at step 2, then no improvement: steps 3, 4, 5 are looked
+        # at, step 6 (0.9) and beyond are never computed.
+        curve = [0.1, 0.5, 0.6, 0.55, 0.6, 0.58, 0.9] + [1.0] * 14
+        computed = []
+
+        def step(t):
+            computed.append(t)
+            return curve[t]
+
+        self.assertEqual(uho.early_stopped_score(step, 20, 3), (0.6, 2, 5))
+        self.assertEqual(computed, [0, 1, 2, 3, 4, 5])
 
 
 class SearchTest(tf.test.TestCase):
@@ -43,33 +72,97 @@ class SearchTest(tf.test.TestCase):
         workdir = tempfile.mkdtemp()
         calls = []
 
-        def counted(lr, cap, batch):
+        def counted(lr, cap, batch, patience):
             calls.append((lr, cap))
-            return fake_curve(lr, cap, batch)
+            return fake_score(lr, cap, batch, patience)
 
         best = uho.search(counted, config, workdir)
-        self.assertEqual(len(calls), 18)
+        with open(os.path.join(workdir, "uho_trials.csv")) as f:
+            rows = list(csv.DictReader(f))
+        rounds = 1 + max(int(r["round"]) for r in rows)
+        self.assertEqual(len(calls), 6 * rounds)
+        self.assertEqual(len(rows), 6 * rounds)
         # The best trial stops at the curve's peak (or its cap) and its lr is
-        # within a factor 1.5 of 0.05 after three rounds of shrinking.
+        # within a factor 1.5 of 0.05.
         self.assertEqual(best["best_steps"], min(6, best["max_steps"]))
         self.assertLess(abs(math.log(best["lr"] / 0.05)), math.log(1.5))
         with open(os.path.join(workdir, "omega.json")) as f:
             omega = json.load(f)
         self.assertEqual(omega["steps"], best["best_steps"])
+        self.assertEqual(omega["batch_size"], 8)
         self.assertAlmostEqual(omega["lr"], best["lr"])
-        # Ranges shrink: round 2 samples lie inside round 0's best third.
-        with open(os.path.join(workdir, "uho_trials.csv")) as f:
-            rows = list(csv.DictReader(f))
-        self.assertEqual(len(rows), 18)
         # An interrupted search resumes: drop the last 5 trials, rerun.
         with open(os.path.join(workdir, "uho_trials.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=uho.FIELDS)
             writer.writeheader()
-            writer.writerows(rows[:13])
+            writer.writerows(rows[:-5])
         calls.clear()
         again = uho.search(counted, config, workdir)
         self.assertEqual(len(calls), 5)
         self.assertEqual(again, best)
+
+    def test_refinement_uses_all_trials_so_far(self):
+        # Algorithm 2 refines from the accumulated trials: the ranges each
+        # round samples in equal refine_search_space(all earlier trials),
+        # recomputed here from the CSV.
+        config = uho.UHOConfig(lr_range=(0.005, 0.5), steps_range=(2, 12),
+                               samples=5, rounds=4, keep_fraction=0.4, seed=3)
+        ranges = []
+        real = uho.sample_configs
+
+        def recording(rng, n, lr_range, steps_range, batch_sizes):
+            ranges.append((lr_range, steps_range))
+            return real(rng, n, lr_range, steps_range, batch_sizes)
+
+        # A surface that improves every round (the score grows with the
+        # call count) so that no round stops the search early.
+        count = [0]
+
+        def rising(lr, cap, batch, patience):
+            count[0] += 1
+            return 0.01 * count[0] * (1.0 - abs(math.log(lr / 0.05)) / 10), 3
+
+        uho.sample_configs = recording
+        try:
+            workdir = tempfile.mkdtemp()
+            uho.search(rising, config, workdir)
+        finally:
+            uho.sample_configs = real
+        with open(os.path.join(workdir, "uho_trials.csv")) as f:
+            trials = [{"lr": float(r["lr"]), "best_steps": int(r["best_steps"]),
+                       "mean_iou": float(r["mean_iou"]), "round": int(r["round"])}
+                      for r in csv.DictReader(f)]
+        self.assertLen(ranges, 4)
+        self.assertEqual(ranges[0], ((0.005, 0.5), (2, 12)))
+        for r in range(1, 4):
+            earlier = [t for t in trials if t["round"] < r]
+            self.assertEqual(ranges[r], uho.refine_search_space(earlier, 0.4, (2, 12)))
+            # ... which differs from refining on the last round alone.
+            last = [t for t in trials if t["round"] == r - 1]
+            if r > 1:
+                self.assertNotEqual(
+                    ranges[r], uho.refine_search_space(last, 0.4, (2, 12)))
+
+    def test_stops_when_a_round_does_not_improve(self):
+        config = uho.UHOConfig(samples=4, rounds=6, seed=0)
+        calls = []
+
+        def flat(lr, cap, batch, patience):
+            calls.append(lr)
+            return 0.5, 1  # Every configuration is as good as any other.
+
+        uho.search(flat, config, tempfile.mkdtemp())
+        # Round 0 sets the expected score; round 1 does not improve it: stop.
+        self.assertLen(calls, 8)
+
+        improving = []
+
+        def better_each_call(lr, cap, batch, patience):
+            improving.append(lr)
+            return len(improving) / 100.0, 1
+
+        uho.search(better_each_call, config, tempfile.mkdtemp())
+        self.assertLen(improving, 24)  # The rounds cap.
 
     def test_bad_config(self):
         with self.assertRaisesRegex(ValueError, "uho_lr_range"):

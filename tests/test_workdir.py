@@ -182,7 +182,7 @@ class NonFiniteTest(tf.test.TestCase):
                 if np.issubdtype(np.asarray(value).dtype, np.floating):
                     self.assertTrue(np.isfinite(value).all(), (prefix, name))
         if failed_at > 1:
-            self.assertTrue(training.resolve_checkpoint(workdir).endswith(
+            self.assertTrue(training.resolve_checkpoints(workdir)[-1].endswith(
                 f"ckpt-{failed_at - 1}"))
 
     def test_joint_training_nan_is_detected_too(self):

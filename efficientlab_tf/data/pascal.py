@@ -40,6 +40,8 @@ from PIL import Image
 from efficientlab_tf.data import decode
 from efficientlab_tf.data import fss1000
 from efficientlab_tf.data import tfrecords
+from efficientlab_tf.data.table import ExampleTable
+from efficientlab_tf.data.table import TableSource
 from efficientlab_tf.resources import read_class_list
 
 VOC_CLASSES = (
@@ -216,76 +218,60 @@ def _fpk_pools(data_config, skip_bad):
     return pools, counts
 
 
-class PascalSource(fss1000.FolderSource):
-    """PASCAL-5i tasks; the same sampling code as FSS-1000 folders."""
-
-    def _where(self, text):
-        return f"class {text} of {self.root}"
-
-    def __init__(self, data_config, image_size, skip_bad=False):
-        if data_config.fold < 0:
-            raise ValueError("--dataset=pascal5i needs --fold=0..3.")
-        test = fold_classes(data_config.fold)
-        self.image_size = int(image_size)
-        self.skip_bad = skip_bad
-        if tfrecords.is_shard_dir(data_config.data_dir):
-            self.root = data_config.data_dir
-            self.read_fn = tf.identity  # Entries are encoded bytes.
-            by_split = {"train": {}, "val": {}}
-            for _, split, image, mask, label in tfrecords.read_entries(
-                    self.root, "pascal5i"):
-                by_split[split].setdefault(label, []).append((image, mask))
-            train_by, val_by = by_split["train"], by_split["val"]
-        else:
-            self.root = resolve_voc_root(data_config.data_dir)
-            self.read_fn = tf.io.read_file
-            train_by, val_by = scan_voc(self.root, data_config.pascal_aug, skip_bad)
-        self.pairs = {}
-        for name in VOC_CLASSES:
-            label = voc_index(name)
-            source = val_by if name in test else train_by
-            self.pairs[name] = [(i, m, label) for i, m in source.get(label, [])]
-            if name in test:
-                self.pairs[f"{name}@train"] = [
-                    (i, m, label) for i, m in train_by.get(label, [])]
-        self.splits = {
-            "train": [n for n in VOC_CLASSES if n not in test],
-            "val": [f"{n}@train" for n in test],
-            "test": test,
-        }
-        logging.info("PASCAL-5i fold %d (%s): test classes %s; examples: %s.",
-                     data_config.fold, self.root, ", ".join(test),
-                     ", ".join(f"{n} {len(self.pairs[n])}" for n in VOC_CLASSES))
+def pascal_source(data_config, image_size, skip_bad=False):
+    """PASCAL-5i TaskSource of fold `data_config.fold` (folders or shards);
+    the same sampling code as FSS-1000."""
+    if data_config.fold < 0:
+        raise ValueError("--dataset=pascal5i needs --fold=0..3.")
+    test = fold_classes(data_config.fold)
+    if tfrecords.is_shard_dir(data_config.data_dir):
+        root, read_fn = data_config.data_dir, tf.identity  # Encoded bytes.
+        by_split = {"train": {}, "val": {}}
+        for _, split, image, mask, label in tfrecords.read_entries(root, "pascal5i"):
+            by_split[split].setdefault(label, []).append((image, mask))
+        train_by, val_by = by_split["train"], by_split["val"]
+    else:
+        root, read_fn = resolve_voc_root(data_config.data_dir), tf.io.read_file
+        train_by, val_by = scan_voc(root, data_config.pascal_aug, skip_bad)
+    pairs = {}
+    for name in VOC_CLASSES:
+        label = voc_index(name)
+        source = val_by if name in test else train_by
+        pairs[name] = [(i, m, label) for i, m in source.get(label, [])]
+        if name in test:
+            pairs[f"{name}@train"] = [(i, m, label) for i, m in train_by.get(label, [])]
+    splits = {
+        "train": [n for n in VOC_CLASSES if n not in test],
+        "val": [f"{n}@train" for n in test],
+        "test": test,
+    }
+    logging.info("PASCAL-5i fold %d (%s): test classes %s; examples: %s.",
+                 data_config.fold, root, ", ".join(test),
+                 ", ".join(f"{n} {len(pairs[n])}" for n in VOC_CLASSES))
+    return TableSource(ExampleTable(root, pairs, splits, read_fn), image_size,
+                       skip_bad)
 
 
-class FpkSource(fss1000.FolderSource):
-    """FP-k tasks: FSS-1000 classes joined with their PASCAL analogs.
+def fpk_source(data_config, image_size, skip_bad=False):
+    """FP-k TaskSource: FSS-1000 classes joined with their PASCAL analogs.
 
     Only the "test" split exists (the five FP-k tasks, in the order of
     `fpk_fss1000_classes.txt`).
     """
-
-    def _where(self, text):
-        return f"FP-k task {text}"
-
-    def __init__(self, data_config, image_size, skip_bad=False):
-        self.image_size = int(image_size)
-        self.skip_bad = skip_bad
-        names = read_class_list("fpk_fss1000_classes.txt")
-        if tfrecords.is_shard_dir(data_config.data_dir):
-            self.root = data_config.data_dir
-            self.read_fn = tf.identity
-            self.pairs = {n: [] for n in names}
-            counts = {n: [0, 0] for n in names}
-            for name, _, image, mask, label in tfrecords.read_entries(self.root, "fpk"):
-                self.pairs[name].append((image, mask, label))
-                counts[name][0 if label < 0 else 1] += 1
-        else:
-            self.root = fss1000.resolve_root(data_config.data_dir)
-            self.read_fn = tf.io.read_file
-            self.pairs, counts = _fpk_pools(data_config, skip_bad)
-        self.counts = {n: sum(c) for n, c in counts.items()}
-        self.splits = {"train": [], "val": [], "test": list(names)}
-        for name, (fss, voc) in counts.items():
-            logging.info("FP-k %s: %d FSS-1000 + %d PASCAL (%s) = %d examples.",
-                         name, fss, voc, FPK_ANALOGS[name], fss + voc)
+    names = read_class_list("fpk_fss1000_classes.txt")
+    if tfrecords.is_shard_dir(data_config.data_dir):
+        root, read_fn = data_config.data_dir, tf.identity
+        pairs = {n: [] for n in names}
+        counts = {n: [0, 0] for n in names}
+        for name, _, image, mask, label in tfrecords.read_entries(root, "fpk"):
+            pairs[name].append((image, mask, label))
+            counts[name][0 if label < 0 else 1] += 1
+    else:
+        root, read_fn = fss1000.resolve_root(data_config.data_dir), tf.io.read_file
+        pairs, counts = _fpk_pools(data_config, skip_bad)
+    for name, (fss, voc) in counts.items():
+        logging.info("FP-k %s: %d FSS-1000 + %d PASCAL (%s) = %d examples.",
+                     name, fss, voc, FPK_ANALOGS[name], fss + voc)
+    splits = {"train": [], "val": [], "test": list(names)}
+    return TableSource(ExampleTable(root, pairs, splits, read_fn), image_size,
+                       skip_bad)

@@ -1,9 +1,49 @@
-"""One interface over every task family: meta-train streams and fixed eval sets."""
+"""One interface over every task family: meta-train streams and fixed eval sets.
+
+`TaskSource` writes the interface down; `SyntheticSource` (the embedded
+family) and `table.TableSource` (every on-disk dataset) implement it, and
+`build_task_source` picks one from the config. Callers use only these
+methods, never attributes of a particular source.
+"""
+
+from typing import Optional
+from typing import Protocol
 
 import tensorflow as tf
 
 from efficientlab_tf.data import synthetic
 from efficientlab_tf.data.augment import augment_task
+
+
+class TaskSource(Protocol):
+    """Where tasks come from. Task i of a stream depends only on (seed, i);
+    every TaskBatch has a fixed shape ([shots | query, S, S, 3/1])."""
+
+    def classes(self, split: str) -> list:
+        """Class ids/names of "train", "val" (may be empty) or "test"."""
+
+    def tasks(self, split: str, shots: int, query_shots: int, seed: int,
+              start: int = 0, count: Optional[int] = None) -> tf.data.Dataset:
+        """Stream of unbatched TaskBatch (endless when count is None)."""
+
+    def class_tasks(self, split: str, shots: int, query_shots: int, seed: int,
+                    draws: int) -> tf.data.Dataset:
+        """(class position, TaskBatch) for every class of `split`, `draws` each."""
+
+    def class_names(self, split: str, needed: int = 0) -> list:
+        """Names of the class positions `class_tasks` yields."""
+
+    def task_of_class(self, split: str, position: int, shots: int,
+                      query_shots: int, seed, min_pairs: int = 0):
+        """One TaskBatch of the class at `position` (FP-k)."""
+
+    def class_sizes(self, split: str) -> Optional[dict]:
+        """{class: examples}, or None when classes have unlimited examples."""
+
+    def class_agnostic_scores(self, split: str, shots: int, query_shots: int,
+                              seed: int, count: int) -> Optional[list]:
+        """Per-task IoU of marking every object on the tasks `tasks` yields,
+        or None when the family has no such oracle."""
 
 
 class SyntheticSource:
@@ -36,8 +76,15 @@ class SyntheticSource:
         return synthetic.class_agnostic_scores(
             self.family, self.classes(split), shots, query_shots, seed, count)
 
-    def task_of_class(self, split, position, shots, query_shots, seed):
+    def class_sizes(self, split):
+        """None: synthetic classes have unlimited examples."""
+        del split
+        return None
+
+    def task_of_class(self, split, position, shots, query_shots, seed,
+                      min_pairs=0):
         """One TaskBatch of the class at `position` of `split` (FP-k)."""
+        del min_pairs  # Unlimited examples.
         classes = self.classes(split)
         return self.family.task_of_class(classes[position], classes, shots,
                                          query_shots, seed)
@@ -57,22 +104,22 @@ def build_task_source(config):
     """TaskSource for `config.data.dataset`."""
     if config.data.dataset == "synthetic":
         return SyntheticSource(config.data, config.model.image_size)
+    size, skip = config.model.image_size, config.data.skip_bad_examples
     if config.data.dataset == "fss1000":
+        from efficientlab_tf.data import fss1000
         from efficientlab_tf.data import tfrecords
-        from efficientlab_tf.data.fss1000 import FolderSource
 
         # A folder tree or a shard folder (tfrecords.write_shards): the same
         # splits and task sampling either way.
-        cls = (tfrecords.ShardSource if tfrecords.is_shard_dir(config.data.data_dir)
-               else FolderSource)
-        return cls(config.data, config.model.image_size,
-                   skip_bad=config.data.skip_bad_examples)
+        if tfrecords.is_shard_dir(config.data.data_dir):
+            return tfrecords.shard_source(config.data, size, skip)
+        return fss1000.folder_source(config.data, size, skip)
     if config.data.dataset in ("pascal5i", "fpk"):
         from efficientlab_tf.data import pascal
 
-        cls = pascal.PascalSource if config.data.dataset == "pascal5i" else pascal.FpkSource
-        return cls(config.data, config.model.image_size,
-                   skip_bad=config.data.skip_bad_examples)
+        build = (pascal.pascal_source if config.data.dataset == "pascal5i"
+                 else pascal.fpk_source)
+        return build(config.data, size, skip)
     raise ValueError(f"unknown dataset {config.data.dataset!r}.")
 
 

@@ -12,7 +12,7 @@ masks are all listed in one error (or skipped with `skip_bad`; the checks of
 `validate.py`). Files are
 written under temporary names and renamed at the end.
 
-`ShardSource` loads the shards and serves tasks exactly as the folder
+`shard_source` loads the shards and serves tasks exactly as the folder
 loader does (the same sampling code, reading bytes instead of files), so a
 `--data_dir` may be a folder tree or a shard folder.
 """
@@ -24,6 +24,8 @@ import tensorflow as tf
 from absl import logging
 
 from efficientlab_tf.data import fss1000
+from efficientlab_tf.data.table import ExampleTable
+from efficientlab_tf.data.table import TableSource
 from efficientlab_tf.data.validate import check_pair  # noqa: F401 (re-export)
 from efficientlab_tf import io
 
@@ -160,17 +162,15 @@ def read_shards(shard_dir):
     return by_class
 
 
-class ShardSource(fss1000.FolderSource):
-    """FolderSource over shards: same splits and sampling, bytes instead of files."""
-
-    def __init__(self, data_config, image_size, skip_bad=False):
-        self.root = data_config.data_dir
-        self.image_size = int(image_size)
-        self.skip_bad = skip_bad
-        self.pairs = read_shards(self.root)
-        self.read_fn = tf.identity
-        names = sorted(self.pairs)
-        self.splits = dict(zip(("train", "val", "test"), fss1000.split_classes(
-            names, data_config.val_classes, data_config.test_classes,
-            data_config.split_seed, data_config.fold, data_config.num_folds)))
-        self._log_splits()
+def shard_source(data_config, image_size, skip_bad=False):
+    """TaskSource over FSS-1000 shards: the folder's splits and sampling,
+    bytes instead of files."""
+    pairs = read_shards(data_config.data_dir)
+    splits = dict(zip(("train", "val", "test"), fss1000.split_classes(
+        sorted(pairs), data_config.val_classes, data_config.test_classes,
+        data_config.split_seed, data_config.fold, data_config.num_folds)))
+    source = TableSource(
+        ExampleTable(root=data_config.data_dir, pairs=pairs, splits=splits,
+                     read_fn=tf.identity), image_size, skip_bad)
+    source.log_splits("FSS-1000 shards")
+    return source

@@ -20,41 +20,45 @@ from efficientlab_tf import io
 BOX_FRACTIONS = tuple(np.round(np.arange(0.2, 1.0001, 0.05), 2))
 
 
-def compare_inits(exp, inits, tasks, steps, lr, random_factor=10):
+def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
+                  random_factor=10):
     """Scores initializations on the same tasks.
 
     Args:
-        exp: training.Experiment (model, learner, task source).
+        eval_fn: `eval_fn(support..., query..., lr, steps, seed) -> (IoU per
+            query, probs)`, adapting `model` (Experiment.eval_fn(omega)).
+        model: The model whose variables the inits are loaded into.
         inits: list of (name, load_fn) where load_fn() loads the init's
-            weights into exp.model (None: the random init as built).
+            weights into `model` (None: the random init as built).
         tasks: Fixed list of TaskBatch.
-        steps, lr: The adaptation omega of U.
+        omega: The adaptation omega of U (config.Omega).
+        seed: Evaluation seed.
         random_factor: The random init is also given `random_factor * steps`.
 
     Returns:
         list of row dicts (name, steps, mean_iou, ci95, per_task, ...).
     """
-    random_init = weights_lib.snapshot(exp.model.variables)
+    random_init = weights_lib.snapshot(model.variables)
     rows = []
 
     def score(name, init, n_steps):
-        result = protocol.evaluate(exp.learner.eval_task, tasks, lr, n_steps,
-                                   seed=exp.config.eval.seed, name=name)
-        result.update(name=name, init=init, steps=int(n_steps), lr=float(lr))
+        result = protocol.evaluate(eval_fn, tasks, omega.lr, n_steps, seed=seed,
+                                   name=name)
+        result.update(name=name, init=init, steps=int(n_steps), lr=float(omega.lr))
         logging.info("%-34s %3d steps: mean IoU %.4f +- %.4f", name, n_steps,
                      result["mean_iou"], result["ci95"])
         rows.append(result)
 
     for name, load_fn in inits:
-        weights_lib.restore(exp.model.variables, random_init)
+        weights_lib.restore(model.variables, random_init)
         if load_fn is not None:
             load_fn()
-        score(f"{name}", name, steps)
+        score(f"{name}", name, omega.steps)
         score(f"{name}, no adaptation", name, 0)
         if load_fn is None:
             score(f"{name}, {random_factor}x steps", name,
-                  random_factor * steps)
-    weights_lib.restore(exp.model.variables, random_init)
+                  random_factor * omega.steps)
+    weights_lib.restore(model.variables, random_init)
     return rows
 
 

@@ -18,6 +18,39 @@ from efficientlab_tf.model.metrics import mean_ci95
 from efficientlab_tf import io
 
 
+def plan_shots(sizes, shots, iters, tasks, query):
+    """Which k values real data can serve, with the same classes for every k.
+
+    Args:
+        sizes: {class: examples} of the test classes, or None (synthetic:
+            unlimited examples).
+        shots, iters: Paired k values and adaptation iterations.
+        tasks: Classes needed; query: test examples per draw.
+
+    Returns:
+        (shots, iters, dropped k values, min_pairs): every k uses the classes
+        that hold the largest kept k + query examples (min_pairs; 0 when
+        `sizes` is None).
+
+    Raises:
+        ValueError: no k fits the data.
+    """
+    if sizes is None:
+        return list(shots), list(iters), [], 0
+
+    def serves(k):
+        return sum(c >= k + query for c in sizes.values()) >= tasks
+
+    dropped = [k for k in shots if not serves(k)]
+    kept = [(k, i) for k, i in zip(shots, iters) if serves(k)]
+    if not kept:
+        raise ValueError(f"no FP-k k value fits the data: fewer than {tasks} "
+                         f"test classes hold k + {query} examples for any k of "
+                         f"{list(shots)} (examples per class: {sizes}).")
+    shots, iters = [k for k, _ in kept], [i for _, i in kept]
+    return shots, iters, dropped, max(shots) + query
+
+
 def run_fpk(eval_fn, task_fn, inits, shots, iters, tasks, repeats, lr, seed=0):
     """Scores initializations across k.
 

@@ -1,79 +1,43 @@
 """Update hyperparameter optimization (UHO; paper appendix C, Algorithms 1-2).
 
-Random search over the inner learning rate and the number of steps (and,
-by flag, the inner batch size) of the update routine:
+Random search over omega's inner learning rate and number of steps (and, by
+flag, the inner batch size), numbered as the paper numbers it:
 
-* Algorithm 1 (early stopping): adapt step by step; after each step score
-  the query IoU, averaged over the validation tasks; stop once `patience`
-  steps in a row bring no improvement; return the best mean IoU and the
-  step count that reached it.
-* Algorithm 2: sample `samples` configurations in the current ranges
-  (learning rate log-uniform, step cap uniform), score each with Algorithm
-  1, shrink the ranges to the span of the best `keep_fraction` of them,
-  repeat `rounds` times; return the best configuration seen.
+* **Algorithm 1** (`search`): sample `samples` configurations in the current
+  ranges (learning rate log-uniform, step cap uniform); score each on tasks
+  from T_tr u T_val with early stopping (`early_stop`: adapt step by step,
+  stop once `patience` steps in a row bring no improvement of the mean query
+  IoU, return the best IoU and the step count that reached it; the scoring
+  function stops *computing* there too); refine the ranges with Algorithm 2;
+  repeat until a round no longer improves the expected score (the best mean
+  IoU seen so far), at most `rounds` rounds; return the best configuration
+  seen.
+* **Algorithm 2** (`refine_search_space`): the new ranges span the best
+  `keep_fraction` of *all trials so far* (not only the last round's).
 
-Every trial is appended to `<workdir>/uho_trials.csv` (and TensorBoard);
-the sampling is seeded, so an interrupted search resumes by replaying the
-same samples and skipping trials already in the CSV. The result is written
-to `<workdir>/omega.json` ({"lr": .., "steps": .., "batch_size": ..}),
-which evaluation and export take with `--omega_file`.
+Every trial is appended to `<workdir>/uho_trials.csv` (and TensorBoard); the
+sampling is seeded, so an interrupted search resumes by replaying the same
+samples and skipping trials already in the CSV. The result is written to
+`<workdir>/omega.json` ({"lr", "steps", "batch_size", "optimizer"}), which
+evaluation and export take with `--omega_file`.
 """
 
 import csv
-import dataclasses
 import math
 import os
 
 import numpy as np
 from absl import logging
+
 from efficientlab_tf import io
+from efficientlab_tf.config import UHOConfig  # noqa: F401 (the search space)
 
 FIELDS = ("round", "trial", "lr", "max_steps", "batch_size", "best_steps",
           "mean_iou")
 
 
-@dataclasses.dataclass(frozen=True)
-class UHOConfig:
-    """Search space and budget.
-
-    Attributes:
-        lr_range: (low, high) of the inner learning rate (log-uniform).
-        steps_range: (low, high) of the step cap per trial.
-        batch_sizes: Inner batch sizes to try (one entry: fixed).
-        samples: Configurations per round (n).
-        rounds: Rounds of range shrinking (b).
-        keep_fraction: Fraction of a round's best trials that set the next
-            round's ranges (x%).
-        patience: Early-stopping patience in steps (3).
-        seed: Sampling seed.
-    """
-
-    lr_range: tuple = (0.005, 0.5)
-    steps_range: tuple = (1, 20)
-    batch_sizes: tuple = (8,)
-    samples: int = 8
-    rounds: int = 3
-    keep_fraction: float = 0.25
-    patience: int = 3
-    seed: int = 0
-
-    def __post_init__(self):
-        lo, hi = self.lr_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"`uho_lr_range` must satisfy 0 < low <= high; got {self.lr_range}.")
-        s_lo, s_hi = self.steps_range
-        if not 1 <= s_lo <= s_hi:
-            raise ValueError(f"`uho_steps_range` must satisfy 1 <= low <= high; got {self.steps_range}.")
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise ValueError(f"`uho_batch_sizes` must be positive; got {self.batch_sizes}.")
-        if self.samples < 1 or self.rounds < 1 or self.patience < 1:
-            raise ValueError("`uho_samples`, `uho_rounds` and `uho_patience` must be >= 1.")
-        if not 0 < self.keep_fraction <= 1:
-            raise ValueError(f"`uho_keep_fraction` must be in (0, 1]; got {self.keep_fraction}.")
-
-
 def early_stop(curve, patience):
-    """Algorithm 1 on a mean-IoU curve (curve[t] = IoU after t steps).
+    """Early stopping on a mean-IoU curve (curve[t] = IoU after t steps).
 
     Returns (best IoU, its step count); steps after `patience` steps
     without improvement are never looked at.
@@ -89,6 +53,32 @@ def early_stop(curve, patience):
     return float(best), int(best_t)
 
 
+def early_stopped_score(step_fn, max_steps, patience):
+    """Early stopping that computes only the steps it looks at.
+
+    Args:
+        step_fn: `step_fn(t) -> mean IoU after t steps`, called for
+            t = 0, 1, 2, ... in order (it may advance adapted states).
+        max_steps: Step cap of the trial.
+        patience: Steps without improvement before stopping.
+
+    Returns:
+        (best IoU, its step count, steps computed).
+    """
+    curve = [step_fn(0)]
+    waited = 0
+    for t in range(1, max_steps + 1):
+        curve.append(step_fn(t))
+        if curve[t] > max(curve[:t]):
+            waited = 0
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    best, best_t = early_stop(curve, patience)
+    return best, best_t, len(curve) - 1
+
+
 def sample_configs(rng, n, lr_range, steps_range, batch_sizes):
     """n (lr, step cap, batch size) triples: lr log-uniform, caps uniform."""
     lo, hi = math.log(lr_range[0]), math.log(lr_range[1])
@@ -98,15 +88,18 @@ def sample_configs(rng, n, lr_range, steps_range, batch_sizes):
             for _ in range(n)]
 
 
-def shrink(trials, keep_fraction, steps_range):
-    """Ranges spanned by the best `keep_fraction` of `trials`."""
+def refine_search_space(trials, keep_fraction, steps_range):
+    """Algorithm 2: ranges spanned by the best `keep_fraction` of `trials`
+    (all trials so far)."""
     ranked = sorted(trials, key=lambda t: -t["mean_iou"])
     top = ranked[:max(1, int(math.ceil(keep_fraction * len(ranked))))]
     lrs = [t["lr"] for t in top]
     steps = [max(t["best_steps"], 1) for t in top]
-    # Keep room for early stopping to look `patience` steps further.
     return ((min(lrs), max(lrs)),
             (max(steps_range[0], min(steps)), max(max(steps), steps_range[0])))
+
+
+shrink = refine_search_space  # The name of earlier releases.
 
 
 def _read_trials(path):
@@ -124,24 +117,30 @@ def _read_trials(path):
     return done
 
 
-def search(curve_fn, config, workdir, summary_fn=None):
-    """Runs Algorithm 2; returns the best trial (a dict) and writes omega.json.
+def search(score_fn, config, workdir, summary_fn=None, batch_size=8,
+           optimizer="sgd", seed=0):
+    """Algorithm 1; returns the best trial (a dict) and writes omega.json.
 
     Args:
-        curve_fn: `curve_fn(lr, max_steps, batch_size) -> mean IoU after
-            0..max_steps steps` over the validation tasks (list of floats).
+        score_fn: `score_fn(lr, max_steps, batch_size, patience) -> (best
+            mean IoU, its step count)` over the scoring tasks, with early
+            stopping (e.g. `early_stopped_score` over adapted tasks).
         config: UHOConfig.
         workdir: Folder for uho_trials.csv and omega.json.
         summary_fn: Optional `summary_fn(trial_dict)` (TensorBoard).
+        batch_size: The inner batch size when `config.batch_sizes` is empty.
+        optimizer: The inner optimizer recorded in omega.json.
+        seed: Sampling seed when `config.seed` is None.
     """
     os.makedirs(workdir, exist_ok=True)
     csv_path = os.path.join(workdir, "uho_trials.csv")
     done = _read_trials(csv_path)
     if done:
         logging.info("UHO: resuming with %d trials from %s.", len(done), csv_path)
-    rng = np.random.RandomState(config.seed)
+    rng = np.random.RandomState(seed if config.seed is None else config.seed)
+    batch_sizes = tuple(config.batch_sizes) or (batch_size,)
     lr_range, steps_range = config.lr_range, config.steps_range
-    all_trials = []
+    trials, expected = [], -math.inf
     new_file = not os.path.exists(csv_path)
     with open(csv_path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
@@ -149,16 +148,14 @@ def search(curve_fn, config, workdir, summary_fn=None):
             writer.writeheader()
         for r in range(config.rounds):
             configs = sample_configs(rng, config.samples, lr_range, steps_range,
-                                     config.batch_sizes)
-            trials = []
+                                     batch_sizes)
             for i, (lr, cap, batch) in enumerate(configs):
                 trial = done.get((r, i))
                 if trial is None:
-                    curve = curve_fn(lr, cap, batch)
-                    iou, best_steps = early_stop(curve, config.patience)
+                    iou, best_steps = score_fn(lr, cap, batch, config.patience)
                     trial = {"round": r, "trial": i, "lr": lr, "max_steps": cap,
-                             "batch_size": batch, "best_steps": best_steps,
-                             "mean_iou": iou}
+                             "batch_size": batch, "best_steps": int(best_steps),
+                             "mean_iou": float(iou)}
                     writer.writerow(trial)
                     f.flush()
                     if summary_fn:
@@ -168,12 +165,18 @@ def search(curve_fn, config, workdir, summary_fn=None):
                              trial["max_steps"], trial["batch_size"],
                              trial["mean_iou"], trial["best_steps"])
                 trials.append(trial)
-            all_trials.extend(trials)
-            lr_range, steps_range = shrink(trials, config.keep_fraction,
-                                           config.steps_range)
-    best = max(all_trials, key=lambda t: t["mean_iou"])
+            best_so_far = max(t["mean_iou"] for t in trials)
+            if best_so_far <= expected:
+                logging.info("UHO: round %d did not improve the best mean IoU "
+                             "%.4f; stopping.", r, expected)
+                break
+            expected = best_so_far
+            lr_range, steps_range = refine_search_space(
+                trials, config.keep_fraction, config.steps_range)
+    best = max(trials, key=lambda t: t["mean_iou"])
     omega = {"lr": best["lr"], "steps": best["best_steps"],
-             "batch_size": best["batch_size"], "mean_iou": best["mean_iou"]}
+             "batch_size": best["batch_size"], "optimizer": optimizer,
+             "mean_iou": best["mean_iou"], "trials": len(trials)}
     path = io.write_json(os.path.join(workdir, "omega.json"), omega)
     logging.info("UHO best: lr %.6f, %d steps, batch %d, mean IoU %.4f -> %s",
                  omega["lr"], omega["steps"], omega["batch_size"],

@@ -205,6 +205,36 @@ class MetaLearner:
             self._eval_fns[key] = tf.function(eval_task, reduce_retracing=True)
         return self._eval_fns[key]
 
+    def stepper(self, batch_size=None):
+        """Compiled (start_fn, advance_fn) over carried adaptation states.
+
+        `start_fn(query_images, query_masks) -> (state, mean score)` before
+        adaptation; `advance_fn(support_images, support_masks, query_images,
+        query_masks, state, lr, t, seed) -> (state, mean score)` after step t
+        (continuing `state`: the same result as one adaptation of t + 1
+        steps). Early stopping over many tasks advances them all one step at
+        a time and stops computing when it stops looking (UHO).
+        """
+        batch_size = batch_size or self.config.inner_batch
+        adapter = make_adapter(self.model, self.task, batch_size,
+                               self.config.inner_optimizer, in_place=False)
+        metric = self.task.metric_fn
+
+        def start(query_images, query_masks):
+            state = adapter.initial_state()
+            return state, tf.reduce_mean(metric(
+                query_masks, adapter.predict(state, query_images)))
+
+        def advance(support_images, support_masks, query_images, query_masks,
+                    state, lr, t, seed):
+            state, _ = adapter.adapt(support_images, support_masks, lr, 1, seed,
+                                     start=state, first_step=t)
+            return state, tf.reduce_mean(metric(
+                query_masks, adapter.predict(state, query_images)))
+
+        return (tf.function(start, reduce_retracing=True),
+                tf.function(advance, reduce_retracing=True))
+
     def curve_fn(self, batch_size=None):
         """Compiled `(support, query, lr, steps, seed) -> IoU after 0..steps`.
 

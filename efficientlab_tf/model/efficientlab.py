@@ -13,7 +13,12 @@ import tensorflow as tf
 
 from efficientlab_tf.model.encoder import build_encoder
 from efficientlab_tf.model.encoder import endpoint_name
+from efficientlab_tf.model.layers import ASPP
+from efficientlab_tf.model.layers import BatchNorm
 from efficientlab_tf.model.layers import ResidualSkipDecoder
+
+# DeepLabv3+ reduces the low-level skip to 48 channels before the concat.
+ASPP_SKIP_FILTERS = 48
 
 
 def foreground_probability(logits):
@@ -43,6 +48,31 @@ def _check_encoder(encoder, config):
         )
 
 
+def _conv_bn_relu(x, filters, kernel, batch_stats, name):
+    x = keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False,
+                            name=name)(x)
+    x = BatchNorm(batch_stats=batch_stats, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _aspp_decoder(deep, skip, config):
+    """DeepLabv3+-style decoder (Auto-DeepLab's): ASPP on the deep features,
+    upsampled to the skip's resolution, concatenated with the skip reduced
+    to 48 channels, then two 3x3 convolutions."""
+    batch_stats = config.bn_mode == "batch"
+    x = ASPP(config.decoder_filters, batch_stats=batch_stats,
+             name=f"aspp_stage{config.cut_stage}")(deep)
+    if skip.shape[1] % x.shape[1]:
+        raise ValueError(
+            f"skip features ({skip.shape[1]} px) are not a multiple of the "
+            f"deep features ({x.shape[1]} px).")
+    x = _upsample(x, skip.shape[1] // x.shape[1], "upsample_deep")
+    skip = _conv_bn_relu(skip, ASPP_SKIP_FILTERS, 1, batch_stats, "aspp_skip")
+    x = keras.layers.Concatenate(name="skip_concat")([x, skip])
+    x = _conv_bn_relu(x, config.decoder_filters, 3, batch_stats, "aspp_fuse1")
+    return _conv_bn_relu(x, config.decoder_filters, 3, batch_stats, "aspp_fuse2")
+
+
 def build_efficientlab(config, encoder=None):
     """Builds EfficientLab as a functional `keras.Model`.
 
@@ -66,7 +96,9 @@ def build_efficientlab(config, encoder=None):
     images = keras.Input((size, size, 3), name="images")
     features = encoder(images)
     x = features[endpoint_name(config.cut_stage)]
-    if config.decoder != "none":
+    if config.decoder == "aspp":
+        x = _aspp_decoder(x, features[endpoint_name(config.skip_stage)], config)
+    elif config.decoder != "none":
         skip = features[endpoint_name(config.skip_stage)]
         if config.decoder == "rsd_3_6":
             x = ResidualSkipDecoder(

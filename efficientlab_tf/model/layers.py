@@ -142,3 +142,70 @@ class ResidualSkipDecoder(keras.layers.Layer):
             "residual": self.residual,
             "batch_stats": self.batch_stats,
         }
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ASPP(keras.layers.Layer):
+    """Atrous spatial pyramid pooling (DeepLabv3; the decoder head Auto-DeepLab
+    uses), for paper Table 1's "EfficientNet + Auto-DeepLab decoder" row.
+
+    Five parallel branches over the input - a 1x1 convolution, three 3x3
+    convolutions with dilation `rates` and global average pooling (projected
+    by a 1x1 convolution and broadcast back) - each with batch norm and
+    ReLU, concatenated and projected by a 1x1 convolution to `filters`.
+
+    Input: float32 [B, H, W, C] -> output: float32 [B, H, W, filters].
+    """
+
+    def __init__(self, filters=112, rates=(6, 12, 18), batch_stats=False,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.rates = tuple(int(r) for r in rates)
+        self.batch_stats = bool(batch_stats)
+
+        def conv(kernel, dilation=1, name=None):
+            return keras.layers.Conv2D(
+                self.filters, kernel, padding="same", dilation_rate=dilation,
+                use_bias=False, name=name,
+            )
+
+        self.convs = [conv(1, name="aspp_1x1")] + [
+            conv(3, dilation=r, name=f"aspp_3x3_r{r}") for r in self.rates]
+        self.pool_proj = conv(1, name="aspp_pool_proj")
+        self.project = conv(1, name="aspp_project")
+        self.bns = [BatchNorm(batch_stats=self.batch_stats, name=f"aspp_bn{i}")
+                    for i in range(len(self.convs) + 2)]
+
+    def build(self, input_shape):
+        out = input_shape[:-1] + (self.filters,)
+        for conv, bn in zip(self.convs, self.bns):
+            conv.build(input_shape)
+            bn.build(out)
+        pooled = (input_shape[0], 1, 1, input_shape[-1])
+        self.pool_proj.build(pooled)
+        self.bns[-2].build(pooled[:-1] + (self.filters,))
+        self.project.build(input_shape[:-1] + ((len(self.convs) + 1) * self.filters,))
+        self.bns[-1].build(out)
+
+    def call(self, inputs, training=None):
+        ops = keras.ops
+        relu = keras.activations.relu
+        branches = [relu(bn(conv(inputs), training=training))
+                    for conv, bn in zip(self.convs, self.bns)]
+        pooled = ops.mean(inputs, axis=(1, 2), keepdims=True)
+        pooled = relu(self.bns[-2](self.pool_proj(pooled), training=training))
+        branches.append(ops.broadcast_to(pooled, ops.shape(branches[0])))
+        x = self.project(ops.concatenate(branches, axis=-1))
+        return relu(self.bns[-1](x, training=training))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[:-1] + (self.filters,)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "rates": list(self.rates),
+            "batch_stats": self.batch_stats,
+        }

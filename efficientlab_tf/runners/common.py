@@ -1,0 +1,31 @@
+"""Helpers shared by the runners: loading the weights a mode evaluates."""
+
+from absl import logging
+
+from efficientlab_tf.experiment import Experiment
+from efficientlab_tf.experiment import load_model_weights
+
+
+def experiment_with_weights(config):
+    """(Experiment, what was loaded): weights from run.init_from, else from
+    the workdir's checkpoints; init_from="random" keeps the random init."""
+    exp = Experiment(config)
+    source = config.run.init_from or config.run.workdir
+    if source == "random":
+        return exp, "random init"
+    prefix = load_model_weights(exp.model, source)
+    logging.info("Loaded %s.", prefix)
+    return exp, prefix
+
+
+def scoring_tasks(exp, count):
+    """UHO/lr_sweep tasks from meta-val and meta-train classes (paper
+    appendix C: T_tr u T_val), never meta-test; half from each split (all
+    from meta-train when there are no meta-val classes)."""
+    cfg = exp.config
+    if not exp.has_split("val"):
+        return exp.eval_tasks("train", count=count, seed=cfg.eval.seed + 1)
+    half = max(1, count // 2)
+    return (exp.eval_tasks("val", count=half)
+            + exp.eval_tasks("train", count=max(1, count - half),
+                             seed=cfg.eval.seed + 1))

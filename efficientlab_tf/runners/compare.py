@@ -1,0 +1,71 @@
+"""--mode=compare: several initializations scored on the same meta-test tasks."""
+
+import os
+
+from absl import logging
+
+from efficientlab_tf import io
+from efficientlab_tf.evaluation import compare
+from efficientlab_tf.experiment import Experiment
+from efficientlab_tf.model.metrics import mean_ci95
+
+
+def initializations(exp, config):
+    """[(row name, load_fn)]: the random init, optionally the ImageNet
+    encoder, then every run of `compare.runs`."""
+    inits = [("random init", None)]
+    if config.compare.imagenet:
+        inits.append(("ImageNet encoder", exp.imagenet_init()))
+    inits += [(os.path.basename(os.path.normpath(p)), exp.run_loader(p))
+              for p in config.compare.runs]
+    return inits
+
+
+def class_agnostic_row(exp, config, shots, count):
+    """The family's oracle row (None when the source has no such oracle)."""
+    scores = exp.source.class_agnostic_scores(
+        "test", shots, config.data.query_shots, config.eval.seed, count)
+    if scores is None:
+        return None
+    mean, ci = mean_ci95(scores)
+    logging.info("class-agnostic predictor: mean IoU %.4f +- %.4f", mean, ci)
+    return {"name": "class-agnostic (marks every object)",
+            "init": "oracle object masks", "steps": 0, "mean_iou": mean,
+            "ci95": ci, "per_task": scores}
+
+
+def run(config, record_fn):
+    if not config.compare.runs:
+        raise ValueError("--mode=compare needs --compare_runs=<run dir>,...")
+    record_fn(config)
+    exp = Experiment(config)
+    inits = initializations(exp, config)
+    ref = config.compare.reference_row
+    omega = config.eval_omega
+    box = None
+    sections, tables = [], {}
+    for shots in config.eval.shots_list:
+        tasks = exp.eval_tasks("test", shots=shots)
+        logging.info("Comparing %d initializations on %d meta-test %d-shot tasks.",
+                     len(inits), len(tasks), shots)
+        rows = compare.compare_inits(
+            exp.eval_fn(omega), exp.model, inits, tasks, omega,
+            seed=config.eval.seed,
+            random_factor=config.compare.random_steps_factor)
+        if box is None:  # The box prior comes from meta-train classes.
+            box = compare.fit_box_fraction(exp.eval_tasks("train", shots=shots))
+        rows += compare.trivial_rows(tasks, box)
+        oracle = class_agnostic_row(exp, config, shots, len(tasks))
+        if oracle is not None:
+            rows.append(oracle)
+        compare.add_paired(rows, ref)
+        path = compare.write_table(rows, ref, config.run.workdir,
+                                   stem=f"compare_{shots}shot")
+        tables[shots] = rows
+        with open(path) as f:
+            sections.append(f"### {shots}-shot, {len(tasks)} meta-test tasks\n\n"
+                            + f.read())
+    text = "\n".join(sections)
+    io.write_text(os.path.join(config.run.workdir, "compare.md"), text)
+    print(text)
+    return tables
