@@ -45,13 +45,15 @@ def write_config_record(config):
                   dataclasses.asdict(config))
 
 
-def run(config, record_fn=None):
+def run(config, record_fn=None, model=None):
     """Runs `config.run.mode` in its locked workdir; returns its results.
 
     Args:
         config: ExperimentConfig.
         record_fn: `record_fn(config)` writing the run's record; default
             `write_config_record` (the CLI also writes flags.txt).
+        model: A built model to use instead of the one `config.model`
+            describes (tests inject tiny ones).
 
     Raises:
         preflight.MissingDependencyError, workdir.WorkdirError, ValueError,
@@ -62,4 +64,4 @@ def run(config, record_fn=None):
     module = importlib.import_module(
         f"efficientlab_tf.runners.{MODULES[config.run.mode]}")
     with workdir_lib.lock(config.run.workdir):
-        return module.run(config, record_fn or write_config_record)
+        return module.run(config, record_fn or write_config_record, model)

@@ -11,13 +11,13 @@ from efficientlab_tf.experiment import Experiment
 from efficientlab_tf.experiment import load_model_weights
 
 
-def run(config, record_fn):
+def run(config, record_fn, model=None):
     folder = config.export.adapt_data
     if not folder:
         raise ValueError("--mode=adapt needs --adapt_data=<class folder>.")
     record_fn(config)
     pairs = fss1000.read_class_folder(folder, skip_bad=config.data.skip_bad_examples)
-    exp = Experiment(config)
+    exp = Experiment(config, model)
     if config.run.init_from:
         load_model_weights(exp.model, config.run.init_from)
     images, masks = fss1000.load_pairs(pairs, config.model.image_size)

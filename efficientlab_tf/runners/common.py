@@ -6,10 +6,10 @@ from efficientlab_tf.experiment import Experiment
 from efficientlab_tf.experiment import load_model_weights
 
 
-def experiment_with_weights(config):
+def experiment_with_weights(config, model=None):
     """(Experiment, what was loaded): weights from run.init_from, else from
     the workdir's checkpoints; init_from="random" keeps the random init."""
-    exp = Experiment(config)
+    exp = Experiment(config, model)
     source = config.run.init_from or config.run.workdir
     if source == "random":
         return exp, "random init"

@@ -34,11 +34,11 @@ def class_agnostic_row(exp, config, shots, count):
             "ci95": ci, "per_task": scores}
 
 
-def run(config, record_fn):
+def run(config, record_fn, model=None):
     if not config.compare.runs:
         raise ValueError("--mode=compare needs --compare_runs=<run dir>,...")
     record_fn(config)
-    exp = Experiment(config)
+    exp = Experiment(config, model)
     inits = initializations(exp, config)
     ref = config.compare.reference_row
     omega = config.eval_omega

@@ -6,7 +6,8 @@ import os
 from efficientlab_tf.evaluation import compare
 
 
-def run(config, record_fn):
+def run(config, record_fn, model=None):
+    del model  # Merges tables only.
     if not config.compare.runs:
         raise ValueError("--mode=compare_merge needs --compare_runs=<compare "
                          "workdir of each fold>,...")

@@ -4,7 +4,8 @@ from efficientlab_tf.data import pascal
 from efficientlab_tf.data import tfrecords
 
 
-def run(config, record_fn):
+def run(config, record_fn, model=None):
+    del model  # Converts data only.
     shard_dir = config.convert.shard_dir
     if not config.data.data_dir or not shard_dir:
         raise ValueError("--mode=convert needs --data_dir (FSS-1000 layout, or a "

@@ -18,9 +18,9 @@ from efficientlab_tf.evaluation import protocol
 from efficientlab_tf.runners.common import experiment_with_weights
 
 
-def run(config, record_fn):
+def run(config, record_fn, model=None):
     record_fn(config)
-    exp, loaded = experiment_with_weights(config)
+    exp, loaded = experiment_with_weights(config, model)
     omega = config.eval_omega
     out_dir = os.path.join(config.run.workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)

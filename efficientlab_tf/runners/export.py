@@ -6,9 +6,9 @@ from efficientlab_tf.experiment import Experiment
 from efficientlab_tf.experiment import load_model_weights
 
 
-def run(config, record_fn):
+def run(config, record_fn, model=None):
     record_fn(config)
-    exp = Experiment(config)
+    exp = Experiment(config, model)
     prefix = load_model_weights(exp.model, config.run.init_from or config.run.workdir)
     path = exp.export(config.export.export_dir)
     logging.info("Exported %s (few_shot omega %s) to %s.", prefix,

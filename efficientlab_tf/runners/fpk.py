@@ -13,10 +13,10 @@ from efficientlab_tf.runners.compare import initializations
 _SEED_OFFSET = 100_000
 
 
-def run(config, record_fn):
+def run(config, record_fn, model=None):
     record_fn(config)
     f = config.fpk
-    exp = Experiment(config)
+    exp = Experiment(config, model)
     test_classes = exp.source.classes("test")
     if f.tasks > len(test_classes):
         raise ValueError(f"--fpk_tasks={f.tasks} exceeds the "

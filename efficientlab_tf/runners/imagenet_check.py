@@ -7,7 +7,8 @@ from efficientlab_tf.pretrained import imagenet_check
 from efficientlab_tf.pretrained import lite
 
 
-def run(config, record_fn):
+def run(config, record_fn, model=None):
+    del model  # The check builds its own classifier.
     m = config.model
     if m.encoder != "efficientnet_lite0" or m.encoder_weights == "none":
         raise ValueError("--mode=imagenet_check needs --encoder=efficientnet_lite0 "

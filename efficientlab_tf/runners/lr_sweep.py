@@ -14,9 +14,9 @@ from efficientlab_tf.runners.common import scoring_tasks
 from efficientlab_tf.runners.uho import score_fn
 
 
-def run(config, record_fn):
+def run(config, record_fn, model=None):
     record_fn(config)
-    exp, _ = experiment_with_weights(config)
+    exp, _ = experiment_with_weights(config, model)
     score = score_fn(exp, scoring_tasks(exp, config.uho.tasks))
     train = config.train_omega
     rows = []

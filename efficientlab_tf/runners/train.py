@@ -6,7 +6,7 @@ from efficientlab_tf import training
 from efficientlab_tf import workdir as workdir_lib
 
 
-def run(config, record_fn):
+def run(config, record_fn, model=None):
     """Checks a rerun against the stored record, builds, records, trains.
 
     Raises:
@@ -15,6 +15,6 @@ def run(config, record_fn):
         training.NonFiniteError: a step produced NaN/Inf (nothing saved).
     """
     workdir_lib.check_resumable(config.run.workdir, dataclasses.asdict(config))
-    prepared = training.prepare(config)
+    prepared = training.prepare(config, model)
     record_fn(config)
     return training.run(prepared)

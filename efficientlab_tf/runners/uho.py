@@ -42,9 +42,9 @@ def score_fn(exp, tasks):
     return score
 
 
-def run(config, record_fn):
+def run(config, record_fn, model=None):
     record_fn(config)
-    exp, _ = experiment_with_weights(config)
+    exp, _ = experiment_with_weights(config, model)
     tasks = scoring_tasks(exp, config.uho.tasks)
     writer = tf.summary.create_file_writer(os.path.join(config.run.workdir, "uho"))
     counter = [0]
