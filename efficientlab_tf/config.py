@@ -562,10 +562,19 @@ class ExportConfig:
     Attributes:
         export_dir: TF Serving model folder (versions below it).
         adapt_data: adapt mode: folder of <n>.jpg/<n>.png pairs of one class.
+        max_request_lr: Largest lr a `few_shot_omega` request may ask for.
+        max_request_steps: Most steps a `few_shot_omega` request may ask for
+            (200: FP-k's largest iteration count).
     """
 
     export_dir: str = "saved_models/efficientlab"
     adapt_data: Optional[str] = None
+    max_request_lr: float = 1.0
+    max_request_steps: int = 200
+
+    def __post_init__(self):
+        _check_positive("max_request_lr", self.max_request_lr)
+        _check_positive("max_request_steps", self.max_request_steps)
 
 
 @dataclasses.dataclass(frozen=True)

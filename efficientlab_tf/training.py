@@ -17,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from efficientlab_tf import io
+from efficientlab_tf import summaries
 from efficientlab_tf import workdir as workdir_lib
 from efficientlab_tf.data.source import meta_batches
 from efficientlab_tf.evaluation import plots
@@ -132,6 +133,12 @@ def run(prepared):
     if val_tasks is None:
         logging.info("No meta-val classes (--val_classes=0): training on "
                      "meta-train classes without meta-validation.")
+    # The HParams session (TensorBoard compares runs by it); its metrics are
+    # added when the run ends.
+    hparams_dir = os.path.join(workdir, "hparams")
+    summaries.write_session(hparams_dir, summaries.run_hparams(cfg), {},
+                            trial_id=os.path.basename(os.path.normpath(workdir)),
+                            metric_tags=summaries.RUN_METRICS)
 
     def validate(s):
         result = exp.evaluate(val_tasks, name="meta_val")
@@ -210,6 +217,11 @@ def run(prepared):
         results["meta_val"] = _strip(validate(int(step)))
     test = exp.evaluate(prepared.test_tasks, name="meta_test")
     results["meta_test"] = _strip(test)
+    final = {"hparams/meta_test_mean_iou": test["mean_iou"],
+             "hparams/meta_test_ci95": test["ci95"]}
+    if val_tasks is not None:
+        final["hparams/meta_val_mean_iou"] = results["meta_val"]["mean_iou"]
+    summaries.write_metrics(hparams_dir, final, int(step))
     omega = cfg.eval_omega
     logging.info("meta-test %d-shot mean IoU %.4f +- %.4f (%d tasks, omega: "
                  "%d steps, lr %g, batch %d)", cfg.eval.shots, test["mean_iou"],

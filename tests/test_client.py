@@ -1,6 +1,7 @@
 """The TF Serving client against a loopback server that answers like TF Serving."""
 
 import http.server
+import base64
 import json
 import os
 import socket
@@ -15,16 +16,27 @@ from efficientlab_tf.export import client
 from tests.test_export import export_tiny
 
 
+def _tensor(signature, name, value):
+    """A request value as the signature's input tensor (b64 decoded)."""
+    spec = signature.structured_input_signature[1][name]
+    if spec.dtype == tf.string:
+        return tf.constant([base64.b64decode(v["b64"]) for v in value])
+    return tf.constant(np.asarray(value), spec.dtype)
+
+
 class FakeServing(http.server.BaseHTTPRequestHandler):
-    """POST /v1/models/<name>:predict evaluated on a loaded SavedModel."""
+    """POST /v1/models/<name>[/labels/<label>]:predict on a loaded SavedModel,
+    as TF Serving's REST API answers it (b64 objects become bytes)."""
 
     loaded = None
+    requests = []
 
     def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        raw = self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.loads(raw)
+        FakeServing.requests.append((self.path, len(raw)))
         signature = self.loaded.signatures[body["signature_name"]]
-        inputs = {k: tf.constant(np.asarray(v, np.uint8))
-                  for k, v in body["inputs"].items()}
+        inputs = {k: _tensor(signature, k, v) for k, v in body["inputs"].items()}
         outputs = {k: v.numpy().tolist() for k, v in signature(**inputs).items()}
         data = json.dumps({"outputs": outputs}).encode()
         self.send_response(200)
@@ -35,6 +47,45 @@ class FakeServing(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+class FakeGrpcServing:
+    """TF Serving's gRPC PredictionService on a loaded SavedModel (loopback)."""
+
+    def __init__(self, loaded):
+        import grpc
+        from concurrent import futures
+
+        from tensorflow_serving.apis import predict_pb2
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+            def Predict(self, request, context):  # noqa: N802
+                signature = loaded.signatures[request.model_spec.signature_name]
+                inputs = {k: tf.constant(tf.make_ndarray(v))
+                          for k, v in request.inputs.items()}
+                response = predict_pb2.PredictResponse()
+                for k, v in signature(**inputs).items():
+                    response.outputs[k].CopyFrom(tf.make_tensor_proto(v.numpy()))
+                return response
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            Servicer(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def stop(self):
+        self.server.stop(0)
+
+
+def write_photos(folder, count=2, size=(40, 32)):
+    paths = []
+    for i in range(count):
+        image = np.random.RandomState(i).randint(0, 256, (*size, 3))
+        paths.append(os.path.join(folder, f"img{i}.png"))
+        Image.fromarray(image.astype(np.uint8)).save(paths[-1])
+    return paths
 
 
 class ClientTest(tf.test.TestCase):
@@ -58,30 +109,88 @@ class ClientTest(tf.test.TestCase):
         np.testing.assert_array_equal(mask, direct["masks"][0].numpy())
         self.assertEqual(mask.shape, (40, 24))
 
-    def test_end_to_end_over_http_writes_png_masks(self):
+    def _serve(self):
         FakeServing.loaded = self.loaded
+        FakeServing.requests = []
         server = http.server.HTTPServer(("127.0.0.1", 0), FakeServing)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            folder = tempfile.mkdtemp()
-            paths = []
-            for i in range(2):
-                image = np.random.RandomState(i).randint(0, 256, (32, 32, 3))
-                paths.append(os.path.join(folder, f"img{i}.png"))
-                Image.fromarray(image.astype(np.uint8)).save(paths[-1])
-            out_dir = os.path.join(folder, "masks")
-            written = client.run_client(
-                f"127.0.0.1:{server.server_port}", "efficientlab", paths, out_dir)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.shutdown)
+        return f"127.0.0.1:{server.server_port}"
+
+    def test_end_to_end_over_http_writes_png_masks(self):
+        server = self._serve()
+        folder = tempfile.mkdtemp()
+        paths = write_photos(folder)
+        for signature in ("serving_default", "serve_bytes"):
+            out_dir = os.path.join(folder, signature)
+            written = client.run_client(server, "efficientlab", paths, out_dir,
+                                        signature=signature)
             self.assertEqual([os.path.basename(p) for p in written],
                              ["img0_mask.png", "img1_mask.png"])
             for path, out in zip(paths, written):
-                expected = self.loaded.signatures["serving_default"](
-                    images=tf.constant(np.asarray(Image.open(path))[None]))
+                image = np.asarray(Image.open(path))
+                if signature == "serving_default":
+                    expected = self.loaded.signatures["serving_default"](
+                        images=tf.constant(image[None]))["masks"][0].numpy()
+                else:  # At the network size, resized back to the image's.
+                    small = self.loaded.signatures["serve_bytes"](
+                        encoded=tf.constant([open(path, "rb").read()]))["masks"][0]
+                    expected = np.asarray(Image.fromarray(small.numpy()).resize(
+                        (image.shape[1], image.shape[0]), Image.NEAREST))
                 got = np.asarray(Image.open(out))
-                np.testing.assert_array_equal(got, expected["masks"][0].numpy() * 255)
-        finally:
-            server.shutdown()
+                self.assertEqual(got.shape, image.shape[:2])
+                np.testing.assert_array_equal(got, expected * 255)
+        # serve_bytes requests carry b64 file bytes, not pixel lists; and a
+        # label reaches the URL.
+        client.run_client(server, "efficientlab", paths[:1], folder, label="canary")
+        self.assertEqual(FakeServing.requests[-1][0],
+                         "/v1/models/efficientlab/labels/canary:predict")
+
+    def test_few_shot_from_the_client(self):
+        from tests.test_fss1000 import make_tree
+
+        server = self._serve()
+        support = os.path.join(make_tree(classes=("cat",), pairs=2), "cat")
+        folder = tempfile.mkdtemp()
+        paths = write_photos(folder, size=(32, 32))
+        images, masks = client.read_support(support)
+        self.assertEqual(images.shape, (2, 32, 32, 3))
+        queries = np.stack([np.asarray(Image.open(p)) for p in paths])
+        for lr, steps, name in ((None, None, "few_shot"), (0.2, 2, "few_shot_omega")):
+            out_dir = os.path.join(folder, name)
+            written = client.run_client(server, "efficientlab", paths, out_dir,
+                                        signature="few_shot", support=support,
+                                        lr=lr, steps=steps)
+            kwargs = {} if lr is None else {"lr": tf.constant(lr),
+                                            "steps": tf.constant(steps)}
+            expected = self.loaded.signatures[name](
+                support_images=tf.constant(images), support_masks=tf.constant(masks),
+                query_images=tf.constant(queries), **kwargs)["masks"].numpy()
+            for out, want in zip(written, expected):
+                np.testing.assert_array_equal(np.asarray(Image.open(out)), want * 255)
+        with self.assertRaisesRegex(ValueError, "needs --support"):
+            client.run_client(server, "efficientlab", paths, folder,
+                              signature="few_shot")
+
+    def test_grpc_end_to_end(self):
+        fake = FakeGrpcServing(self.loaded)
+        self.addCleanup(fake.stop)
+        folder = tempfile.mkdtemp()
+        paths = write_photos(folder, count=1)
+        http_masks = None
+        server = self._serve()
+        http_masks = client.segment(server, "efficientlab", paths)
+        grpc_masks = client.segment(f"127.0.0.1:{fake.port}", "efficientlab", paths,
+                                    protocol="grpc")
+        np.testing.assert_array_equal(grpc_masks[paths[0]], http_masks[paths[0]])
+
+    def test_b64_request_is_smaller_than_pixels(self):
+        photo = os.path.join(tempfile.mkdtemp(), "p.jpg")
+        image = np.random.RandomState(0).randint(0, 256, (64, 64, 3)).astype(np.uint8)
+        Image.fromarray(image).save(photo, quality=90)
+        b64 = len(json.dumps(client.rest_bytes_body([open(photo, "rb").read()])))
+        pixels = len(json.dumps(client.rest_request_body(image)))
+        self.assertLess(b64, pixels / 2)
 
     def test_bad_input(self):
         with self.assertRaisesRegex(TypeError, "must be uint8"):

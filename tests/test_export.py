@@ -198,6 +198,51 @@ class ExportTest(tf.test.TestCase):
         open(os.path.join(base, "7"), "w").close()  # A file, not a version.
         self.assertEqual(next_version(base), 4)
 
+    def test_warmup_file_replays_against_the_saved_model(self):
+        from efficientlab_tf.export import warmup
+
+        logs = warmup.read_warmup(self.path)
+        signatures = [log.predict_log.request.model_spec.signature_name
+                      for log in logs]
+        # Keras also names serving_default "serve"; one request covers both.
+        self.assertEqual(sorted(signatures),
+                         sorted(set(self.loaded.signatures) - {"serve"}))
+        for log in logs:
+            request = log.predict_log.request
+            self.assertEqual(request.model_spec.name, "efficientlab")
+            inputs = {k: tf.constant(tf.make_ndarray(v))
+                      for k, v in request.inputs.items()}
+            out = self.loaded.signatures[request.model_spec.signature_name](**inputs)
+            side = 32  # The served size: every output is one 32 x 32 mask.
+            self.assertEqual(out["masks"].shape, (1, side, side))
+
+    def test_few_shot_omega_per_request(self):
+        support, query = uint8((2, 32, 32, 3), 50), uint8((1, 32, 32, 3), 51)
+        masks = tf.constant(
+            (np.random.RandomState(52).uniform(size=(2, 32, 32)) > 0.5) * 255,
+            tf.uint8)
+        sig = self.loaded.signatures["few_shot_omega"]
+        out = sig(support_images=support, support_masks=masks,
+                  query_images=query, lr=tf.constant(0.2), steps=tf.constant(4))
+        # The Python update routine with that omega gives the same answer ...
+        state, _ = self.adapter.adapt(
+            tf.cast(support, tf.float32), tf.cast(masks[..., None] > 0, tf.float32),
+            0.2, 4, tf.constant([0, 0]))
+        expected = self.adapter.predict(state, tf.cast(query, tf.float32))
+        self.assertAllClose(out["probabilities"], expected, atol=1e-4)
+        # ... and the exported omega gives few_shot's answer.
+        same = sig(support_images=support, support_masks=masks, query_images=query,
+                   lr=tf.constant(OMEGA[0]), steps=tf.constant(OMEGA[1]))
+        self.assertAllClose(same["probabilities"],
+                            self.few_shot(support, masks, query)["probabilities"])
+        for lr, steps, message in ((5.0, 3, "lr must be <= 1"),
+                                   (0.0, 3, "lr must be > 0"),
+                                   (0.1, 500, "steps must be <= 200"),
+                                   (0.1, -1, "steps must be >= 0")):
+            with self.assertRaisesRegex(tf.errors.InvalidArgumentError, message):
+                sig(support_images=support, support_masks=masks, query_images=query,
+                    lr=tf.constant(lr), steps=tf.constant(steps))
+
     def test_in_place_adapter_is_refused(self):
         adapter = build_adapter(self.model, MetaConfig(), in_place=True)
         with self.assertRaisesRegex(ValueError, "in_place=False"):

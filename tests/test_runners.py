@@ -8,7 +8,6 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from efficientlab_tf import config as config_lib
 from efficientlab_tf import runners
 from efficientlab_tf.config import Omega
 from efficientlab_tf.experiment import Experiment

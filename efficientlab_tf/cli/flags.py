@@ -174,6 +174,10 @@ def define_flags():
                         "export/adapt modes: TF Serving model folder (<dir>/<version>).")
     flags.DEFINE_string("adapt_data", ex.adapt_data,
                         "adapt mode: folder of <n>.jpg/<n>.png pairs of one class.")
+    flags.DEFINE_float("max_request_lr", ex.max_request_lr,
+                       "Export: largest lr a few_shot_omega request may ask for.")
+    flags.DEFINE_integer("max_request_steps", ex.max_request_steps,
+                         "Export: most steps a few_shot_omega request may ask for.")
     # Compare (CompareConfig).
     flags.DEFINE_list("compare_runs", list(cmp.runs),
                       "compare, compare_merge and fpk modes: run folders (or "

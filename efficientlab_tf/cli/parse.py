@@ -72,7 +72,9 @@ def config_from_flags(f):
             shots=_ints(f, "fpk_shots"), iters=_ints(f, "fpk_iters"),
             tasks=f.fpk_tasks, repeats=f.fpk_repeats, query=f.fpk_query),
         convert=c.ConvertConfig(shard_dir=f.shard_dir, num_shards=f.num_shards),
-        export=c.ExportConfig(export_dir=f.export_dir, adapt_data=f.adapt_data),
+        export=c.ExportConfig(export_dir=f.export_dir, adapt_data=f.adapt_data,
+                              max_request_lr=f.max_request_lr,
+                              max_request_steps=f.max_request_steps),
     )
     if f.omega_file:
         omega = c.Omega.from_file(f.omega_file, config.eval_omega)

@@ -1,14 +1,27 @@
 """TF Serving client: send images, write the predicted masks as PNGs.
 
-REST (TF Serving's predict API, columnar "inputs" format, port 8501) needs
-only the standard library; gRPC (port 8500) needs the `serving` extra
-(`pip install efficientlab-tf[serving]`, i.e. tensorflow-serving-api).
-One request per image, so images of any size can be sent.
+Signatures (`--signature`):
 
-    efficientlab-client --server=localhost:8501 --model=efficientlab \
-        --images=a.jpg,b.png --out_dir=masks
+* `serve_bytes` (default): each image file's encoded bytes, sent as TF
+  Serving's `{"b64": ...}` JSON form (REST) or a string tensor (gRPC); the
+  mask comes back at the network resolution with the image's size and is
+  resized to it (nearest). A JPEG is a fraction of its raw-pixel JSON
+  (docs/serving.md has the measured sizes).
+* `serving_default`: decoded uint8 pixels as JSON numbers (any size; masks
+  come back at the input size).
+* `few_shot`: `--support=<folder of <n>.jpg + <n>.png>` is sent with the
+  query images; the server adapts to the support set inside the request.
+  With `--lr`/`--steps` the `few_shot_omega` signature adapts with that omega
+  instead of the exported one (bounded by the limits fixed at export).
+
+REST (TF Serving's predict API, columnar "inputs" format, port 8501) needs
+only the standard library; gRPC (port 8500) uses tensorflow-serving-api.
+`--label=stable|canary` picks a labelled version (models.config).
+
+    efficientlab-client --server=localhost:8501 --images=a.jpg,b.png --out_dir=masks
 """
 
+import base64
 import json
 import os
 import re
@@ -18,7 +31,10 @@ import urllib.request
 
 import numpy as np
 from PIL import Image
+
 from efficientlab_tf import io
+
+SIGNATURES = ("serve_bytes", "serving_default", "few_shot")
 
 
 def load_image(path):
@@ -28,8 +44,15 @@ def load_image(path):
             return np.asarray(im.convert("RGB"), np.uint8)
     except FileNotFoundError:
         raise FileNotFoundError(f"image {path!r} does not exist.") from None
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (PIL raises many types)
         raise ValueError(f"image {path!r} cannot be decoded: {e}") from None
+
+
+def read_bytes(path):
+    """The encoded bytes of a JPEG or PNG file (checked to decode)."""
+    load_image(path)
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def check_image(image, name="image"):
@@ -44,24 +67,6 @@ def check_image(image, name="image"):
     return image
 
 
-def rest_request_body(image, signature="serving_default"):
-    """TF Serving predict request (columnar) for one image: a JSON-able dict."""
-    image = check_image(image)
-    return {"signature_name": signature, "inputs": {"images": [image.tolist()]}}
-
-
-def masks_from_rest_response(response):
-    """(probabilities [H, W] float32, mask [H, W] uint8) of one image."""
-    outputs = response.get("outputs")
-    if not isinstance(outputs, dict) or "masks" not in outputs:
-        raise ValueError(
-            "TF Serving response has no 'outputs.masks'; got keys "
-            f"{sorted(response)}: {str(response)[:200]}")
-    probs = np.asarray(outputs["probabilities"], np.float32)[0]
-    masks = np.asarray(outputs["masks"], np.uint8)[0]
-    return probs, masks
-
-
 def check_server(server):
     """`host:port` (port 1-65535) or a ValueError saying what is expected."""
     match = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})",
@@ -73,17 +78,89 @@ def check_server(server):
     return server
 
 
-def predict_rest(server, model, image, version=None, timeout=60):
-    """POST one image to TF Serving's REST API; returns (probs, mask)."""
+# --- request bodies (REST, columnar "inputs" format) -------------------------
+
+def rest_request_body(image, signature="serving_default"):
+    """Predict request for one decoded image: a JSON-able dict."""
+    image = check_image(image)
+    return {"signature_name": signature, "inputs": {"images": [image.tolist()]}}
+
+
+def rest_bytes_body(encoded):
+    """serve_bytes request for encoded images, in TF Serving's b64 form."""
+    return {"signature_name": "serve_bytes", "inputs": {"encoded": [
+        {"b64": base64.b64encode(e).decode("ascii")} for e in encoded]}}
+
+
+def read_support(folder, size=None):
+    """(images uint8 [K, H, W, 3], masks uint8 [K, H, W]) of a folder of
+    <n>.jpg + <n>.png pairs, resized to the first image's size (or `size`
+    (H, W)): one support tensor for the request."""
+    from efficientlab_tf.data import fss1000
+
+    pairs = fss1000.read_class_folder(folder)
+    images, masks = [], []
+    for image_path, mask_path in pairs:
+        image = Image.open(image_path).convert("RGB")
+        size = size or (image.height, image.width)
+        hw = (size[1], size[0])
+        images.append(np.asarray(image.resize(hw, Image.BILINEAR), np.uint8))
+        mask = Image.open(mask_path).convert("L").resize(hw, Image.NEAREST)
+        masks.append(np.asarray(mask, np.uint8))
+    return np.stack(images), np.stack(masks)
+
+
+def few_shot_body(support_images, support_masks, query_images, lr=None,
+                  steps=None):
+    """few_shot (or, with lr and steps, few_shot_omega) request."""
+    inputs = {"support_images": np.asarray(support_images).tolist(),
+              "support_masks": np.asarray(support_masks).tolist(),
+              "query_images": np.asarray(query_images).tolist()}
+    signature = "few_shot"
+    if lr is not None or steps is not None:
+        if lr is None or steps is None:
+            raise ValueError("--lr and --steps go together (few_shot_omega).")
+        inputs.update(lr=float(lr), steps=int(steps))
+        signature = "few_shot_omega"
+    return {"signature_name": signature, "inputs": inputs}
+
+
+def outputs_of(response):
+    """The "outputs" dict of a REST response (clear error otherwise)."""
+    outputs = response.get("outputs") if isinstance(response, dict) else None
+    if not isinstance(outputs, dict) or "masks" not in outputs:
+        keys = sorted(response) if isinstance(response, dict) else type(response)
+        raise ValueError(
+            f"TF Serving response has no 'outputs.masks'; got keys {keys}: "
+            f"{str(response)[:200]}")
+    return outputs
+
+
+def masks_from_rest_response(response):
+    """(probabilities [H, W] float32, mask [H, W] uint8) of one image."""
+    outputs = outputs_of(response)
+    probs = np.asarray(outputs["probabilities"], np.float32)[0]
+    masks = np.asarray(outputs["masks"], np.uint8)[0]
+    return probs, masks
+
+
+# --- transport ---------------------------------------------------------------
+
+def _url(server, model, label=None):
     check_server(server)
-    path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "")
-    url = f"http://{server}{path}:predict"
-    data = json.dumps(rest_request_body(image)).encode()
+    path = f"/v1/models/{model}" + (f"/labels/{label}" if label else "")
+    return f"http://{server}{path}:predict"
+
+
+def post_rest(server, model, body, label=None, timeout=60):
+    """POSTs a predict request; returns the decoded JSON response."""
+    url = _url(server, model, label)
     request = urllib.request.Request(
-        url, data=data, headers={"Content-Type": "application/json"})
+        url, data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return masks_from_rest_response(json.load(resp))
+            return json.load(resp)
     except urllib.error.HTTPError as e:
         raise RuntimeError(f"TF Serving at {url} answered {e.code}: "
                            f"{e.read().decode(errors='replace')[:500]}") from None
@@ -100,26 +177,29 @@ def predict_rest(server, model, image, version=None, timeout=60):
                               f"{e}") from None
 
 
-def grpc_request(image, model, signature="serving_default"):
-    """A tensorflow_serving PredictRequest for one image."""
-    try:
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
-    except ImportError:
-        raise ImportError(
-            "gRPC needs tensorflow-serving-api: pip install "
-            "'efficientlab-tf[serving]'") from None
+def predict_rest(server, model, image, label=None, timeout=60):
+    """serving_default over REST for one decoded image; returns (probs, mask)."""
+    return masks_from_rest_response(
+        post_rest(server, model, rest_request_body(image), label, timeout))
+
+
+def grpc_request(inputs, model, signature="serving_default", label=None):
+    """A tensorflow_serving PredictRequest with `inputs` {name: array}."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
     request.model_spec.signature_name = signature
-    request.inputs["images"].CopyFrom(
-        tf.make_tensor_proto(check_image(image)[None]))
+    if label:
+        request.model_spec.version_label = label
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
     return request
 
 
-def predict_grpc(server, model, image, timeout=60):
-    """Calls TF Serving's gRPC Predict; returns (probs, mask)."""
-    request = grpc_request(image, model)
+def post_grpc(server, request, timeout=60):
+    """Calls TF Serving's gRPC Predict; returns {output name: array}."""
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -139,9 +219,29 @@ def predict_grpc(server, model, image, timeout=60):
                                       f"{server}: {' '.join(details)}") from None
             raise RuntimeError(f"TF Serving (gRPC) at {server} answered "
                                f"{code.name}: {' '.join(details)}") from None
-    probs = tf.make_ndarray(response.outputs["probabilities"])[0]
-    masks = tf.make_ndarray(response.outputs["masks"])[0]
-    return probs, masks
+    return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+
+def predict_grpc(server, model, image, timeout=60):
+    """serving_default over gRPC for one decoded image; returns (probs, mask)."""
+    out = post_grpc(server, grpc_request({"images": check_image(image)[None]},
+                                         model), timeout)
+    return out["probabilities"][0], out["masks"][0]
+
+
+def _call(protocol, server, model, signature, inputs, rest_body, label):
+    """{output: array} of one request over REST (`rest_body`) or gRPC."""
+    if protocol == "grpc":
+        return post_grpc(server, grpc_request(inputs, model, signature, label))
+    outputs = outputs_of(post_rest(server, model, rest_body, label))
+    return {k: np.asarray(v) for k, v in outputs.items()}
+
+
+def _resize_mask(mask, height, width):
+    if mask.shape == (height, width):
+        return mask
+    return np.asarray(Image.fromarray(mask.astype(np.uint8)).resize(
+        (width, height), Image.NEAREST))
 
 
 def write_mask_png(mask, path):
@@ -151,19 +251,59 @@ def write_mask_png(mask, path):
                         "L").save(tmp, format="PNG")
 
 
-def run_client(server, model, image_paths, out_dir, protocol="rest"):
-    """Segments every image; writes <out_dir>/<stem>_mask.png; returns paths."""
+def segment(server, model, image_paths, protocol="rest", signature="serve_bytes",
+            support=None, lr=None, steps=None, label=None):
+    """{image path: mask uint8 [H, W] at the image's size}."""
+    if signature not in SIGNATURES:
+        raise ValueError(f"--signature must be one of {list(SIGNATURES)}; got "
+                         f"{signature!r}.")
     check_server(server)
+    masks = {}
+    if signature == "few_shot":
+        if not support:
+            raise ValueError("--signature=few_shot needs --support=<folder of "
+                             "<n>.jpg + <n>.png pairs>.")
+        support_images, support_masks = read_support(support)
+        queries = [load_image(p) for p in image_paths]
+        size = queries[0].shape[:2]
+        batch = np.stack([np.asarray(Image.fromarray(q).resize(
+            (size[1], size[0]), Image.BILINEAR)) for q in queries])
+        body = few_shot_body(support_images, support_masks, batch, lr, steps)
+        inputs = {k: (np.float32(v) if k == "lr" else np.int32(v) if k == "steps"
+                      else np.asarray(v, np.uint8)) for k, v in body["inputs"].items()}
+        out = _call(protocol, server, model, body["signature_name"], inputs, body,
+                    label)
+        for path, query, mask in zip(image_paths, queries, out["masks"]):
+            masks[path] = _resize_mask(np.asarray(mask), *query.shape[:2])
+        return masks
+    for path in image_paths:
+        if signature == "serve_bytes":
+            encoded = read_bytes(path)
+            out = _call(protocol, server, model, "serve_bytes",
+                        {"encoded": np.array([encoded], dtype=object)},
+                        rest_bytes_body([encoded]), label)
+            h, w = int(np.ravel(out["heights"])[0]), int(np.ravel(out["widths"])[0])
+            masks[path] = _resize_mask(np.asarray(out["masks"][0]), h, w)
+        else:
+            image = load_image(path)
+            out = _call(protocol, server, model, "serving_default",
+                        {"images": check_image(image)[None]},
+                        rest_request_body(image), label)
+            masks[path] = np.asarray(out["masks"][0], np.uint8)
+    return masks
+
+
+def run_client(server, model, image_paths, out_dir, protocol="rest",
+               signature="serve_bytes", support=None, lr=None, steps=None,
+               label=None):
+    """Segments every image; writes <out_dir>/<stem>_mask.png; returns paths."""
+    masks = segment(server, model, image_paths, protocol, signature, support,
+                    lr, steps, label)
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for path in image_paths:
-        image = load_image(path)
-        if protocol == "grpc":
-            _, mask = predict_grpc(server, model, image)
-        else:
-            _, mask = predict_rest(server, model, image)
         stem = os.path.splitext(os.path.basename(path))[0]
         out = os.path.join(out_dir, f"{stem}_mask.png")
-        write_mask_png(mask, out)
+        write_mask_png(masks[path], out)
         written.append(out)
     return written

@@ -141,8 +141,10 @@ def _serve_bytes_fn(model, size, max_pixels):
     return serve_bytes
 
 
-def _few_shot_fn(adapter, size, lr, steps):
-    def few_shot(support_images, support_masks, query_images):
+def _few_shot_core(adapter, size):
+    """The few-shot computation shared by `few_shot` and `few_shot_omega`."""
+
+    def few_shot(support_images, support_masks, query_images, lr, steps):
         support_masks = _mask_stack(support_masks)
         k = tf.shape(support_images)[0]
         checks = [
@@ -179,9 +181,44 @@ def _few_shot_fn(adapter, size, lr, steps):
     return few_shot
 
 
+def _few_shot_fn(adapter, size, lr, steps):
+    core = _few_shot_core(adapter, size)
+
+    def few_shot(support_images, support_masks, query_images):
+        return core(support_images, support_masks, query_images, lr, steps)
+
+    return few_shot
+
+
+def _few_shot_omega_fn(adapter, size, max_lr, max_steps):
+    core = _few_shot_core(adapter, size)
+
+    def few_shot_omega(support_images, support_masks, query_images, lr, steps):
+        checks = [
+            tf.debugging.assert_positive(
+                lr, message="few_shot_omega: lr must be > 0"),
+            tf.debugging.assert_less_equal(
+                lr, tf.constant(max_lr, tf.float32),
+                message=f"few_shot_omega: lr must be <= {max_lr:g}, the limit "
+                "set at export; lr received"),
+            tf.debugging.assert_non_negative(
+                steps, message="few_shot_omega: steps must be >= 0"),
+            tf.debugging.assert_less_equal(
+                steps, tf.constant(max_steps, tf.int32),
+                message=f"few_shot_omega: steps must be <= {max_steps}, the "
+                "limit set at export; steps received"),
+        ]
+        lr, steps = _after(checks, lr, steps)
+        return core(support_images, support_masks, query_images, lr, steps)
+
+    return few_shot_omega
+
+
 def export_saved_model(model, base_dir, image_size, version=None,
                        few_shot_adapter=None, omega=None,
-                       max_pixels=decode.MAX_SERVED_PIXELS):
+                       max_pixels=decode.MAX_SERVED_PIXELS,
+                       max_request_lr=1.0, max_request_steps=200,
+                       warmup=True):
     """Exports `model` as `<base_dir>/<version>`; returns that path.
 
     Args:
@@ -193,6 +230,11 @@ def export_saved_model(model, base_dir, image_size, version=None,
             when given, the `few_shot` signature is added.
         omega: (lr, steps) of the `few_shot` adaptation.
         max_pixels: Largest image (height x width) `serve_bytes` decodes.
+        max_request_lr, max_request_steps: Limits of the omega a
+            `few_shot_omega` request may ask for.
+        warmup: Write `assets.extra/tf_serving_warmup_requests` (one small
+            request per signature) so TF Serving traces every signature when
+            it loads the version, not on the first user request.
 
     Raises:
         FileExistsError: the version folder already exists.
@@ -231,7 +273,26 @@ def export_saved_model(model, base_dir, image_size, version=None,
                     tf.TensorSpec(None, tf.uint8, name="support_masks"),
                     uint8_images("query_images"),
                 ])
+            archive.add_endpoint(
+                "few_shot_omega",
+                _few_shot_omega_fn(few_shot_adapter, image_size,
+                                   float(max_request_lr), int(max_request_steps)),
+                input_signature=[
+                    uint8_images("support_images"),
+                    tf.TensorSpec(None, tf.uint8, name="support_masks"),
+                    uint8_images("query_images"),
+                    tf.TensorSpec([], tf.float32, name="lr"),
+                    tf.TensorSpec([], tf.int32, name="steps"),
+                ])
         archive.write_out(tmp, verbose=False)
+        if warmup:
+            from efficientlab_tf.export import warmup as warmup_lib
+
+            warmup_lib.write_warmup(
+                tmp, warmup_lib.warmup_requests(
+                    os.path.basename(os.path.normpath(base_dir)), image_size,
+                    few_shot=few_shot_adapter is not None,
+                    omega=omega))
         # mkdtemp makes the folder 0700; give it the umask's usual mode.
         umask = os.umask(0)
         os.umask(umask)

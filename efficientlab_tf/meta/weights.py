@@ -3,6 +3,7 @@
 All functions are plain TensorFlow: they run eagerly and inside tf.function.
 """
 
+import keras
 import tensorflow as tf
 
 
@@ -22,9 +23,6 @@ def subtract(a, b):
     return [x - y for x, y in zip(a, b, strict=True)]
 
 
-
-
-
 def _value(v):
     # Keras 3 variables expose the backend tensor as `.value`.
-    return v.value if hasattr(v, "value") and not isinstance(v, tf.Tensor) else v
+    return v.value if isinstance(v, keras.Variable) else v

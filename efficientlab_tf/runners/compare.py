@@ -5,6 +5,7 @@ import os
 from absl import logging
 
 from efficientlab_tf import io
+from efficientlab_tf import summaries
 from efficientlab_tf.evaluation import compare
 from efficientlab_tf.experiment import Experiment
 from efficientlab_tf.model.metrics import mean_ci95
@@ -59,6 +60,14 @@ def run(config, record_fn, model=None):
         if oracle is not None:
             rows.append(oracle)
         compare.add_paired(rows, ref)
+        for row in rows:  # One HParams session per row.
+            summaries.write_session(
+                os.path.join(config.run.workdir, "hparams",
+                             summaries.session_name(f"{shots}shot_{row['name']}")),
+                {"init": str(row["init"]), "steps": int(row["steps"]),
+                 "shots": int(shots), "row": row["name"]},
+                {"compare/mean_iou": row["mean_iou"], "compare/ci95": row["ci95"],
+                 "compare/diff_vs_ref": row["diff_vs_ref"]})
         path = compare.write_table(rows, ref, config.run.workdir,
                                    stem=f"compare_{shots}shot")
         tables[shots] = rows

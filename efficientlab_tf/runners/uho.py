@@ -6,6 +6,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from efficientlab_tf import summaries
 from efficientlab_tf.evaluation import uho
 from efficientlab_tf.runners.common import experiment_with_weights
 from efficientlab_tf.runners.common import scoring_tasks
@@ -54,6 +55,12 @@ def run(config, record_fn, model=None):
             for key in ("mean_iou", "lr", "best_steps", "batch_size"):
                 tf.summary.scalar(f"uho/{key}", trial[key], step=counter[0])
         counter[0] += 1
+        summaries.write_session(  # One HParams session per trial.
+            os.path.join(config.run.workdir, "uho", "trials",
+                         f"{trial['round']}_{trial['trial']}"),
+            {"lr": trial["lr"], "max_steps": trial["max_steps"],
+             "batch_size": trial["batch_size"], "round": trial["round"]},
+            {"uho/mean_iou": trial["mean_iou"], "uho/best_steps": trial["best_steps"]})
 
     train = config.train_omega
     best = uho.search(score_fn(exp, tasks), config.uho, config.run.workdir,

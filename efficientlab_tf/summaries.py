@@ -1,0 +1,82 @@
+"""TensorBoard HParams: every run, compare row and UHO trial is a session.
+
+`tensorboard --logdir=runs` then compares runs side by side in the HParams
+dashboard: a training run writes its hyperparameters (`run_hparams`) and its
+final meta-val / meta-test mean IoU to `<workdir>/hparams`; `--mode=compare`
+writes one session per row (`<workdir>/hparams/<row>`), UHO one per trial
+(`<workdir>/uho/trials/<round>_<trial>`). Values are plain numbers, strings
+and bools, as the HParams plugin requires.
+"""
+
+import os
+import re
+
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
+
+# Metric tags of a training run's session.
+RUN_METRICS = ("hparams/meta_val_mean_iou", "hparams/meta_test_mean_iou",
+               "hparams/meta_test_ci95")
+
+
+def run_hparams(config):
+    """The hyperparameters that distinguish training runs (flat dict)."""
+    m, d, me, run = config.model, config.data, config.meta, config.run
+    omega = config.eval_omega
+    aug = d.augment
+    return {
+        "algo": me.algo, "encoder": m.encoder, "encoder_weights": m.encoder_weights,
+        "image_size": m.image_size, "decoder": m.decoder, "bn_mode": m.bn_mode,
+        "dataset": d.dataset, "fold": d.fold, "train_shots": me.train_shots,
+        "inner_lr": me.inner_lr, "inner_steps": me.inner_iters,
+        "inner_batch": me.inner_batch, "inner_optimizer": me.inner_optimizer,
+        "meta_batch": me.meta_batch, "meta_step": me.meta_step,
+        "meta_step_final": me.meta_step_final, "meta_iters": me.meta_iters,
+        "meta_optimizer": me.meta_optimizer, "weight_decay": me.weight_decay,
+        "eval_lr": omega.lr, "eval_steps": omega.steps,
+        "eval_batch": omega.batch_size, "eval_shots": config.eval.shots,
+        "augment": ",".join(name for name, on in (
+            ("translate", aug.translate), ("flip", aug.flip),
+            ("noise", aug.noise_stddev), ("brightness", aug.brightness),
+            ("erase", aug.erase_prob)) if on) or "none",
+        "init_from": run.init_from or "", "seed": run.seed,
+    }
+
+
+def session_name(text):
+    """A folder-safe session name for a row or trial."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "session"
+
+
+def write_session(logdir, hparams, metrics, trial_id=None, step=0,
+                  metric_tags=None):
+    """Writes one HParams session: its config, values and metric scalars.
+
+    Args:
+        logdir: Folder of the session's events.
+        hparams: {name: number | str | bool}.
+        metrics: {tag: float} logged as scalars at `step` (may be empty when
+            a run starts; `write_metrics` adds them at its end).
+        trial_id: Session name shown by TensorBoard (default: the folder).
+        metric_tags: Metric tags the dashboard shows (default: `metrics`).
+    """
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default():
+        hp.hparams_config(
+            hparams=[hp.HParam(name) for name in hparams],
+            metrics=[hp.Metric(tag) for tag in (metric_tags or metrics)])
+        hp.hparams(hparams, trial_id=trial_id or os.path.basename(logdir))
+        for tag, value in metrics.items():
+            tf.summary.scalar(tag, value, step=step)
+    writer.flush()
+    writer.close()
+
+
+def write_metrics(logdir, metrics, step):
+    """Adds the final metric scalars to a session written by `write_session`."""
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default():
+        for tag, value in metrics.items():
+            tf.summary.scalar(tag, value, step=step)
+    writer.flush()
+    writer.close()
