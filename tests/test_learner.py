@@ -2,12 +2,15 @@
 
 import dataclasses
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
 from efficientlab_tf.config import MetaConfig
 from efficientlab_tf import segmentation
+from efficientlab_tf.meta import fomaml
+from efficientlab_tf.meta.adapter import seeded_permutation
 from efficientlab_tf.meta.learner import MetaLearner
 from efficientlab_tf.meta.learner import linear_meta_step
 from efficientlab_tf.model.losses import segmentation_loss
@@ -23,6 +26,32 @@ def learner_for(algo, meta_batch=1, bn_mode="running", **kwargs):
                         **kwargs)
     return MetaLearner(model, config, segmentation.task_fns(config.weight_decay),
                        bn_mode=bn_mode)
+
+
+class XLATest(tf.test.TestCase):
+
+    def test_meta_step_under_xla_equals_the_graph_one(self):
+        # --jit_compile: every op of the meta step has an XLA kernel (the
+        # seeded permutation is argsort of Philox keys). Without dropout the
+        # two compilations compute the same numbers up to float rounding;
+        # Keras draws dropout noise with an auto-selected generator that
+        # differs under XLA, so with dropout they agree only in distribution.
+        weights = {}
+        for jit in (False, True):
+            keras.utils.set_random_seed(0)
+            model = helpers.tiny_efficientlab(bn_mode="batch", dropout=0.0)
+            config = MetaConfig(algo="fomaml", train_shots=4, foml_tail=2,
+                                inner_iters=3, inner_batch=2, inner_lr=0.05,
+                                meta_batch=2)
+            learner = MetaLearner(model, config,
+                                  segmentation.task_fns(config.weight_decay),
+                                  bn_mode="batch", jit_compile=jit)
+            out = learner.meta_step(helpers.random_task(meta_batch=2),
+                                    tf.constant(0.5), SEED)
+            self.assertTrue(bool(out["finite"]))
+            weights[jit] = [v.numpy() for v in model.trainable_variables]
+        for a, b in zip(weights[False], weights[True]):
+            self.assertAllClose(a, b, atol=1e-5)
 
 
 class LearnerTest(tf.test.TestCase, parameterized.TestCase):
@@ -58,15 +87,21 @@ class LearnerTest(tf.test.TestCase, parameterized.TestCase):
         # Recompute the tail step by hand on a detached copy of theta_tr:
         # one SGD step on the 2 tail shots with the same dropout seed.
         detached = [tf.constant(w.numpy()) for w in theta_tr.trainable]
-        # (the tail step is step index 2 of 3: its dropout seed folds in 2)
-        tail_seed = tf.random.experimental.stateless_fold_in(
-            tf.random.experimental.stateless_fold_in(task_seed, 7919), 2)
+        # (the tail step is step index 2 of 3: its dropout seed folds in 2;
+        # its minibatch is the 2 tail shots in the seeded order of the tail
+        # adaptation, so each image meets the same dropout noise)
+        tail_task_seed = tf.random.experimental.stateless_fold_in(
+            task_seed, fomaml.D_VAL_SEED_TAG)
+        tail_seed = tf.random.experimental.stateless_fold_in(tail_task_seed, 2)
+        order = seeded_permutation(2, tail_task_seed)
+        tail_images = tf.gather(images[2:], order)
+        tail_masks = tf.gather(masks[2:], order)
         non_trainable = adapter._non_trainable_values(theta_tr.stats, tail_seed)
         with tf.GradientTape() as tape:
             tape.watch(detached)
             logits, _ = learner.model.stateless_call(
-                detached, non_trainable, images[2:], training=True)
-            loss = segmentation_loss(masks[2:], logits, detached, 0.0)
+                detached, non_trainable, tail_images, training=True)
+            loss = segmentation_loss(tail_masks, logits, detached, 0.0)
         grads = tape.gradient(loss, detached)
         learner.meta_step(task, tf.constant(1.0), SEED)
         for v, w, g in zip(adapter.trainable_variables, theta, grads):

@@ -48,6 +48,14 @@ def _is_float(variable):
     return tf.as_dtype(variable.dtype).is_floating
 
 
+def seeded_permutation(n, seed):
+    """A permutation of 0..n-1 determined by `seed`: the argsort of n
+    stateless uniform keys. Unlike `stateless_shuffle` every op here has an
+    XLA kernel, so the inner loop compiles with `jit_compile=True`."""
+    keys = tf.random.stateless_uniform([n], seed, alg="philox")
+    return tf.argsort(keys, stable=True)
+
+
 class Adapter:
     """U(theta; D, omega) for a Keras model and a loss.
 
@@ -198,9 +206,7 @@ class Adapter:
         seed = tf.cast(seed, tf.int32)
         lr = tf.cast(lr, tf.float32)
         steps = tf.cast(steps, tf.int32)
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(tf.shape(images)[0]), seed
-        )
+        order = seeded_permutation(tf.shape(images)[0], seed)
         if start is None:
             start = self.initial_state()
         if self.in_place:
