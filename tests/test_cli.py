@@ -91,7 +91,8 @@ class SmokeRunTest(tf.test.TestCase):
         self.assertIn("lr 0.01, 3 steps", proc.stderr)
         loaded = tf.saved_model.load(os.path.join(export_dir, "1"))
         self.assertEqual(sorted(loaded.signatures),
-                         ["few_shot", "serve", "serve_bytes", "serving_default"])
+                         ["few_shot", "few_shot_omega", "serve", "serve_bytes",
+                          "serving_default"])
 
         # Adapt to a user's class folder and export the adapted network.
         from tests.test_fss1000 import make_tree

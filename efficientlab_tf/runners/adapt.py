@@ -31,8 +31,9 @@ def run(config, record_fn, model=None):
                             tf.constant([config.run.seed, 0], tf.int32),
                             restore=False)
     path = exp.export(config.export.export_dir)
-    logging.info("Adapted on %d examples of %s (omega %s, mean loss %.4f); "
-                 "exported %s.", len(pairs), folder, omega, float(loss), path)
+    logging.info("Adapted on %d examples of %s (%d steps, lr %g, batch %d, mean "
+                 "loss %.4f); exported %s.", len(pairs), folder, omega.steps,
+                 omega.lr, omega.batch_size, float(loss), path)
     print(path)
     return {"saved_model": path, "examples": len(pairs), "loss": float(loss),
             "folder": os.path.abspath(folder)}

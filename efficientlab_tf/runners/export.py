@@ -11,7 +11,8 @@ def run(config, record_fn, model=None):
     exp = Experiment(config, model)
     prefix = load_model_weights(exp.model, config.run.init_from or config.run.workdir)
     path = exp.export(config.export.export_dir)
-    logging.info("Exported %s (few_shot omega %s) to %s.", prefix,
-                 config.eval_omega, path)
+    omega = config.eval_omega
+    logging.info("Exported %s (few_shot omega: lr %g, %d steps, batch %d) to %s.",
+                 prefix, omega.lr, omega.steps, omega.batch_size, path)
     print(path)
     return {"saved_model": path, "checkpoint": prefix}
