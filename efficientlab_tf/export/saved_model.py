@@ -263,24 +263,22 @@ def export_saved_model(model, base_dir, image_size, version=None,
             input_signature=[tf.TensorSpec([None], tf.string, name="encoded")])
         if few_shot_adapter is not None:
             lr, steps = omega
+            few_shot_inputs = [
+                uint8_images("support_images"),
+                tf.TensorSpec(None, tf.uint8, name="support_masks"),
+                uint8_images("query_images"),
+            ]
             archive.add_endpoint(
                 "few_shot",
                 _few_shot_fn(few_shot_adapter, image_size,
                              tf.constant(lr, tf.float32),
                              tf.constant(steps, tf.int32)),
-                input_signature=[
-                    uint8_images("support_images"),
-                    tf.TensorSpec(None, tf.uint8, name="support_masks"),
-                    uint8_images("query_images"),
-                ])
+                input_signature=few_shot_inputs)
             archive.add_endpoint(
                 "few_shot_omega",
                 _few_shot_omega_fn(few_shot_adapter, image_size,
                                    float(max_request_lr), int(max_request_steps)),
-                input_signature=[
-                    uint8_images("support_images"),
-                    tf.TensorSpec(None, tf.uint8, name="support_masks"),
-                    uint8_images("query_images"),
+                input_signature=few_shot_inputs + [
                     tf.TensorSpec([], tf.float32, name="lr"),
                     tf.TensorSpec([], tf.int32, name="steps"),
                 ])
