@@ -9,7 +9,7 @@ that provides it.
 import importlib.util
 
 # Modes that write tf.summary events (TensorBoard implements tf.summary).
-SUMMARY_MODES = ("train", "uho")
+SUMMARY_MODES = ("train", "uho", "compare")
 # Modes whose default outputs include matplotlib figures.
 FIGURE_MODES = ("lr_sweep", "fpk")
 
