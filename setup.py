@@ -38,7 +38,9 @@ setup(
         "tensorflow-serving-api>=2.20,<2.22",
     ],
     extras_require={
-        "test": ["pytest"],
+        # Two test processes (pytest.ini: -n 2) keep CI under 25 minutes
+        # on 2 cores: most tests are tracing- and subprocess-bound.
+        "test": ["pytest", "pytest-xdist"],
         "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
         "plot": [],  # Kept for old install commands: matplotlib is core now.
         "serving": [],  # Kept for old install commands: a dependency now.

@@ -164,8 +164,11 @@ def run(prepared):
                 meta_lr = 0.0
             else:
                 meta_lr = linear_meta_step(cfg.meta, s)
+                # Query scores are computed on logging steps only.
+                log = (s + 1) % cfg.run.log_every == 0 or s + 1 == total
                 metrics = learner.meta_step(
-                    tasks, tf.constant(meta_lr, tf.float32), seed)
+                    tasks, tf.constant(meta_lr, tf.float32), seed,
+                    tf.constant(log))
             s += 1
             if not bool(metrics["finite"]):  # One scalar read per step.
                 raise NonFiniteError(

@@ -118,7 +118,7 @@ class SmokeRunTest(tf.test.TestCase):
             self.assertEqual(json.load(f)["2-shot"]["tasks"], 8)
         proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=uho",
                         f"--workdir={workdir}", "--uho_samples=2", "--uho_rounds=2",
-                        "--uho_steps_max=3", "--eval_tasks=2")
+                        "--uho_steps_max=3", "--uho_tasks=2")
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         with open(os.path.join(workdir, "omega.json")) as f:
             omega = json.load(f)
@@ -128,7 +128,7 @@ class SmokeRunTest(tf.test.TestCase):
         self.assertEqual(len(pictures), 2)
         proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=lr_sweep",
                         f"--workdir={workdir}", "--sweep_points=3",
-                        "--uho_steps_max=2", "--eval_tasks=2")
+                        "--uho_steps_max=2", "--uho_tasks=2")
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         with open(os.path.join(workdir, "lr_sweep.csv")) as f:
             self.assertEqual(len(list(csv.DictReader(f))), 3)

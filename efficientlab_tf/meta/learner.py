@@ -98,6 +98,7 @@ class MetaLearner:
         self.eval_task = tf.function(self._eval_task_impl, reduce_retracing=True)
         self._curve_fns = {}
         self._eval_fns = {}
+        self._steppers = {}
 
     # ------------------------------------------------------------ training
     def _direction(self, images, masks, lr, steps, seed, start):
@@ -108,8 +109,14 @@ class MetaLearner:
         return reptile.meta_gradient(
             self.adapter, images, masks, lr, steps, seed, start)
 
-    def _meta_step_impl(self, tasks, meta_lr, seed):
-        """tasks: TaskBatch with a leading meta-batch axis M."""
+    def _meta_step_impl(self, tasks, meta_lr, seed, log=True):
+        """tasks: TaskBatch with a leading meta-batch axis M.
+
+        `log` (a bool tensor; one trace for both values) asks for the pre-
+        and post-adaptation query scores, two predictions per task that only
+        feed the logs: the outer loop passes True on logging steps only, and
+        the scores are 0 otherwise.
+        """
         cfg = self.config
         adapter = self.adapter
         start = adapter.initial_state()
@@ -125,8 +132,14 @@ class MetaLearner:
             q_img, q_mask = tasks.query_images[i], tasks.query_masks[i]
             if q_img.shape[0] == 0:  # No training query: log support IoU.
                 q_img, q_mask = tasks.support_images[i], tasks.support_masks[i]
-            pre_iou = tf.reduce_mean(self.task.metric_fn(q_mask, adapter.predict(start, q_img)))
-            post_iou = tf.reduce_mean(self.task.metric_fn(q_mask, adapter.predict(adapted, q_img)))
+            def scores():
+                return (tf.reduce_mean(self.task.metric_fn(
+                            q_mask, adapter.predict(start, q_img))),
+                        tf.reduce_mean(self.task.metric_fn(
+                            q_mask, adapter.predict(adapted, q_img))))
+
+            pre_iou, post_iou = tf.cond(tf.convert_to_tensor(log), scores,
+                                        lambda: (0.0, 0.0))
             return (i + 1,
                     [a + d for a, d in zip(acc, direction)],
                     [a + d for a, d in zip(acc_stats, stats_dir)],
@@ -216,6 +229,8 @@ class MetaLearner:
         a time and stops computing when it stops looking (UHO).
         """
         batch_size = batch_size or self.config.inner_batch
+        if batch_size in self._steppers:  # Compiled once per batch size.
+            return self._steppers[batch_size]
         adapter = make_adapter(self.model, self.task, batch_size,
                                self.config.inner_optimizer, in_place=False)
         metric = self.task.metric_fn
@@ -232,8 +247,9 @@ class MetaLearner:
             return state, tf.reduce_mean(metric(
                 query_masks, adapter.predict(state, query_images)))
 
-        return (tf.function(start, reduce_retracing=True),
-                tf.function(advance, reduce_retracing=True))
+        self._steppers[batch_size] = (tf.function(start, reduce_retracing=True),
+                                      tf.function(advance, reduce_retracing=True))
+        return self._steppers[batch_size]
 
     def curve_fn(self, batch_size=None):
         """Compiled `(support, query, lr, steps, seed) -> IoU after 0..steps`.
