@@ -159,16 +159,24 @@ class LearnerTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllClose(linear_meta_step(cfg, 200), 1e-5)
 
 
-class CurveTest(tf.test.TestCase):
+class StepperTest(tf.test.TestCase):
 
-    def test_curve_matches_eval_task_at_every_step_count(self):
+    def test_stepping_matches_eval_task_at_every_step_count(self):
+        # UHO's early stopping advances tasks one step at a time; after t
+        # steps the score equals one t-step adaptation (eval_task).
         learner = learner_for("fomaml")
         task = helpers.random_task(seed=5)
         seed = tf.constant([1, 1])
-        curve = learner.curve_fn()(*task, tf.constant(0.1), tf.constant(4), seed)
-        self.assertEqual(curve.shape, (5,))
+        start_fn, advance_fn = learner.stepper()
+        state, score = start_fn(task.query_images, task.query_masks)
+        curve = [float(score)]
+        for t in range(4):
+            state, score = advance_fn(*task, state, tf.constant(0.1),
+                                      tf.constant(t), seed)
+            curve.append(float(score))
         for steps in (0, 2, 4):
             iou, _ = learner.eval_task(*task, tf.constant(0.1),
                                        tf.constant(steps), seed)
             self.assertAllClose(curve[steps], tf.reduce_mean(iou), atol=1e-4)
-        self.assertEqual(learner.curve_fn().experimental_get_tracing_count(), 1)
+        self.assertEqual(advance_fn.experimental_get_tracing_count(), 1)
+        self.assertIs(learner.stepper()[1], advance_fn)  # Compiled once.

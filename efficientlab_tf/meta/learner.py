@@ -96,7 +96,6 @@ class MetaLearner:
         self.joint_step = compile_fn(self._joint_step_impl)
         # Evaluation is never XLA-compiled: it runs once per task and shape.
         self.eval_task = tf.function(self._eval_task_impl, reduce_retracing=True)
-        self._curve_fns = {}
         self._eval_fns = {}
         self._steppers = {}
 
@@ -250,38 +249,3 @@ class MetaLearner:
         self._steppers[batch_size] = (tf.function(start, reduce_retracing=True),
                                       tf.function(advance, reduce_retracing=True))
         return self._steppers[batch_size]
-
-    def curve_fn(self, batch_size=None):
-        """Compiled `(support, query, lr, steps, seed) -> IoU after 0..steps`.
-
-        One function per inner batch size (it fixes shapes). It runs the
-        update routine in its tensor form one step at a time (the result of
-        step t continues at first_step=t, which equals one long adaptation)
-        and scores the query after every step: the curve that UHO's early
-        stopping reads.
-        """
-        batch_size = batch_size or self.config.inner_batch
-        if batch_size not in self._curve_fns:
-            adapter = make_adapter(self.model, self.task, batch_size,
-                                   self.config.inner_optimizer, in_place=False)
-
-            def curve(support_images, support_masks, query_images, query_masks,
-                      lr, steps, seed):
-                state = adapter.initial_state()
-                ious = tf.TensorArray(tf.float32, size=steps + 1)
-                ious = ious.write(0, tf.reduce_mean(self.task.metric_fn(
-                    query_masks, adapter.predict(state, query_images))))
-
-                def body(t, state, ious):
-                    state, _ = adapter.adapt(support_images, support_masks, lr, 1,
-                                             seed, start=state, first_step=t)
-                    iou = tf.reduce_mean(self.task.metric_fn(
-                        query_masks, adapter.predict(state, query_images)))
-                    return t + 1, state, ious.write(t + 1, iou)
-
-                _, _, ious = tf.while_loop(lambda t, *_: t < steps, body,
-                                           (tf.constant(0), state, ious))
-                return ious.stack()
-
-            self._curve_fns[batch_size] = tf.function(curve, reduce_retracing=True)
-        return self._curve_fns[batch_size]
