@@ -8,8 +8,10 @@ seconds of
   (a) the limit: the same number of SGD steps with the same minibatch sizes,
       plain Keras model + keras.optimizers.SGD in one tf.function, nothing
       else (no snapshot/restore, no directions, no logging predictions);
-  (b) the project's meta-step (`MetaLearner.meta_step`), with and without
-      the logging predictions (log=False is what 9 of 10 steps run);
+  (b) the project's meta-step (`MetaLearner.meta_step`) as training runs it
+      (adaptation on carried tensors), with and without the logging
+      predictions (log=False is what 9 of 10 steps run), and with
+      `--adapt_in_place` (snapshot, steps on the variables, restore);
   (c) the keras.io Reptile pattern: get_weights / train_on_batch /
       set_weights per task, then set_weights with the interpolated weights.
 
@@ -32,6 +34,7 @@ from absl import flags  # noqa: E402
 from efficientlab_tf import cli  # noqa: E402
 from efficientlab_tf.data.source import meta_batches  # noqa: E402
 from efficientlab_tf.experiment import Experiment  # noqa: E402
+from efficientlab_tf.meta.learner import MetaLearner  # noqa: E402
 from efficientlab_tf.model.losses import segmentation_loss  # noqa: E402
 
 flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).")
@@ -94,6 +97,11 @@ def main(argv):
         tasks, meta_lr, seed, tf.constant(True))["meta_train_loss"]), f.repeats)
     b = median_seconds(lambda: float(learner.meta_step(
         tasks, meta_lr, seed, tf.constant(False))["meta_train_loss"]), f.repeats)
+    in_place = MetaLearner(model, m, learner.task, bn_mode=learner.bn_mode,
+                           in_place=not learner.in_place)
+    b_other = median_seconds(lambda: float(in_place.meta_step(
+        tasks, meta_lr, seed, tf.constant(False))["meta_train_loss"]), f.repeats)
+    other = "in place" if learner.in_place is False else "on tensors"
 
     # (c) keras.io's Reptile: weights through the host around train_on_batch.
     model.compile(optimizer=keras.optimizers.SGD(m.inner_lr),
@@ -117,8 +125,10 @@ def main(argv):
           f"steps/task={len(sizes)} batches={sizes} repeats={f.repeats} "
           f"threads={os.environ.get('TF_NUM_INTRAOP_THREADS', 'all')}")
     print(f"(a) limit {a:.3f} s | (b) meta-step {b:.3f} s (with logging "
-          f"predictions {b_log:.3f} s) | (c) keras.io pattern {c:.3f} s")
-    print(f"b/a = {b / a:.3f} (logging step: {b_log / a:.3f}) | c/b = {c / b:.3f}")
+          f"predictions {b_log:.3f} s; {other}: {b_other:.3f} s) | "
+          f"(c) keras.io pattern {c:.3f} s")
+    print(f"b/a = {b / a:.3f} (logging step: {b_log / a:.3f}; {other}: "
+          f"{b_other / a:.3f}) | c/b = {c / b:.3f}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ ALGORITHMS = ("fomaml", "reptile", "joint")
 DATASETS = ("synthetic", "fss1000", "pascal5i", "fpk")
 DECODERS = ("rsd", "rsd_3_6", "rsd_no_residual", "none", "aspp")
 BN_MODES = ("running", "batch")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 INNER_OPTIMIZERS = ("sgd", "adam")
 META_OPTIMIZERS = ("interpolate", "adam")
 ENCODERS = (
@@ -410,6 +412,15 @@ class RunConfig:
         init_from: Checkpoint (file prefix or run folder) to start from,
             e.g. a joint-trained network (warm start).
         jit_compile: Compile the meta step with XLA (faster on GPU).
+        adapt_in_place: Adapt on the model's variables (snapshot, steps in
+            place, restore) instead of on carried tensors; same numbers,
+            slower meta-step (BENCHMARKS.md).
+        precision: Keras dtype policy of the network (`PRECISIONS`); the
+            weights, the adaptation math and the meta-update stay float32.
+        strategy: tf.distribute strategy of meta-training (`STRATEGIES`):
+            the tasks of a meta-batch split across replicas.
+        cpu_devices: Logical CPU devices this process splits its CPU into
+            (1: none); `mirrored` on a machine without GPUs uses them.
         run_eagerly: Run tf.functions eagerly (debugging).
         export: Write a SavedModel under workdir/export at the end.
     """
@@ -423,11 +434,23 @@ class RunConfig:
     image_every: int = 100
     init_from: Optional[str] = None
     jit_compile: bool = False
+    adapt_in_place: bool = False
+    precision: str = "float32"
+    strategy: str = "default"
+    cpu_devices: int = 1
     run_eagerly: bool = False
     export: bool = True
 
     def __post_init__(self):
         _check_choice("mode", self.mode, MODES)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_positive("cpu_devices", self.cpu_devices)
+        if self.strategy != "default" and self.adapt_in_place:
+            raise ValueError(
+                f"--strategy={self.strategy} adapts on carried tensors "
+                "(mirrored variables cannot diverge per replica); drop "
+                "--adapt_in_place.")
         _check_positive("checkpoint_every", self.checkpoint_every)
         _check_positive("keep_checkpoints", self.keep_checkpoints)
         _check_positive("log_every", self.log_every)
@@ -598,6 +621,11 @@ class ExperimentConfig:
                 f"`train_shots` must be >= 2 for meta-learning; got "
                 f"{self.meta.train_shots}."
             )
+        if self.run.strategy != "default" and self.meta.algo == "joint":
+            raise ValueError(
+                f"--strategy={self.run.strategy} spreads the meta-batch of "
+                "--algo=fomaml|reptile across replicas; --algo=joint runs on "
+                "one device (--strategy=default).")
 
     @property
     def train_omega(self) -> Omega:

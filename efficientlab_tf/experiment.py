@@ -9,6 +9,7 @@ import os
 
 import tensorflow as tf
 
+from efficientlab_tf import distribute
 from efficientlab_tf import segmentation
 from efficientlab_tf import workdir as workdir_lib
 from efficientlab_tf.data.augment import augment_task
@@ -79,10 +80,18 @@ class Experiment:
 
     def __init__(self, config, model=None):
         self.config = config
-        # Data first: a wrong --data_dir is found before weights are loaded.
+        # The strategy first (multi-worker collectives and the CPU split
+        # must precede other TensorFlow work), then data: a wrong
+        # --data_dir is found before weights are loaded.
+        self.strategy = distribute.get_strategy(config.run)
         self.source = build_task_source(config)
-        self.model = model or build_efficientlab(config.model)
-        self.learner = segmentation.build_learner(self.model, config)
+        if model is None:
+            with self.strategy.scope():
+                model = build_efficientlab(config.model,
+                                           precision=config.run.precision)
+        self.model = model
+        self.learner = segmentation.build_learner(self.model, config,
+                                                  self.strategy)
 
     def has_split(self, split):
         """Whether `split` has classes (meta-val may be empty)."""

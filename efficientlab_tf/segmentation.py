@@ -35,8 +35,11 @@ def build_adapter(model, meta_config, in_place=True, batch_size=None,
                         in_place=in_place)
 
 
-def build_learner(model, config):
-    """MetaLearner for an ExperimentConfig (meta loop, BN policy, XLA)."""
+def build_learner(model, config, strategy=None):
+    """MetaLearner for an ExperimentConfig (meta loop, BN policy, XLA), with
+    `strategy` (whose scope built `model`) spreading the meta-batch."""
     return MetaLearner(model, config.meta, task_fns(config.meta.weight_decay),
                        bn_mode=config.model.bn_mode,
-                       jit_compile=config.run.jit_compile)
+                       jit_compile=config.run.jit_compile,
+                       in_place=config.run.adapt_in_place,
+                       strategy=strategy)

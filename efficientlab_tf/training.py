@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from efficientlab_tf import distribute
 from efficientlab_tf import io
 from efficientlab_tf import summaries
 from efficientlab_tf import workdir as workdir_lib
@@ -119,9 +120,17 @@ def run(prepared):
     cfg = exp.config
     learner = exp.learner
     workdir = cfg.run.workdir
-    writer = tf.summary.create_file_writer(os.path.join(workdir, "train"))
-    val_writer = tf.summary.create_file_writer(os.path.join(workdir, "meta_val"))
-    val_tasks = prepared.val_tasks
+    # A non-chief worker of a multi-worker run computes its replicas'
+    # share of every step and writes nothing (the chief saves, logs,
+    # evaluates and exports).
+    chief = distribute.is_chief(cfg.run)
+    if chief:
+        writer = tf.summary.create_file_writer(os.path.join(workdir, "train"))
+        val_writer = tf.summary.create_file_writer(
+            os.path.join(workdir, "meta_val"))
+    else:
+        writer = val_writer = tf.summary.create_noop_writer()
+    val_tasks = prepared.val_tasks if chief else None
     total = cfg.meta.meta_iters
     start = int(step)
     batches = iter(meta_batches(exp.source, cfg, start))
@@ -136,9 +145,11 @@ def run(prepared):
     # The HParams session (TensorBoard compares runs by it); its metrics are
     # added when the run ends.
     hparams_dir = os.path.join(workdir, "hparams")
-    summaries.write_session(hparams_dir, summaries.run_hparams(cfg), {},
-                            trial_id=os.path.basename(os.path.normpath(workdir)),
-                            metric_tags=summaries.RUN_METRICS)
+    if chief:
+        summaries.write_session(
+            hparams_dir, summaries.run_hparams(cfg), {},
+            trial_id=os.path.basename(os.path.normpath(workdir)),
+            metric_tags=summaries.RUN_METRICS)
 
     def validate(s):
         result = exp.evaluate(val_tasks, name="meta_val")
@@ -151,6 +162,8 @@ def run(prepared):
         return result
 
     def save(number):
+        if not chief:
+            return None
         check_finite_weights(exp.model, "save a checkpoint")
         return manager.save(checkpoint_number=number)
 
@@ -196,7 +209,7 @@ def run(prepared):
                     values["pre_adapt_query_iou"],
                     values["post_adapt_query_iou"], rate,
                     _format_eta(rate * (total - s)))
-            if (cfg.run.image_every and s % cfg.run.image_every == 0
+            if (chief and cfg.run.image_every and s % cfg.run.image_every == 0
                     and val_tasks is not None):
                 with val_writer.as_default():
                     _image_summary(exp, val_tasks[0], s)
@@ -214,6 +227,11 @@ def run(prepared):
             f"-{int(step)}"):
         save(int(step))
     writer.flush()
+    if not chief:
+        kind, index = distribute.task_role()
+        logging.info("Worker %s %d done at step %d; the chief writes the "
+                     "results.", kind, index, int(step))
+        return {"step": int(step), "worker": index}
 
     results = {"step": int(step), "config": dataclasses.asdict(cfg)}
     if val_tasks is not None:

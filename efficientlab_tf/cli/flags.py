@@ -166,6 +166,19 @@ def define_flags():
                         "Checkpoint or run folder to initialise from (warm start; "
                         "'random' in evaluation modes: the random init).")
     flags.DEFINE_bool("jit_compile", r.jit_compile, "XLA-compile the steps.")
+    flags.DEFINE_bool("adapt_in_place", r.adapt_in_place,
+                      "Adapt on the model's variables (snapshot, steps in place, "
+                      "restore) instead of carried tensors: same numbers, slower.")
+    flags.DEFINE_enum("precision", r.precision, list(c.PRECISIONS),
+                      "Keras dtype policy of the network; weights, adaptation "
+                      "math and meta-update stay float32.")
+    flags.DEFINE_enum("strategy", r.strategy, list(c.STRATEGIES),
+                      "tf.distribute strategy: the meta-batch's tasks split "
+                      "across replicas (mirrored: this machine's devices; "
+                      "multi_worker: processes named by TF_CONFIG).")
+    flags.DEFINE_integer("cpu_devices", r.cpu_devices,
+                         "Split this machine's CPU into N logical devices "
+                         "(--strategy=mirrored without GPUs: N replicas).")
     flags.DEFINE_bool("run_eagerly", r.run_eagerly,
                       "Run tf.functions eagerly (debugging).")
     flags.DEFINE_bool("export", r.export, "Export a SavedModel at the end.")

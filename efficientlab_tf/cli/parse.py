@@ -55,7 +55,10 @@ def config_from_flags(f):
             checkpoint_every=f.checkpoint_every,
             keep_checkpoints=f.keep_checkpoints, log_every=f.log_every,
             image_every=f.image_every, init_from=f.init_from,
-            jit_compile=f.jit_compile, run_eagerly=f.run_eagerly,
+            jit_compile=f.jit_compile, adapt_in_place=f.adapt_in_place,
+            precision=f.precision, strategy=f.strategy,
+            cpu_devices=f.cpu_devices,
+            run_eagerly=f.run_eagerly,
             export=f.export),
         uho=c.UHOConfig(
             lr_range=(f.uho_lr_min, f.uho_lr_max),

@@ -6,12 +6,17 @@ step is `Adapter.step`. The step is written over weight *tensors* with Keras
 3's `model.stateless_call`, and the loop runs it in one of two ways over the
 same math:
 
-* in place (default for training and evaluation): snapshot every model
+* on tensors carried through the loop (`in_place=False`; what MetaLearner
+  uses by default): the snapshot is the start state, the variables are
+  never written, so there is nothing to restore. The served few-shot
+  signature needs this (concurrent requests must not see each other), so
+  does per-replica adaptation under tf.distribute, and it is the fast form
+  of the meta-step (bench/bench_limit.py: no per-step assignments, no
+  per-task snapshot/restore of every variable);
+* in place (`in_place=True`, `--adapt_in_place`): snapshot every model
   variable, run the steps writing the new values into the variables, read
-  the adapted values, restore the snapshot bit for bit;
-* on tensors carried through the loop (`in_place=False`): the variables are
-  never written, which the served few-shot signature needs (concurrent
-  requests must not see each other) and which per-replica adaptation needs.
+  the adapted values, restore the snapshot bit for bit. Same numbers
+  (tests/test_adapter.py), slower meta-step.
 
 State of one adaptation (`AdaptState`): the trainable weights, the float
 non-trainable state (batch-norm moving statistics) and the inner optimizer's
@@ -48,6 +53,13 @@ def _is_float(variable):
     return tf.as_dtype(variable.dtype).is_floating
 
 
+# Static loss scale of the inner step when the network computes in float16
+# (`--precision=mixed_float16`): small gradients survive the float16
+# backward pass, the float32 update divides the scale out again. An overflow
+# makes the step non-finite, which training reports (and stops on).
+FLOAT16_LOSS_SCALE = 1024.0
+
+
 def seeded_permutation(n, seed):
     """A permutation of 0..n-1 determined by `seed`: the argsort of n
     stateless uniform keys. Unlike `stateless_shuffle` every op here has an
@@ -81,6 +93,10 @@ class Adapter:
         self.batch_size = int(batch_size)
         self.in_place = bool(in_place)
         self.predict_fn = predict_fn
+        # Written down by the model's dtype policy; 1 unless it is float16.
+        self.loss_scale = (FLOAT16_LOSS_SCALE
+                           if model.dtype_policy.compute_dtype == "float16"
+                           else 1.0)
         non_trainable = model.non_trainable_variables
         self._seed_idx = [
             i for i, v in enumerate(non_trainable) if _is_seed_state(v)
@@ -126,7 +142,10 @@ class Adapter:
 
         Args:
             state: AdaptState before the step.
-            images: float32 [b, S, S, 3]; masks: [b, S, S, 1].
+            images: float32 [b, S, S, 3]; masks: [b, S, S, 1]. The weights
+                and the update are float32 whatever the network computes in
+                (a mixed policy's layers cast them; gradients come back in
+                float32; float16 scales the loss by `loss_scale`).
             lr: Scalar learning rate alpha.
             step: Scalar int step index (for optimizer bias correction).
             seed: int32 [2] seed of this step's dropout noise.
@@ -142,9 +161,12 @@ class Adapter:
                 trainable, non_trainable, images, training=True
             )
             loss = self.loss_fn(masks, logits, trainable)
-        grads = tape.gradient(loss, trainable)
+            scaled = loss * self.loss_scale if self.loss_scale != 1.0 else loss
+        grads = tape.gradient(scaled, trainable)
         grads = [tf.zeros_like(p) if g is None else g
                  for p, g in zip(trainable, grads)]
+        if self.loss_scale != 1.0:
+            grads = [g / self.loss_scale for g in grads]
         new_trainable, new_opt = self.optimizer.update(
             trainable, grads, state.opt, lr, step
         )
@@ -197,8 +219,10 @@ class Adapter:
                 seed and optimizer bias correction continue from it, so
                 adapt(a steps) then adapt(b steps, first_step=a) from its
                 result equals adapt(a + b steps).
-            restore: In-place mode only; False keeps the adapted values in
-                the variables (classical training).
+            restore: False leaves the adapted values in the model's
+                variables (classical training, `--mode=adapt`): in place
+                they are simply not restored; on tensors they are assigned
+                once at the end.
 
         Returns:
             (AdaptState after adaptation, mean inner loss over the steps).
@@ -225,6 +249,9 @@ class Adapter:
             lambda t, *_: t < steps, body,
             (tf.constant(0), start, tf.constant(0.0)),
         )
+        if not restore:
+            weights_lib.restore(self.trainable_variables, state.trainable)
+            weights_lib.restore(self.stat_variables, state.stats)
         return state, loss_sum / tf.maximum(tf.cast(steps, tf.float32), 1.0)
 
     def _adapt_in_place(self, images, masks, lr, steps, seed, start,

@@ -74,25 +74,48 @@ class MetaLearner:
             post-adaptation values) or "batch" (statistics unused; left as
             they are).
         jit_compile: XLA for the compiled steps.
+        in_place: Adapt on the model's variables (snapshot, steps in place,
+            restore) instead of carried tensors (default; same numbers,
+            faster meta-step).
+        strategy: A tf.distribute.Strategy whose scope created `model`
+            (and so the meta optimizer's slots); with more than one replica
+            the meta-batch is split across them (`meta_batch` must be a
+            multiple of the replica count). None: one device.
     """
 
     def __init__(self, model, meta_config, task, bn_mode="running",
-                 jit_compile=False):
+                 jit_compile=False, in_place=False, strategy=None):
         self.model = model
         self.config = meta_config
         self.task = task
         self.bn_mode = bn_mode
+        self.in_place = bool(in_place)
         self.adapter = make_adapter(model, task, meta_config.inner_batch,
-                                    meta_config.inner_optimizer)
+                                    meta_config.inner_optimizer, in_place)
+        self.strategy = strategy or tf.distribute.get_strategy()
+        replicas = self.strategy.num_replicas_in_sync
+        if replicas > 1 and in_place:
+            raise ValueError("adaptation in place cannot run on several "
+                             "replicas (mirrored variables cannot diverge per "
+                             "replica); drop --adapt_in_place.")
+        if replicas > 1 and meta_config.meta_batch % replicas:
+            raise ValueError(
+                f"--meta_batch={meta_config.meta_batch} cannot be split across "
+                f"{replicas} replicas; use a multiple of {replicas}.")
         self.meta_optimizer = None
         if meta_config.meta_optimizer == "adam":
-            self.meta_optimizer = keras.optimizers.Adam(meta_config.meta_step)
-            self.meta_optimizer.build(model.trainable_variables)
+            with self.strategy.scope():
+                self.meta_optimizer = keras.optimizers.Adam(meta_config.meta_step)
+                self.meta_optimizer.build(model.trainable_variables)
         # One trace per task shape; XLA is opt-in because it helps on GPU but
         # slows CPU compilation of the nested while loops considerably.
         compile_fn = functools.partial(
             tf.function, jit_compile=jit_compile, reduce_retracing=True)
-        self.meta_step = compile_fn(self._meta_step_impl)
+        if replicas > 1:
+            self._replicated_step = compile_fn(self._replicated_step_impl)
+            self.meta_step = self._sharded_meta_step
+        else:
+            self.meta_step = compile_fn(self._meta_step_impl)
         self.joint_step = compile_fn(self._joint_step_impl)
         # Evaluation is never XLA-compiled: it runs once per task and shape.
         self.eval_task = tf.function(self._eval_task_impl, reduce_retracing=True)
@@ -108,8 +131,12 @@ class MetaLearner:
         return reptile.meta_gradient(
             self.adapter, images, masks, lr, steps, seed, start)
 
-    def _meta_step_impl(self, tasks, meta_lr, seed, log=True):
-        """tasks: TaskBatch with a leading meta-batch axis M.
+    def _task_sums(self, tasks, seed, log, first_task=0):
+        """Sums over `tasks` (leading axis M) of the meta-directions, the
+        stats directions, the losses and (if `log`) the pre/post-adaptation
+        query scores. Task i is seeded with fold_in(seed, first_task + i), so
+        a replica holding tasks first_task.. of the meta-batch adapts them
+        exactly as the one-device step does.
 
         `log` (a bool tensor; one trace for both values) asks for the pre-
         and post-adaptation query scores, two predictions per task that only
@@ -124,7 +151,8 @@ class MetaLearner:
         steps = tf.constant(cfg.inner_iters, tf.int32)
 
         def body(i, acc, acc_stats, loss, pre, post):
-            task_seed = tf.random.experimental.stateless_fold_in(seed, i)
+            task_seed = tf.random.experimental.stateless_fold_in(
+                seed, first_task + i)
             direction, stats_dir, adapted, task_loss = self._direction(
                 tasks.support_images[i], tasks.support_masks[i], lr, steps,
                 task_seed, start)
@@ -150,11 +178,18 @@ class MetaLearner:
             lambda i, *_: i < num_tasks, body,
             (tf.constant(0), zeros, zeros_stats, 0.0, 0.0, 0.0),
         )
+        return acc, acc_stats, loss, pre, post
+
+    def _outer_update(self, sums, num_tasks, meta_lr):
+        """theta <- theta + meta_lr * mean direction (or the meta optimizer),
+        BN statistics likewise in "running" mode; returns the metrics."""
+        acc, acc_stats, loss, pre, post = sums
+        adapter = self.adapter
         scale = 1.0 / num_tasks
         direction = [a * scale for a in acc]
         # One scalar the outer loop reads every step: a NaN/Inf loss or
         # meta-direction stops training before anything is saved.
-        finite = _all_finite([loss] + direction + acc_stats)
+        finite = _all_finite([loss] + direction + list(acc_stats))
         if self.meta_optimizer is None:
             for v, d in zip(adapter.trainable_variables, direction):
                 v.assign_add(meta_lr * d)
@@ -172,6 +207,56 @@ class MetaLearner:
             "meta_grad_norm": tf.linalg.global_norm(direction),
             "finite": finite,
         }
+
+    def _meta_step_impl(self, tasks, meta_lr, seed, log=True):
+        """tasks: TaskBatch with a leading meta-batch axis M."""
+        return self._outer_update(self._task_sums(tasks, seed, log),
+                                  tasks.support_images.shape[0], meta_lr)
+
+    def _replicated_step_impl(self, shards, meta_lr, seed, log):
+        """The meta-step over a meta-batch split across replicas: each
+        replica sums its tasks' directions on carried tensors, the sums are
+        all-reduced, and the outer update is applied once (cross-replica)."""
+        strategy = self.strategy
+
+        structure = []
+
+        def replica_fn(shard):
+            ctx = tf.distribute.get_replica_context()
+            count = shard.support_images.shape[0]
+            sums = self._task_sums(shard, seed, log,
+                                   ctx.replica_id_in_sync_group * count)
+            # One flat vector, one all-reduce (not one per variable).
+            flat = tf.nest.flatten(sums)
+            structure[:] = [sums, [t.shape for t in flat]]
+            return tf.concat([tf.reshape(t, [-1]) for t in flat], 0)
+
+        total = strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                strategy.run(replica_fn, args=(shards,)),
+                                axis=None)
+        template, shapes = structure
+        sizes = [s.num_elements() for s in shapes]
+        parts = [tf.reshape(p, s) for p, s in
+                 zip(tf.split(total, sizes), shapes)]
+        sums = tf.nest.pack_sequence_as(template, parts)
+        local = strategy.experimental_local_results(shards)[0]
+        num_tasks = (local.support_images.shape[0]
+                     * strategy.num_replicas_in_sync)
+        return self._outer_update(sums, num_tasks, meta_lr)
+
+    def _sharded_meta_step(self, tasks, meta_lr, seed, log=True):
+        """Splits the meta-batch across the strategy's replicas (replica r
+        gets tasks r*M/R .. (r+1)*M/R - 1) and runs the compiled step."""
+        replicas = self.strategy.num_replicas_in_sync
+        count = tasks.support_images.shape[0] // replicas
+
+        def shard(ctx):
+            first = ctx.replica_id_in_sync_group * count
+            return tf.nest.map_structure(lambda x: x[first:first + count], tasks)
+
+        shards = self.strategy.experimental_distribute_values_from_function(shard)
+        return self._replicated_step(shards, meta_lr, seed,
+                                     tf.convert_to_tensor(log))
 
     def _joint_step_impl(self, tasks, lr, seed):
         """Classical training: `inner_iters` updates on all tasks' examples."""
@@ -205,7 +290,8 @@ class MetaLearner:
         if key == (self.config.inner_batch, self.config.inner_optimizer):
             return self.eval_task
         if key not in self._eval_fns:
-            adapter = make_adapter(self.model, self.task, *key)
+            adapter = make_adapter(self.model, self.task, *key,
+                                   in_place=self.in_place)
 
             def eval_task(support_images, support_masks, query_images,
                           query_masks, lr, steps, seed):

@@ -8,6 +8,8 @@
 The network returns logits; `foreground_probability` applies the softmax.
 """
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -22,8 +24,9 @@ ASPP_SKIP_FILTERS = 48
 
 
 def foreground_probability(logits):
-    """Softmax probability of the target class: [B, H, W, 2] -> [B, H, W]."""
-    return tf.nn.softmax(logits, axis=-1)[..., 1]
+    """Softmax probability of the target class: [B, H, W, 2] -> float32
+    [B, H, W] (mixed-precision logits are upcast first)."""
+    return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)[..., 1]
 
 
 def _upsample(x, factor, name):
@@ -73,13 +76,29 @@ def _aspp_decoder(deep, skip, config):
     return _conv_bn_relu(x, config.decoder_filters, 3, batch_stats, "aspp_fuse2")
 
 
-def build_efficientlab(config, encoder=None):
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Layers built inside use the Keras dtype policy `name` (e.g.
+    "mixed_bfloat16": bfloat16 compute, float32 variables); the global
+    policy is restored afterwards."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build_efficientlab(config, encoder=None, precision="float32"):
     """Builds EfficientLab as a functional `keras.Model`.
 
     Args:
         config: `ModelConfig`.
         encoder: Optional encoder (see `model/encoder.py` for the contract);
             built from `config` when None. Tests pass a tiny one.
+        precision: Keras dtype policy of the layers built here ("float32",
+            "mixed_bfloat16", "mixed_float16"). Variables stay float32 in
+            every policy, so checkpoints move freely between precisions.
 
     Returns:
         keras.Model: float32 [B, S, S, 3] in [0, 255] -> logits [B, S, S, C].
@@ -88,6 +107,11 @@ def build_efficientlab(config, encoder=None):
         ValueError: the encoder lacks the endpoints or its feature sizes do
             not divide each other.
     """
+    with dtype_policy(precision):
+        return _build(config, encoder)
+
+
+def _build(config, encoder):
     if encoder is None:
         encoder = build_encoder(config)
     _check_encoder(encoder, config)

@@ -34,7 +34,8 @@ class BatchNorm(keras.layers.BatchNormalization):
 
     def _batch_normalize(self, inputs):
         ops = keras.ops
-        x = ops.cast(inputs, self.compute_dtype)
+        # Moments in float32 under a mixed policy (as Keras' own layer).
+        x = ops.cast(inputs, "float32")
         axes = [i for i in range(len(x.shape)) if i != self.axis % len(x.shape)]
         mean, var = ops.moments(x, axes=axes, keepdims=True)
         shape = [1] * len(x.shape)
@@ -44,7 +45,7 @@ class BatchNorm(keras.layers.BatchNormalization):
             out = out * ops.reshape(self.gamma, shape)
         if self.center:
             out = out + ops.reshape(self.beta, shape)
-        return out
+        return ops.cast(out, self.compute_dtype)
 
     def get_config(self):
         return {**super().get_config(), "batch_stats": self.batch_stats}

@@ -40,7 +40,8 @@ def segmentation_loss(masks, logits, weights=(), weight_decay=5e-4):
     Args:
         masks: [B, H, W] or [B, H, W, 1] with 0 (background), 1 (target) and
             optionally 255 (ignored).
-        logits: float32 [B, H, W, 2].
+        logits: [B, H, W, 2], float32 or a mixed-precision policy's
+            bfloat16/float16 (computed in float32 here).
         weights: Tensors the L2 term covers (the trainable weights).
         weight_decay: lambda.
 
@@ -48,7 +49,7 @@ def segmentation_loss(masks, logits, weights=(), weight_decay=5e-4):
         Scalar float32 loss.
     """
     y, valid = _flatten_masks(masks)
-    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
     pixel_ce = -(y * log_probs[..., 1] + (1.0 - y) * log_probs[..., 0])
     ce = tf.reduce_sum(pixel_ce * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
     iou = soft_iou(masks, tf.exp(log_probs[..., 1]))

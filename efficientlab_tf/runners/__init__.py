@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import os
 
+from efficientlab_tf import distribute
 from efficientlab_tf import io
 from efficientlab_tf import preflight
 from efficientlab_tf import workdir as workdir_lib
@@ -63,5 +64,17 @@ def run(config, record_fn=None, model=None):
                     uses_imagenet=config.compare.imagenet)
     module = importlib.import_module(
         f"efficientlab_tf.runners.{MODULES[config.run.mode]}")
-    with workdir_lib.lock(config.run.workdir):
-        return module.run(config, record_fn or write_config_record, model)
+    record_fn = record_fn or write_config_record
+    folder = config.run.workdir
+    if not distribute.is_chief(config.run):
+        # A non-chief worker writes nothing of the run's; it locks its own
+        # folder so that two processes never claim the same worker index.
+        _, index = distribute.task_role()
+        folder = os.path.join(folder, "workers", str(index))
+        record_fn = _no_record
+    with workdir_lib.lock(folder):
+        return module.run(config, record_fn, model)
+
+
+def _no_record(config):
+    del config
