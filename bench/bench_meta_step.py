@@ -63,7 +63,10 @@ def main(argv):
     print(f"algo={config.meta.algo} encoder={config.model.encoder} "
           f"image_size={config.model.image_size} meta_batch={config.meta.meta_batch} "
           f"inner_iters={config.meta.inner_iters} intra-op threads="
-          f"{os.environ.get('TF_NUM_INTRAOP_THREADS', 'all')}")
+          f"{os.environ.get('TF_NUM_INTRAOP_THREADS', 'all')} "
+          f"precision={config.run.precision} strategy={config.run.strategy} "
+          f"replicas={exp.strategy.num_replicas_in_sync} "
+          f"xla={config.run.jit_compile}")
     print(f"meta-iteration: {s_step:.3f} s (median of {f.repeats}), "
           f"{images_per_step / s_step:.1f} task images/s consumed")
     print(f"input pipeline: {images_per_step / s_pipe:.1f} images/s produced "

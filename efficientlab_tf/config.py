@@ -363,6 +363,9 @@ class EvalConfig:
         episodes: evaluate mode on PASCAL-5i: episodes of the standard
             report (class-wise foreground IoU and FB-IoU, 1000 as in
             HSNet/HMNet).
+        parallel: Evaluation tasks adapted at once (threads; needs the
+            tensor form of the update routine, i.e. no --adapt_in_place).
+            Same numbers task for task at any value.
     """
 
     shots: int = 5
@@ -378,9 +381,11 @@ class EvalConfig:
     pictures: int = 0
     augment: bool = False
     episodes: int = 1000
+    parallel: int = 2
 
     def __post_init__(self):
         _check_positive("shots", self.shots)
+        _check_positive("eval_parallel", self.parallel)
         _check_positive("tasks", self.tasks)
         _check_positive("every", self.every, allow_zero=True)
         if self.inner_iters is not None:
@@ -621,6 +626,11 @@ class ExperimentConfig:
                 f"`train_shots` must be >= 2 for meta-learning; got "
                 f"{self.meta.train_shots}."
             )
+        if self.eval.parallel > 1 and self.run.adapt_in_place:
+            raise ValueError(
+                f"--eval_parallel={self.eval.parallel} adapts tasks side by "
+                "side, which adaptation in place cannot (it writes the "
+                "variables); use --eval_parallel=1 with --adapt_in_place.")
         if self.run.strategy != "default" and self.meta.algo == "joint":
             raise ValueError(
                 f"--strategy={self.run.strategy} spreads the meta-batch of "

@@ -127,7 +127,7 @@ class Experiment:
         omega = omega or self.config.eval_omega
         return protocol.evaluate(self.eval_fn(omega), tasks, omega.lr,
                                  omega.steps, seed=self.config.eval.seed,
-                                 name=name)
+                                 name=name, parallel=self.config.eval.parallel)
 
     def export(self, base_dir, version=None, omega=None):
         """SavedModel with serving_default, serve_bytes and few_shot (omega)."""

@@ -140,6 +140,9 @@ def define_flags():
     flags.DEFINE_integer("eval_seed", e.seed, "Seed of the evaluation tasks.")
     flags.DEFINE_list("eval_shots_list", [str(k) for k in e.shots_list],
                       "evaluate and compare modes: the k of each k-shot evaluation.")
+    flags.DEFINE_integer("eval_parallel", e.parallel,
+                         "Evaluation tasks adapted at once (same numbers; "
+                         "1 with --adapt_in_place).")
     flags.DEFINE_integer("eval_draws", e.draws,
                          "evaluate mode: random support/query draws per test class.")
     flags.DEFINE_integer("eval_pictures", e.pictures,

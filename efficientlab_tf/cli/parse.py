@@ -48,7 +48,7 @@ def config_from_flags(f):
             inner_iters=f.eval_inner_iters, inner_lr=f.eval_inner_lr,
             inner_batch=f.eval_inner_batch, every=f.eval_every,
             seed=f.eval_seed, shots_list=_ints(f, "eval_shots_list"),
-            draws=f.eval_draws, pictures=f.eval_pictures,
+            draws=f.eval_draws, parallel=f.eval_parallel, pictures=f.eval_pictures,
             augment=f.eval_augment, episodes=f.pascal_episodes),
         run=c.RunConfig(
             mode=f.mode, workdir=f.workdir, seed=f.seed,

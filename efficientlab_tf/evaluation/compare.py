@@ -21,7 +21,7 @@ BOX_FRACTIONS = tuple(np.round(np.arange(0.2, 1.0001, 0.05), 2))
 
 
 def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
-                  random_factor=10):
+                  random_factor=10, parallel=1):
     """Scores initializations on the same tasks.
 
     Args:
@@ -34,6 +34,7 @@ def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
         omega: The adaptation omega of U (config.Omega).
         seed: Evaluation seed.
         random_factor: The random init is also given `random_factor * steps`.
+        parallel: Tasks adapted at once (`protocol.evaluate`).
 
     Returns:
         list of row dicts (name, steps, mean_iou, ci95, per_task, ...).
@@ -43,7 +44,7 @@ def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
 
     def score(name, init, n_steps):
         result = protocol.evaluate(eval_fn, tasks, omega.lr, n_steps, seed=seed,
-                                   name=name)
+                                   name=name, parallel=parallel)
         result.update(name=name, init=init, steps=int(n_steps), lr=float(omega.lr))
         logging.info("%-34s %3d steps: mean IoU %.4f +- %.4f", name, n_steps,
                      result["mean_iou"], result["ci95"])

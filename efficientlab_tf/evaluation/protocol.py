@@ -6,8 +6,15 @@ not a trainer. A task's score is the mean IoU over its queries; the
 reported score is the mean over tasks with a 95% CI of 1.96 sigma / sqrt(n)
 (paper section 5). Every row evaluated on the same `tasks` list can be
 compared pair by pair (`paired_difference`).
+
+Tasks are independent, so `parallel` > 1 adapts that many at once from
+threads (the compiled eval function runs outside the GIL). Only the tensor
+form of the update routine may do so (it never writes variables); task i
+keeps its seed (seed, i), so the numbers are the same task for task.
 """
 
+import collections
+import concurrent.futures
 import time
 
 import numpy as np
@@ -23,8 +30,29 @@ def materialize(dataset):
     return list(dataset)
 
 
-def evaluate(eval_fn, tasks, lr, steps, seed=0, name="eval", log_every=0):
+def ordered_map(fn, items, parallel):
+    """fn(i, item) for each item, results in order; with parallel > 1 at most
+    2 x parallel items are in flight (a lazy task stream is not read ahead
+    into memory)."""
+    if parallel <= 1:
+        for i, item in enumerate(items):
+            yield fn(i, item)
+        return
+    pending = collections.deque()
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+        for i, item in enumerate(items):
+            pending.append(pool.submit(fn, i, item))
+            if len(pending) >= 2 * parallel:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def evaluate(eval_fn, tasks, lr, steps, seed=0, name="eval", log_every=0,
+             parallel=1):
     """Scores `eval_fn` on `tasks` with adaptation omega = (lr, steps).
+
+    `parallel` tasks are adapted at once (see the module docstring).
 
     Returns:
         dict with "mean_iou", "ci95", "tasks" (number), "per_task" (list of
@@ -34,11 +62,15 @@ def evaluate(eval_fn, tasks, lr, steps, seed=0, name="eval", log_every=0):
     steps = tf.constant(steps, tf.int32)
     per_task = []
     start = time.time()
-    for i, task in enumerate(tasks):
+
+    def score(i, task):
         iou, _ = eval_fn(task.support_images, task.support_masks,
                          task.query_images, task.query_masks, lr, steps,
                          tf.constant([seed, i], tf.int32))
-        per_task.append(float(tf.reduce_mean(iou)))
+        return float(tf.reduce_mean(iou))
+
+    for i, value in enumerate(ordered_map(score, tasks, parallel)):
+        per_task.append(value)
         if log_every and (i + 1) % log_every == 0:
             logging.info("%s: %d/%d tasks, running mean IoU %.4f", name,
                          i + 1, len(tasks), np.mean(per_task))
@@ -65,7 +97,7 @@ def paired_difference(per_task_a, per_task_b):
 
 
 def evaluate_by_class(eval_fn, class_tasks, class_names, lr, steps, seed=0,
-                      name="eval", picture_fn=None):
+                      name="eval", picture_fn=None, parallel=1):
     """The FSS-1000 protocol: every class, several draws, adapt/predict/reset.
 
     Args:
@@ -74,6 +106,7 @@ def evaluate_by_class(eval_fn, class_tasks, class_names, lr, steps, seed=0,
         class_names: Names of the class positions.
         lr, steps: omega.
         picture_fn: Optional `picture_fn(index, class name, task, probs)`.
+        parallel: Tasks adapted at once (module docstring).
 
     Returns:
         dict with "mean_iou", "ci95" (over all task draws), "tasks",
@@ -83,11 +116,16 @@ def evaluate_by_class(eval_fn, class_tasks, class_names, lr, steps, seed=0,
     steps = tf.constant(steps, tf.int32)
     per_task, per_class = [], {}
     start = time.time()
-    for i, (c, task) in enumerate(class_tasks):
+
+    def score(i, item):
+        c, task = item
         iou, probs = eval_fn(task.support_images, task.support_masks,
                              task.query_images, task.query_masks, lr, steps,
                              tf.constant([seed, i], tf.int32))
-        value = float(tf.reduce_mean(iou))
+        return c, task, float(tf.reduce_mean(iou)), probs
+
+    for i, (c, task, value, probs) in enumerate(
+            ordered_map(score, class_tasks, parallel)):
         per_task.append(value)
         per_class.setdefault(class_names[int(c)], []).append(value)
         if picture_fn is not None:

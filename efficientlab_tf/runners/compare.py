@@ -52,7 +52,8 @@ def run(config, record_fn, model=None):
         rows = compare.compare_inits(
             exp.eval_fn(omega), exp.model, inits, tasks, omega,
             seed=config.eval.seed,
-            random_factor=config.compare.random_steps_factor)
+            random_factor=config.compare.random_steps_factor,
+            parallel=config.eval.parallel)
         if box is None:  # The box prior comes from meta-train classes.
             box = compare.fit_box_fraction(exp.eval_tasks("train", shots=shots))
         rows += compare.trivial_rows(tasks, box)

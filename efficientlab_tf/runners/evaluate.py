@@ -43,7 +43,8 @@ def run(config, record_fn, model=None):
 
         result = protocol.evaluate_by_class(
             eval_fn, tasks, names, omega.lr, omega.steps, seed=config.eval.seed,
-            name=f"{k}-shot", picture_fn=picture)
+            name=f"{k}-shot", picture_fn=picture,
+            parallel=config.eval.parallel)
         stem = os.path.join(out_dir, f"eval_{k}shot")
         protocol.write_per_class_csv(result, stem + ".csv")
         io.write_json(stem + ".json", result)
