@@ -3,7 +3,9 @@
 It owns the update routine, the outer update and the compiled functions:
 
 * `meta_step(tasks, meta_lr, seed)`: one meta-iteration over a meta-batch of
-  tasks (FOMAML or Reptile directions, averaged, then the outer update);
+  tasks (FOMAML or Reptile directions, averaged, then the outer update); with
+  a tf.distribute strategy of several replicas the tasks are split across
+  them and their summed directions all-reduced once;
 * `joint_step(tasks, lr, seed)`: classical training on the tasks' examples
   through the same update routine, without restore (`--algo=joint`);
 * `eval_task(support, query, lr, steps, seed)`: adapt, predict the query,
@@ -75,8 +77,8 @@ class MetaLearner:
             they are).
         jit_compile: XLA for the compiled steps.
         in_place: Adapt on the model's variables (snapshot, steps in place,
-            restore) instead of carried tensors (default; same numbers,
-            faster meta-step).
+            restore) instead of on carried tensors (the default: the same
+            numbers and a faster meta-step, bench/bench_limit.py).
         strategy: A tf.distribute.Strategy whose scope created `model`
             (and so the meta optimizer's slots); with more than one replica
             the meta-batch is split across them (`meta_batch` must be a
@@ -218,8 +220,7 @@ class MetaLearner:
         replica sums its tasks' directions on carried tensors, the sums are
         all-reduced, and the outer update is applied once (cross-replica)."""
         strategy = self.strategy
-
-        structure = []
+        structure = []  # Filled while tracing: the sums' nesting and shapes.
 
         def replica_fn(shard):
             ctx = tf.distribute.get_replica_context()
