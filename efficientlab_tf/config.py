@@ -24,6 +24,8 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 INNER_OPTIMIZERS = ("sgd", "adam")
 META_OPTIMIZERS = ("interpolate", "adam")
+# What the update routine moves (model/efficientlab.py scope_variables).
+ADAPT_SCOPES = ("all", "mtl", "decoder", "head")
 ENCODERS = (
     "efficientnet_b0",
     "efficientnet_b1",
@@ -67,14 +69,18 @@ class Omega:
         steps: Inner steps.
         batch_size: Inner minibatch size (a smaller support set is used whole).
         optimizer: "sgd" or "adam" (beta1 = 0).
+        scope: Which weights U moves (`ADAPT_SCOPES`): all, mtl (frozen
+            encoder kernels), decoder, head.
     """
 
     lr: float = 0.005
     steps: int = 5
     batch_size: int = 8
     optimizer: str = "sgd"
+    scope: str = "all"
 
     def __post_init__(self):
+        _check_choice("omega scope", self.scope, ADAPT_SCOPES)
         _check_positive("omega lr", self.lr)
         _check_positive("omega steps", self.steps, allow_zero=True)
         _check_positive("omega batch_size", self.batch_size)
@@ -100,7 +106,8 @@ class Omega:
             return dataclasses.replace(
                 default, lr=float(data["lr"]), steps=int(data["steps"]),
                 batch_size=int(data.get("batch_size", default.batch_size)),
-                optimizer=str(data.get("optimizer", default.optimizer)))
+                optimizer=str(data.get("optimizer", default.optimizer)),
+                scope=str(data.get("scope", default.scope)))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(
                 f"--omega_file {path!r} must hold JSON like "
@@ -299,6 +306,9 @@ class MetaConfig:
         meta_optimizer: "interpolate" (theta += epsilon * mean delta, as in
             Reptile and the paper) or "adam" (Keras Adam on -mean delta).
         weight_decay: lambda of the loss H - log J + lambda ||theta||^2.
+        adapt_scope: Weights the inner loop adapts and the outer loop moves
+            (`ADAPT_SCOPES`; "mtl": meta-transfer learning, encoder
+            convolution kernels frozen).
     """
 
     algo: str = "fomaml"
@@ -314,9 +324,11 @@ class MetaConfig:
     meta_iters: int = 50000
     meta_optimizer: str = "interpolate"
     weight_decay: float = 5e-4
+    adapt_scope: str = "all"
 
     def __post_init__(self):
         _check_choice("algo", self.algo, ALGORITHMS)
+        _check_choice("adapt_scope", self.adapt_scope, ADAPT_SCOPES)
         _check_choice("inner_optimizer", self.inner_optimizer, INNER_OPTIMIZERS)
         _check_choice("meta_optimizer", self.meta_optimizer, META_OPTIMIZERS)
         for name in ("train_shots", "inner_iters", "inner_batch", "meta_batch"):
@@ -363,6 +375,7 @@ class EvalConfig:
         episodes: evaluate mode on PASCAL-5i: episodes of the standard
             report (class-wise foreground IoU and FB-IoU, 1000 as in
             HSNet/HMNet).
+        adapt_scope: Weights U adapts at test time (None: meta.adapt_scope).
         parallel: Evaluation tasks adapted at once (threads; needs the
             tensor form of the update routine, i.e. no --adapt_in_place).
             Same numbers task for task at any value.
@@ -382,10 +395,13 @@ class EvalConfig:
     augment: bool = False
     episodes: int = 1000
     parallel: int = 2
+    adapt_scope: Optional[str] = None
 
     def __post_init__(self):
         _check_positive("shots", self.shots)
         _check_positive("eval_parallel", self.parallel)
+        if self.adapt_scope is not None:
+            _check_choice("eval_adapt_scope", self.adapt_scope, ADAPT_SCOPES)
         _check_positive("tasks", self.tasks)
         _check_positive("every", self.every, allow_zero=True)
         if self.inner_iters is not None:
@@ -641,7 +657,8 @@ class ExperimentConfig:
     def train_omega(self) -> Omega:
         """omega of meta-training's inner loops."""
         m = self.meta
-        return Omega(m.inner_lr, m.inner_iters, m.inner_batch, m.inner_optimizer)
+        return Omega(m.inner_lr, m.inner_iters, m.inner_batch, m.inner_optimizer,
+                     m.adapt_scope)
 
     @property
     def eval_omega(self) -> Omega:
@@ -652,13 +669,14 @@ class ExperimentConfig:
             lr=train.lr if e.inner_lr is None else e.inner_lr,
             steps=train.steps if e.inner_iters is None else e.inner_iters,
             batch_size=(train.batch_size if e.inner_batch is None
-                        else e.inner_batch))
+                        else e.inner_batch),
+            scope=train.scope if e.adapt_scope is None else e.adapt_scope)
 
     def with_eval_omega(self, omega, source=None) -> "ExperimentConfig":
         """This config with evaluation omega `omega` (from `source`, a file)."""
         return dataclasses.replace(self, eval=dataclasses.replace(
             self.eval, inner_lr=omega.lr, inner_iters=omega.steps,
-            inner_batch=omega.batch_size,
+            inner_batch=omega.batch_size, adapt_scope=omega.scope,
             omega_file=source or self.eval.omega_file))
 
     @property

@@ -120,7 +120,8 @@ class Experiment:
     def eval_fn(self, omega=None):
         """The compiled evaluation function for omega's batch size/optimizer."""
         omega = omega or self.config.eval_omega
-        return self.learner.eval_fn(omega.batch_size, omega.optimizer)
+        return self.learner.eval_fn(omega.batch_size, omega.optimizer,
+                                    omega.scope)
 
     def evaluate(self, tasks, omega=None, name="eval"):
         """Mean IoU +- CI of adapting with omega (default: the eval omega)."""
@@ -134,7 +135,8 @@ class Experiment:
         omega = omega or self.config.eval_omega
         adapter = segmentation.build_adapter(
             self.model, self.config.meta, in_place=False,
-            batch_size=omega.batch_size, optimizer=omega.optimizer)
+            batch_size=omega.batch_size, optimizer=omega.optimizer,
+            scope=omega.scope)
         limits = self.config.export
         return export_saved_model(
             self.model, base_dir, self.config.model.image_size, version=version,

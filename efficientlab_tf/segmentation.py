@@ -12,6 +12,7 @@ from efficientlab_tf.meta.learner import MetaLearner
 from efficientlab_tf.meta.learner import TaskFns
 from efficientlab_tf.meta.learner import make_adapter
 from efficientlab_tf.model.efficientlab import foreground_probability
+from efficientlab_tf.model.efficientlab import scope_variables
 from efficientlab_tf.model.losses import segmentation_loss
 from efficientlab_tf.model.metrics import binary_iou
 
@@ -26,13 +27,15 @@ def task_fns(weight_decay):
 
 
 def build_adapter(model, meta_config, in_place=True, batch_size=None,
-                  optimizer=None):
-    """The update routine U for segmentation; omega's batch size and
-    optimizer default to the training ones of `meta_config`."""
+                  optimizer=None, scope=None):
+    """The update routine U for segmentation; omega's batch size, optimizer
+    and scope default to the training ones of `meta_config`."""
     return make_adapter(model, task_fns(meta_config.weight_decay),
                         batch_size or meta_config.inner_batch,
                         optimizer or meta_config.inner_optimizer,
-                        in_place=in_place)
+                        in_place=in_place,
+                        variables=scope_variables(
+                            model, scope or meta_config.adapt_scope))
 
 
 def build_learner(model, config, strategy=None):
@@ -42,4 +45,4 @@ def build_learner(model, config, strategy=None):
                        bn_mode=config.model.bn_mode,
                        jit_compile=config.run.jit_compile,
                        in_place=config.run.adapt_in_place,
-                       strategy=strategy)
+                       strategy=strategy, scope_fn=scope_variables)

@@ -122,6 +122,12 @@ def define_flags():
                       "interpolate: theta += epsilon * mean delta; adam: Keras Adam.")
     flags.DEFINE_float("weight_decay", me.weight_decay,
                        "lambda of H - log J + lambda ||theta||^2.")
+    flags.DEFINE_enum(
+        "adapt_scope", me.adapt_scope, c.ADAPT_SCOPES,
+        "Weights the inner loop adapts and meta-training moves: all; mtl "
+        "(meta-transfer learning: encoder convolution kernels frozen, their "
+        "per-channel scale/shift = the batch norms' gamma/beta adapted); "
+        "decoder (encoder frozen); head (last 1x1 convolution only).")
     # Evaluation (EvalConfig; omega at test time).
     flags.DEFINE_integer("eval_shots", e.shots, "Support shots k at evaluation.")
     flags.DEFINE_integer("eval_tasks", e.tasks, "Tasks per evaluation.")
@@ -135,6 +141,8 @@ def define_flags():
         "omega_file", None,
         "JSON omega {\"lr\", \"steps\"[, \"batch_size\"]} (UHO's omega.json); "
         "overrides --eval_inner_lr/--eval_inner_iters/--eval_inner_batch.")
+    flags.DEFINE_enum("eval_adapt_scope", None, c.ADAPT_SCOPES,
+                      "Weights U adapts at test time (default: --adapt_scope).")
     flags.DEFINE_integer("eval_every", e.every,
                          "Meta-iterations between meta-val evaluations (0: end only).")
     flags.DEFINE_integer("eval_seed", e.seed, "Seed of the evaluation tasks.")

@@ -42,14 +42,16 @@ def config_from_flags(f):
             inner_lr=f.inner_lr, inner_optimizer=f.inner_optimizer,
             meta_batch=f.meta_batch, meta_step=f.meta_step,
             meta_step_final=f.meta_step_final, meta_iters=f.meta_iters,
-            meta_optimizer=f.meta_optimizer, weight_decay=f.weight_decay),
+            meta_optimizer=f.meta_optimizer, weight_decay=f.weight_decay,
+            adapt_scope=f.adapt_scope),
         eval=c.EvalConfig(
             shots=f.eval_shots, tasks=f.eval_tasks,
             inner_iters=f.eval_inner_iters, inner_lr=f.eval_inner_lr,
             inner_batch=f.eval_inner_batch, every=f.eval_every,
             seed=f.eval_seed, shots_list=_ints(f, "eval_shots_list"),
             draws=f.eval_draws, parallel=f.eval_parallel, pictures=f.eval_pictures,
-            augment=f.eval_augment, episodes=f.pascal_episodes),
+            augment=f.eval_augment, episodes=f.pascal_episodes,
+            adapt_scope=f.eval_adapt_scope),
         run=c.RunConfig(
             mode=f.mode, workdir=f.workdir, seed=f.seed,
             checkpoint_every=f.checkpoint_every,

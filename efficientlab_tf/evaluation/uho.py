@@ -18,7 +18,7 @@ flag, the inner batch size), numbered as the paper numbers it:
 Every trial is appended to `<workdir>/uho_trials.csv` (and TensorBoard); the
 sampling is seeded, so an interrupted search resumes by replaying the same
 samples and skipping trials already in the CSV. The result is written to
-`<workdir>/omega.json` ({"lr", "steps", "batch_size", "optimizer"}), which
+`<workdir>/omega.json` ({"lr", "steps", "batch_size", "optimizer", "scope"}), which
 evaluation and export take with `--omega_file`.
 """
 
@@ -118,7 +118,7 @@ def _read_trials(path):
 
 
 def search(score_fn, config, workdir, summary_fn=None, batch_size=8,
-           optimizer="sgd", seed=0):
+           optimizer="sgd", seed=0, scope="all"):
     """Algorithm 1; returns the best trial (a dict) and writes omega.json.
 
     Args:
@@ -130,6 +130,7 @@ def search(score_fn, config, workdir, summary_fn=None, batch_size=8,
         summary_fn: Optional `summary_fn(trial_dict)` (TensorBoard).
         batch_size: The inner batch size when `config.batch_sizes` is empty.
         optimizer: The inner optimizer recorded in omega.json.
+        scope: The adaptation scope recorded in omega.json.
         seed: Sampling seed when `config.seed` is None.
     """
     os.makedirs(workdir, exist_ok=True)
@@ -175,7 +176,7 @@ def search(score_fn, config, workdir, summary_fn=None, batch_size=8,
                 trials, config.keep_fraction, config.steps_range)
     best = max(trials, key=lambda t: t["mean_iou"])
     omega = {"lr": best["lr"], "steps": best["best_steps"],
-             "batch_size": best["batch_size"], "optimizer": optimizer,
+             "batch_size": best["batch_size"], "optimizer": optimizer, "scope": scope,
              "mean_iou": best["mean_iou"], "trials": len(trials)}
     path = io.write_json(os.path.join(workdir, "omega.json"), omega)
     logging.info("UHO best: lr %.6f, %d steps, batch %d, mean IoU %.4f -> %s",

@@ -25,9 +25,18 @@ is never written: each step feeds the seed generators values derived from
 the task seed and the step index, so tasks get fresh but reproducible noise
 and a restore is exact.
 
-omega = (lr, steps, batch_size, optimizer): lr and steps are tensors, so UHO
-can try many values without retracing; batch_size and optimizer are fixed
-when the Adapter is built (they change shapes and state structure).
+omega = (lr, steps, batch_size, optimizer, scope): lr and steps are tensors,
+so UHO can try many values without retracing; batch_size, optimizer and the
+scope are fixed when the Adapter is built (they change shapes and state
+structure).
+
+The scope is the subset of the model's trainable variables that U moves
+(`variables`; all of them by default). The others are *frozen*: their
+current values enter the forward pass as constants, so they are not
+watched by the tape (no gradient is computed for them), not carried,
+snapshot or restored, and the outer update of meta-training, which moves
+`Adapter.trainable_variables`, never touches them either (meta-transfer
+learning, decoder-only or last-layer fine-tuning).
 """
 
 from typing import NamedTuple
@@ -81,10 +90,13 @@ class Adapter:
             place, restore) rather than on carried tensors.
         predict_fn: `predict_fn(logits) -> prediction` applied by `predict`
             (e.g. the foreground probability); None returns the logits.
+        variables: The trainable variables U adapts (a subset of
+            `model.trainable_variables`, in any order); None: all of them.
+            The rest are frozen (read, never written, no gradient).
     """
 
     def __init__(self, model, loss_fn, optimizer, batch_size=8, in_place=True,
-                 predict_fn=None):
+                 predict_fn=None, variables=None):
         if batch_size <= 0:
             raise ValueError(f"`batch_size` must be positive; got {batch_size}.")
         self.model = model
@@ -97,6 +109,21 @@ class Adapter:
         self.loss_scale = (FLOAT16_LOSS_SCALE
                            if model.dtype_policy.compute_dtype == "float16"
                            else 1.0)
+        trainable = model.trainable_variables
+        if variables is None:
+            self._adapted_idx = list(range(len(trainable)))
+        else:
+            position = {id(v): i for i, v in enumerate(trainable)}
+            missing = [v.path for v in variables if id(v) not in position]
+            if missing:
+                raise ValueError(
+                    "`variables` must be trainable variables of the model; "
+                    f"not: {missing[:3]}")
+            self._adapted_idx = sorted(position[id(v)] for v in variables)
+            if not self._adapted_idx:
+                raise ValueError("`variables` is empty: nothing to adapt.")
+        adapted = set(self._adapted_idx)
+        self._frozen_idx = [i for i in range(len(trainable)) if i not in adapted]
         non_trainable = model.non_trainable_variables
         self._seed_idx = [
             i for i, v in enumerate(non_trainable) if _is_seed_state(v)
@@ -109,7 +136,27 @@ class Adapter:
     # ----------------------------------------------------------------- state
     @property
     def trainable_variables(self):
-        return self.model.trainable_variables
+        """The variables U adapts (and meta-training moves), model order."""
+        trainable = self.model.trainable_variables
+        return [trainable[i] for i in self._adapted_idx]
+
+    @property
+    def frozen_variables(self):
+        """Trainable variables of the model outside the scope (constants)."""
+        trainable = self.model.trainable_variables
+        return [trainable[i] for i in self._frozen_idx]
+
+    def _full_trainable(self, adapted):
+        """The model's whole trainable list for stateless_call: the adapted
+        tensors in their places, the frozen variables' current values."""
+        if not self._frozen_idx:
+            return list(adapted)
+        values = [None] * (len(self._adapted_idx) + len(self._frozen_idx))
+        for i, x in zip(self._adapted_idx, adapted, strict=True):
+            values[i] = x
+        for i, v in zip(self._frozen_idx, self.frozen_variables, strict=True):
+            values[i] = v.value
+        return values
 
     @property
     def stat_variables(self):
@@ -158,7 +205,8 @@ class Adapter:
         with tf.GradientTape() as tape:
             tape.watch(trainable)
             logits, new_non_trainable = self.model.stateless_call(
-                trainable, non_trainable, images, training=True
+                self._full_trainable(trainable), non_trainable, images,
+                training=True,
             )
             loss = self.loss_fn(masks, logits, trainable)
             scaled = loss * self.loss_scale if self.loss_scale != 1.0 else loss
@@ -180,7 +228,8 @@ class Adapter:
             if not isinstance(seed, tf.Tensor) else seed
         )
         logits, _ = self.model.stateless_call(
-            list(state.trainable), non_trainable, images, training=False
+            self._full_trainable(state.trainable), non_trainable, images,
+            training=False,
         )
         return logits if self.predict_fn is None else self.predict_fn(logits)
 

@@ -47,11 +47,20 @@ class TaskFns(NamedTuple):
     metric_fn: Callable
 
 
-def make_adapter(model, task, batch_size, optimizer="sgd", in_place=True):
-    """An `Adapter` for `task` (TaskFns) with omega's batch size and optimizer."""
+def make_adapter(model, task, batch_size, optimizer="sgd", in_place=True,
+                 variables=None):
+    """An `Adapter` for `task` (TaskFns) with omega's batch size, optimizer
+    and adapted `variables` (None: all trainable ones)."""
     return Adapter(model, task.loss_fn, inner_opt.get_inner_optimizer(optimizer),
                    batch_size=batch_size, in_place=in_place,
-                   predict_fn=task.predict_fn)
+                   predict_fn=task.predict_fn, variables=variables)
+
+
+def all_variables(model, scope):
+    """Default scope resolver: only "all" (every trainable variable)."""
+    if scope != "all":
+        raise ValueError(f"this model defines no adaptation scope {scope!r}.")
+    return None
 
 
 def _all_finite(tensors):
@@ -83,17 +92,23 @@ class MetaLearner:
             (and so the meta optimizer's slots); with more than one replica
             the meta-batch is split across them (`meta_batch` must be a
             multiple of the replica count). None: one device.
+        scope_fn: `scope_fn(model, scope) -> variables` (None: all) naming
+            what an adaptation scope ("all", "mtl", ...) moves; training
+            uses `meta_config.adapt_scope`, evaluation an omega's scope.
     """
 
     def __init__(self, model, meta_config, task, bn_mode="running",
-                 jit_compile=False, in_place=False, strategy=None):
+                 jit_compile=False, in_place=False, strategy=None,
+                 scope_fn=all_variables):
         self.model = model
         self.config = meta_config
         self.task = task
         self.bn_mode = bn_mode
         self.in_place = bool(in_place)
-        self.adapter = make_adapter(model, task, meta_config.inner_batch,
-                                    meta_config.inner_optimizer, in_place)
+        self.scope_fn = scope_fn
+        self.adapter = self._adapter(meta_config.inner_batch,
+                                     meta_config.inner_optimizer,
+                                     meta_config.adapt_scope, in_place)
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
         if replicas > 1 and in_place:
@@ -108,7 +123,7 @@ class MetaLearner:
         if meta_config.meta_optimizer == "adam":
             with self.strategy.scope():
                 self.meta_optimizer = keras.optimizers.Adam(meta_config.meta_step)
-                self.meta_optimizer.build(model.trainable_variables)
+                self.meta_optimizer.build(self.adapter.trainable_variables)
         # One trace per task shape; XLA is opt-in because it helps on GPU but
         # slows CPU compilation of the nested while loops considerably.
         compile_fn = functools.partial(
@@ -123,6 +138,10 @@ class MetaLearner:
         self.eval_task = tf.function(self._eval_task_impl, reduce_retracing=True)
         self._eval_fns = {}
         self._steppers = {}
+
+    def _adapter(self, batch_size, optimizer, scope, in_place):
+        return make_adapter(self.model, self.task, batch_size, optimizer,
+                            in_place, self.scope_fn(self.model, scope))
 
     # ------------------------------------------------------------ training
     def _direction(self, images, masks, lr, steps, seed, start):
@@ -283,16 +302,17 @@ class MetaLearner:
         probs = self.adapter.predict(adapted, query_images)
         return self.task.metric_fn(query_masks, probs), probs
 
-    def eval_fn(self, batch_size=None, optimizer=None):
-        """Compiled `eval_task` for an omega's batch size and inner optimizer
-        (the training ones by default): adapt, predict the query, restore."""
-        key = (batch_size or self.config.inner_batch,
-               optimizer or self.config.inner_optimizer)
-        if key == (self.config.inner_batch, self.config.inner_optimizer):
+    def eval_fn(self, batch_size=None, optimizer=None, scope=None):
+        """Compiled `eval_task` for an omega's batch size, inner optimizer
+        and scope (the training ones by default): adapt, predict the query,
+        restore."""
+        cfg = self.config
+        key = (batch_size or cfg.inner_batch, optimizer or cfg.inner_optimizer,
+               scope or cfg.adapt_scope)
+        if key == (cfg.inner_batch, cfg.inner_optimizer, cfg.adapt_scope):
             return self.eval_task
         if key not in self._eval_fns:
-            adapter = make_adapter(self.model, self.task, *key,
-                                   in_place=self.in_place)
+            adapter = self._adapter(*key, in_place=self.in_place)
 
             def eval_task(support_images, support_masks, query_images,
                           query_masks, lr, steps, seed):
@@ -304,7 +324,7 @@ class MetaLearner:
             self._eval_fns[key] = tf.function(eval_task, reduce_retracing=True)
         return self._eval_fns[key]
 
-    def stepper(self, batch_size=None):
+    def stepper(self, batch_size=None, scope=None):
         """Compiled (start_fn, advance_fn) over carried adaptation states.
 
         `start_fn(query_images, query_masks) -> (state, mean score)` before
@@ -314,11 +334,12 @@ class MetaLearner:
         steps). Early stopping over many tasks advances them all one step at
         a time and stops computing when it stops looking (UHO).
         """
-        batch_size = batch_size or self.config.inner_batch
-        if batch_size in self._steppers:  # Compiled once per batch size.
-            return self._steppers[batch_size]
-        adapter = make_adapter(self.model, self.task, batch_size,
-                               self.config.inner_optimizer, in_place=False)
+        key = (batch_size or self.config.inner_batch,
+               scope or self.config.adapt_scope)
+        if key in self._steppers:  # Compiled once per batch size and scope.
+            return self._steppers[key]
+        adapter = self._adapter(key[0], self.config.inner_optimizer, key[1],
+                                in_place=False)
         metric = self.task.metric_fn
 
         def start(query_images, query_masks):
@@ -333,6 +354,6 @@ class MetaLearner:
             return state, tf.reduce_mean(metric(
                 query_masks, adapter.predict(state, query_images)))
 
-        self._steppers[batch_size] = (tf.function(start, reduce_retracing=True),
-                                      tf.function(advance, reduce_retracing=True))
-        return self._steppers[batch_size]
+        self._steppers[key] = (tf.function(start, reduce_retracing=True),
+                               tf.function(advance, reduce_retracing=True))
+        return self._steppers[key]

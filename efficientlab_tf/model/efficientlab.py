@@ -151,3 +151,77 @@ def _build(config, encoder):
         )
     logits = _upsample(x, size // x.shape[1], "upsample_logits")
     return keras.Model(images, logits, name="efficientlab")
+
+
+# What the update routine moves (`--adapt_scope`, Omega.scope). "prototype"
+# (evaluation only) moves nothing: see evaluation/prototype.py.
+ADAPT_SCOPES = ("all", "mtl", "decoder", "head")
+HEAD_LAYER = "head_logits"
+
+
+def _encoder_layer(model):
+    """The nested encoder model of an EfficientLab (the one keras.Model
+    among its layers; tests' tiny encoders follow the same contract)."""
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(nested) != 1:
+        raise ValueError(
+            f"expected one nested encoder model in {model.name!r}; found "
+            f"{[layer.name for layer in nested]}.")
+    return nested[0]
+
+
+def _sublayers(layer):
+    """`layer` and every layer nested in it."""
+    return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def scope_variables(model, scope):
+    """The trainable variables of EfficientLab `model` that `scope` adapts.
+
+    * "all": every trainable variable (the paper).
+    * "decoder": everything after the encoder (RSD, head); the encoder is
+      frozen, so no gradient flows into it at all.
+    * "head": the final 1x1 convolution (`head_logits`) only.
+    * "mtl": meta-transfer learning (Sun et al., "Meta-Transfer Learning
+      for Few-Shot Learning", CVPR 2019): the encoder's convolution kernels
+      (and biases) are frozen, and the per-channel scaling and shifting of
+      every convolution's output is learned together with the decoder. MTL
+      writes the conv as  y = (W (.) Phi_S1) * x + (b + Phi_S2). Every
+      encoder convolution here (Keras B0-B7/V2 and Lite0, except B0's
+      squeeze-and-excitation convolutions) feeds a batch norm, and a
+      per-channel scale s and shift t in front of a batch norm are a
+      reparameterization of its gamma and beta: with batch statistics
+      BN(s y + t) = gamma sign(s) (y - mu) / sqrt(var + eps / s^2) + beta,
+      and with moving statistics (mu, sigma),
+      BN(s y + t) = (gamma s / sigma) y + (beta + gamma (t - mu) / sigma).
+      So the scaling and shifting parameters *are* the encoder's batch-norm
+      gamma and beta, which this scope adapts (plus every encoder bias,
+      e.g. of squeeze-and-excitation, as MTL's Phi_S2 where no batch norm
+      follows); no redundant parameters are added to the network, which
+      keeps checkpoints, export and serving unchanged.
+
+    Raises:
+        ValueError: unknown scope, or a model without the expected parts.
+    """
+    if scope not in ADAPT_SCOPES:
+        raise ValueError(f"`adapt_scope` must be one of {ADAPT_SCOPES}; got {scope!r}.")
+    trainable = model.trainable_variables
+    if scope == "all":
+        return list(trainable)
+    if scope == "head":
+        try:
+            head = model.get_layer(HEAD_LAYER)
+        except ValueError:
+            raise ValueError(f"--adapt_scope=head needs a layer named "
+                             f"{HEAD_LAYER!r} in {model.name!r}.") from None
+        return list(head.trainable_variables)
+    encoder_ids = {id(v) for v in _encoder_layer(model).trainable_variables}
+    if scope == "decoder":
+        return [v for v in trainable if id(v) not in encoder_ids]
+    kept = set()  # mtl: batch-norm gamma/beta and biases inside the encoder.
+    for layer in _sublayers(_encoder_layer(model)):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            kept.update(id(v) for v in layer.trainable_variables)
+        elif getattr(layer, "bias", None) is not None:
+            kept.add(id(layer.bias))
+    return [v for v in trainable if id(v) not in encoder_ids or id(v) in kept]

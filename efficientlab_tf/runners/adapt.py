@@ -26,7 +26,8 @@ def run(config, record_fn, model=None):
     # stay in the model that is exported.
     adapter = segmentation.build_adapter(exp.model, config.meta,
                                          batch_size=omega.batch_size,
-                                         optimizer=omega.optimizer)
+                                         optimizer=omega.optimizer,
+                                         scope=omega.scope)
     _, loss = adapter.adapt(images, masks, omega.lr, omega.steps,
                             tf.constant([config.run.seed, 0], tf.int32),
                             restore=False)

@@ -19,7 +19,8 @@ def score_fn(exp, tasks):
     seed = exp.config.eval.seed
 
     def score(lr, max_steps, batch_size, patience):
-        start_fn, advance_fn = exp.learner.stepper(batch_size)
+        start_fn, advance_fn = exp.learner.stepper(
+            batch_size, exp.config.eval_omega.scope)
         lr = tf.constant(lr, tf.float32)
         states, scores = [], []
         for task in tasks:
@@ -65,7 +66,8 @@ def run(config, record_fn, model=None):
     train = config.train_omega
     best = uho.search(score_fn(exp, tasks), config.uho, config.run.workdir,
                       summary_fn, batch_size=train.batch_size,
-                      optimizer=train.optimizer, seed=config.run.seed)
+                      optimizer=train.optimizer, seed=config.run.seed,
+                      scope=config.eval_omega.scope)
     writer.flush()
     print(json.dumps(best, indent=2))
     return best
