@@ -26,6 +26,8 @@ INNER_OPTIMIZERS = ("sgd", "adam")
 META_OPTIMIZERS = ("interpolate", "adam")
 # What the update routine moves (model/efficientlab.py scope_variables).
 ADAPT_SCOPES = ("all", "mtl", "decoder", "head")
+# Adaptation procedures of --mode=compare: the scopes and the prototype head.
+PROCEDURES = ADAPT_SCOPES + ("prototype",)
 ENCODERS = (
     "efficientnet_b0",
     "efficientnet_b1",
@@ -539,15 +541,32 @@ class CompareConfig:
             random init with `random_steps_factor` x steps).
         random_steps_factor: The random init also gets this many times the
             adaptation steps.
+        procedures: Further adaptation procedures scored for every
+            initialization (`PROCEDURES`: an adaptation scope, or
+            "prototype", the no-gradient prototype head).
+        clustering: Report Goldblum's feature-clustering ratio of every
+            initialization on the meta-test tasks.
+        omega_files: ((row name, omega.json path), ...): those
+            initializations get a further row adapted with their own omega
+            (UHO run on meta-val tasks from that initialization).
     """
 
     runs: tuple = ()
     imagenet: bool = False
     reference: str = ""
     random_steps_factor: int = 10
+    procedures: tuple = ()
+    clustering: bool = False
+    omega_files: tuple = ()
 
     def __post_init__(self):
         _check_positive("random_steps_factor", self.random_steps_factor)
+        for p in self.procedures:
+            _check_choice("compare_procedures", p, PROCEDURES)
+        for entry in self.omega_files:
+            if len(entry) != 2 or not all(entry):
+                raise ValueError("`compare_omega_files` entries must be "
+                                 f"NAME=PATH; got {entry!r}.")
 
     @property
     def reference_row(self):

@@ -102,13 +102,13 @@ class PrototypeTest(tf.test.TestCase):
         model = helpers.tiny_efficientlab(bn_mode="batch")
         tasks = [helpers.random_task(shots=2, query=2, seed=s) for s in (0, 1)]
         summary = features_lib.clustering_summary(model, tasks)
-        self.assertLen(summary["per_task"], 2)
+        self.assertLen(summary["clustering_per_task"], 2)
         feats = features_lib.feature_model(model)
         t = tasks[1]
         images = tf.concat([t.support_images, t.query_images], 0)
         masks = tf.concat([t.support_masks, t.query_masks], 0)
         f = feats(images, training=False)
-        self.assertAllClose(summary["per_task"][1], features_lib.clustering_ratio(
+        self.assertAllClose(summary["clustering_per_task"][1], features_lib.clustering_ratio(
             f, features_lib.resize_masks(masks, f.shape[1:3])), rtol=1e-5)
 
 

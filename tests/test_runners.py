@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from efficientlab_tf import runners
 from efficientlab_tf.config import Omega
+from efficientlab_tf.evaluation import features
 from efficientlab_tf.experiment import Experiment
 from efficientlab_tf.experiment import load_model_weights
 from tests import helpers
@@ -85,6 +86,42 @@ class RunnersTest(tf.test.TestCase):
             "runs": (config.run.workdir, config.run.workdir)}))
         row = next(r for r in merged[2] if r["name"] == "random init")
         self.assertLen(row["per_task"], 2 * len(tables[2][0]["per_task"]))
+
+    def test_compare_procedures_clustering_and_own_omega(self):
+        # Every init is also scored with the last layer only, the prototype
+        # head and (the run) its own omega; each row equals scoring the
+        # loaded run directly with that procedure on the same tasks.
+        name = os.path.basename(self.run_dir)
+        omega_file = os.path.join(tempfile.mkdtemp(), "omega.json")
+        with open(omega_file, "w") as f:
+            json.dump({"lr": 0.02, "steps": 2, "batch_size": 1}, f)
+        config = self.mode("compare", compare={
+            "runs": (self.run_dir,), "procedures": ("head", "prototype"),
+            "clustering": True, "omega_files": ((name, omega_file),)},
+            eval={"shots_list": (2,), "draws": 1})
+        rows = {r["name"]: r for r in runners.run(config, model=model())[2]}
+        exp = Experiment(config, model())
+        load_model_weights(exp.model, self.run_dir)
+        tasks = exp.eval_tasks("test", shots=2)
+        omega = config.eval_omega
+        head = exp.evaluate(tasks, dataclasses.replace(omega, scope="head"))
+        self.assertAllClose(rows[f"{name} [head]"]["per_task"], head["per_task"],
+                            atol=1e-6)
+        own = exp.evaluate(tasks, Omega(0.02, 2, 1, "sgd"))
+        self.assertAllClose(rows[f"{name} [own omega]"]["per_task"],
+                            own["per_task"], atol=1e-6)
+        self.assertEqual(rows[f"{name} [own omega]"]["steps"], 2)
+        proto = rows[f"{name} [prototype]"]
+        self.assertEqual(proto["steps"], 0)
+        self.assertNotAllClose(proto["per_task"], rows[name]["per_task"])
+        ratio = features.clustering_summary(exp.model, tasks)
+        self.assertAllClose(rows[name]["clustering_ratio"],
+                            ratio["clustering_ratio"], rtol=1e-5)
+        self.assertIn("R_FC", open(os.path.join(config.run.workdir,
+                                                "compare_2shot.md")).read())
+        with self.assertRaisesRegex(ValueError, "not compared"):
+            runners.run(with_(config, compare={"omega_files": (("x", omega_file),)}),
+                        model=model())
 
     def test_uho_writes_omega_and_lr_sweep_writes_the_curve(self):
         uho = {"samples": 2, "rounds": 2, "tasks": 2, "steps_range": (1, 3),

@@ -213,6 +213,19 @@ def define_flags():
                         "compare modes: row the paired differences are taken "
                         "against (default: the random init with "
                         "--random_steps_factor x steps).")
+    flags.DEFINE_list(
+        "compare_procedures", list(cmp.procedures),
+        f"compare: further adaptation procedures per initialization, from "
+        f"{','.join(c.PROCEDURES)} (prototype: masked-average-pooling "
+        "prototypes, no gradient steps).")
+    flags.DEFINE_list(
+        "compare_omega_files", [],
+        "compare: NAME=PATH,...: the row NAME (a run folder's basename, "
+        "'random init' or 'ImageNet encoder') also adapted with the omega "
+        "in PATH (UHO's omega.json from that initialization).")
+    flags.DEFINE_bool("compare_clustering", cmp.clustering,
+                      "compare: report the feature-clustering ratio R_FC "
+                      "(Goldblum et al. 2020) of every initialization.")
     flags.DEFINE_integer("random_steps_factor", cmp.random_steps_factor,
                          "compare mode: the random init also gets this many "
                          "times the steps.")

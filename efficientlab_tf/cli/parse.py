@@ -72,7 +72,11 @@ def config_from_flags(f):
         compare=c.CompareConfig(
             runs=tuple(f.compare_runs), imagenet=f.compare_imagenet,
             reference=f.compare_reference,
-            random_steps_factor=f.random_steps_factor),
+            random_steps_factor=f.random_steps_factor,
+            procedures=tuple(f.compare_procedures),
+            clustering=f.compare_clustering,
+            omega_files=tuple(tuple(e.split("=", 1)) if "=" in e else (e,)
+                              for e in f.compare_omega_files)),
         fpk=c.FPKConfig(
             shots=_ints(f, "fpk_shots"), iters=_ints(f, "fpk_iters"),
             tasks=f.fpk_tasks, repeats=f.fpk_repeats, query=f.fpk_query),

@@ -21,7 +21,8 @@ BOX_FRACTIONS = tuple(np.round(np.arange(0.2, 1.0001, 0.05), 2))
 
 
 def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
-                  random_factor=10, parallel=1):
+                  random_factor=10, parallel=1, procedures=(), measure_fn=None,
+                  own_omegas=None):
     """Scores initializations on the same tasks.
 
     Args:
@@ -35,6 +36,14 @@ def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
         seed: Evaluation seed.
         random_factor: The random init is also given `random_factor * steps`.
         parallel: Tasks adapted at once (`protocol.evaluate`).
+        procedures: Further adaptation procedures, (label, eval_fn, steps):
+            each init gets a row "<name> [<label>]" scored with that eval_fn
+            (e.g. decoder-only, last layer, the prototype head with 0 steps).
+        measure_fn: `measure_fn(model) -> dict` of extra numbers for each
+            init (e.g. the feature-clustering ratio), added to its row.
+        own_omegas: {init name: (eval_fn, Omega)}: that init also gets a
+            row "<name> [own omega]" adapted with its own omega (UHO's
+            omega.json for that initialization, tuned on meta-val tasks).
 
     Returns:
         list of row dicts (name, steps, mean_iou, ci95, per_task, ...).
@@ -42,23 +51,34 @@ def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
     random_init = weights_lib.snapshot(model.variables)
     rows = []
 
-    def score(name, init, n_steps):
-        result = protocol.evaluate(eval_fn, tasks, omega.lr, n_steps, seed=seed,
+    def score(name, init, n_steps, fn=eval_fn, procedure=None, lr=omega.lr):
+        result = protocol.evaluate(fn, tasks, lr, n_steps, seed=seed,
                                    name=name, parallel=parallel)
-        result.update(name=name, init=init, steps=int(n_steps), lr=float(omega.lr))
+        result.update(name=name, init=init, steps=int(n_steps), lr=float(lr))
+        if procedure:
+            result["procedure"] = procedure
         logging.info("%-34s %3d steps: mean IoU %.4f +- %.4f", name, n_steps,
                      result["mean_iou"], result["ci95"])
         rows.append(result)
+        return result
 
     for name, load_fn in inits:
         weights_lib.restore(model.variables, random_init)
         if load_fn is not None:
             load_fn()
-        score(f"{name}", name, omega.steps)
+        main = score(f"{name}", name, omega.steps)
+        if measure_fn is not None:
+            main.update(measure_fn(model))
         score(f"{name}, no adaptation", name, 0)
         if load_fn is None:
             score(f"{name}, {random_factor}x steps", name,
                   random_factor * omega.steps)
+        for label, fn, n_steps in procedures:
+            score(f"{name} [{label}]", name, n_steps, fn, label)
+        if own_omegas and name in own_omegas:
+            fn, own = own_omegas[name]
+            score(f"{name} [own omega]", name, own.steps, fn, "own omega",
+                  lr=own.lr)
     weights_lib.restore(model.variables, random_init)
     return rows
 
@@ -122,15 +142,23 @@ def add_paired(rows, reference_name):
 def markdown_table(rows, reference_name):
     """The rows as a Markdown table (with per-fold means for merged rows)."""
     folds = "fold_means" in rows[0]
+    clustering = any("clustering_ratio" in r for r in rows)
     lines = [
         f"| initialization | steps | mean IoU | 95% CI | minus `{reference_name}` (paired 95% CI) |"
+        + (" R_FC (feature clustering) |" if clustering else "")
         + (" per-fold means |" if folds else ""),
-        "|---|---:|---:|---:|---:|" + ("---|" if folds else ""),
+        "|---|---:|---:|---:|---:|" + ("---:|" if clustering else "")
+        + ("---|" if folds else ""),
     ]
     for r in rows:
+        cell = ""
+        if clustering:
+            cell = (f" {r['clustering_ratio']:.3f} ± {r['clustering_ci95']:.3f} |"
+                    if "clustering_ratio" in r else " |")
         lines.append(
             f"| {r['name']} | {r['steps']} | {r['mean_iou']:.4f} | "
             f"±{r['ci95']:.4f} | {r['diff_vs_ref']:+.4f} ± {r['diff_ci95']:.4f} |"
+            + cell
             + (" " + " / ".join(f"{m:.3f}" for m in r["fold_means"]) + " |"
                if folds else ""))
     return "\n".join(lines) + "\n"
@@ -167,8 +195,13 @@ def merge_tables(tables):
         name = names.pop() if len(names) == 1 else f"{k} (fitted per fold)"
         per_task = [x for p in parts for x in p["per_task"]]
         mean, ci = mean_ci95(per_task)
-        merged.append({"name": name, "init": parts[0]["init"],
-                       "steps": parts[0]["steps"],
-                       "mean_iou": mean, "ci95": ci, "per_task": per_task,
-                       "fold_means": [p["mean_iou"] for p in parts]})
+        row = {"name": name, "init": parts[0]["init"],
+               "steps": parts[0]["steps"],
+               "mean_iou": mean, "ci95": ci, "per_task": per_task,
+               "fold_means": [p["mean_iou"] for p in parts]}
+        if all("clustering_per_task" in p for p in parts):
+            ratios = [x for p in parts for x in p["clustering_per_task"]]
+            row["clustering_ratio"], row["clustering_ci95"] = mean_ci95(ratios)
+            row["clustering_per_task"] = ratios
+        merged.append(row)
     return merged

@@ -177,8 +177,9 @@ def clustering_scores(model, tasks):
 
 
 def clustering_summary(model, tasks):
-    """{"clustering_ratio": mean, "clustering_ci95": CI, "per_task": [...]}."""
+    """{"clustering_ratio": mean, "clustering_ci95": CI,
+    "clustering_per_task": [...]} of `clustering_scores`."""
     scores = clustering_scores(model, tasks)
     mean, ci = mean_ci95(scores)
     return {"clustering_ratio": float(mean), "clustering_ci95": float(ci),
-            "per_task": [float(s) for s in np.asarray(scores)]}
+            "clustering_per_task": [float(s) for s in np.asarray(scores)]}

@@ -1,12 +1,15 @@
 """--mode=compare: several initializations scored on the same meta-test tasks."""
 
+import dataclasses
 import os
 
 from absl import logging
 
+from efficientlab_tf import config as config_lib
 from efficientlab_tf import io
 from efficientlab_tf import summaries
 from efficientlab_tf.evaluation import compare
+from efficientlab_tf.evaluation import features
 from efficientlab_tf.experiment import Experiment
 from efficientlab_tf.model.metrics import mean_ci95
 
@@ -35,12 +38,38 @@ def class_agnostic_row(exp, config, shots, count):
             "ci95": ci, "per_task": scores}
 
 
+def procedures(exp, config, omega):
+    """(label, eval_fn, steps) of each --compare_procedures entry: the
+    update routine on another scope, or the prototype head (0 steps)."""
+    out = []
+    for label in config.compare.procedures:
+        if label == "prototype":
+            out.append((label, features.prototype_eval_fn(exp.model), 0))
+        else:
+            out.append((label, exp.eval_fn(dataclasses.replace(omega, scope=label)),
+                        omega.steps))
+    return out
+
+
+def own_omegas(exp, config, names):
+    """{row name: (eval_fn, Omega)} from --compare_omega_files."""
+    out = {}
+    for name, path in config.compare.omega_files:
+        if name not in names:
+            raise ValueError(f"--compare_omega_files names row {name!r}, which "
+                             f"is not compared; rows: {sorted(names)}.")
+        omega = config_lib.Omega.from_file(path, config.eval_omega)
+        out[name] = (exp.eval_fn(omega), omega)
+    return out
+
+
 def run(config, record_fn, model=None):
     if not config.compare.runs:
         raise ValueError("--mode=compare needs --compare_runs=<run dir>,...")
     record_fn(config)
     exp = Experiment(config, model)
     inits = initializations(exp, config)
+    omegas = own_omegas(exp, config, [name for name, _ in inits])
     ref = config.compare.reference_row
     omega = config.eval_omega
     box = None
@@ -49,11 +78,17 @@ def run(config, record_fn, model=None):
         tasks = exp.eval_tasks("test", shots=shots)
         logging.info("Comparing %d initializations on %d meta-test %d-shot tasks.",
                      len(inits), len(tasks), shots)
+        measure = None
+        if config.compare.clustering:
+            def measure(model, tasks=tasks):
+                return features.clustering_summary(model, tasks)
         rows = compare.compare_inits(
             exp.eval_fn(omega), exp.model, inits, tasks, omega,
             seed=config.eval.seed,
             random_factor=config.compare.random_steps_factor,
-            parallel=config.eval.parallel)
+            parallel=config.eval.parallel,
+            procedures=procedures(exp, config, omega), measure_fn=measure,
+            own_omegas=omegas)
         if box is None:  # The box prior comes from meta-train classes.
             box = compare.fit_box_fraction(exp.eval_tasks("train", shots=shots))
         rows += compare.trivial_rows(tasks, box)
