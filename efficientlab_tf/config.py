@@ -311,6 +311,11 @@ class MetaConfig:
         adapt_scope: Weights the inner loop adapts and the outer loop moves
             (`ADAPT_SCOPES`; "mtl": meta-transfer learning, encoder
             convolution kernels frozen).
+        clustering_weight: Weight of Goldblum et al.'s feature-clustering
+            regulariser R_FC in the training loss (inner loops, or joint
+            training's steps); 0: off. Evaluation never uses it.
+        consensus: lambda of the consensus penalty lambda/2 ||phi - theta||^2
+            in meta-training's inner loops (Goldblum et al.); 0: off.
     """
 
     algo: str = "fomaml"
@@ -327,10 +332,19 @@ class MetaConfig:
     meta_optimizer: str = "interpolate"
     weight_decay: float = 5e-4
     adapt_scope: str = "all"
+    clustering_weight: float = 0.0
+    consensus: float = 0.0
 
     def __post_init__(self):
         _check_choice("algo", self.algo, ALGORITHMS)
         _check_choice("adapt_scope", self.adapt_scope, ADAPT_SCOPES)
+        _check_positive("clustering_weight", self.clustering_weight, allow_zero=True)
+        _check_positive("consensus_weight", self.consensus, allow_zero=True)
+        if self.consensus and self.algo == "joint":
+            raise ValueError(
+                "--consensus_weight pulls each task's adapted weights toward "
+                "the meta-batch's start: it needs --algo=fomaml or reptile, "
+                "not joint.")
         _check_choice("inner_optimizer", self.inner_optimizer, INNER_OPTIMIZERS)
         _check_choice("meta_optimizer", self.meta_optimizer, META_OPTIMIZERS)
         for name in ("train_shots", "inner_iters", "inner_batch", "meta_batch"):

@@ -8,6 +8,10 @@ probability of the two-class softmax, and binary IoU per image at 0.5.
 
 import functools
 
+import keras
+import tensorflow as tf
+
+from efficientlab_tf.evaluation import features
 from efficientlab_tf.meta.learner import MetaLearner
 from efficientlab_tf.meta.learner import TaskFns
 from efficientlab_tf.meta.learner import make_adapter
@@ -26,6 +30,39 @@ def task_fns(weight_decay):
     )
 
 
+def clustering_task(weight_decay, weight, num_classes):
+    """TaskFns of a two-output model (logits, penultimate features) whose
+    loss adds `weight` * R_FC, Goldblum et al.'s feature-clustering ratio
+    (`evaluation/features.py`), to the segmentation loss. Masks may carry
+    each image's class in channel 1 (joint training's minibatches mix
+    classes); without it the minibatch is one task, one class."""
+
+    def loss_fn(masks, outputs, weights):
+        logits, feats = outputs
+        loss = segmentation_loss(masks, logits, weights, weight_decay)
+        masks = tf.cast(masks, tf.float32)
+        ids = None
+        if masks.shape.rank == 4 and masks.shape[-1] == 2:
+            ids = tf.cast(masks[:, 0, 0, 1], tf.int32)
+            masks = masks[..., :1]
+        ratio = features.clustering_ratio(
+            feats, features.resize_masks(masks, feats.shape[1:3]), ids,
+            num_classes)
+        return loss + weight * ratio
+
+    return TaskFns(loss_fn=loss_fn,
+                   predict_fn=lambda outputs: foreground_probability(outputs[0]),
+                   metric_fn=binary_iou)
+
+
+def feature_view(model):
+    """A model sharing `model`'s layers and variables that returns
+    [logits, penultimate features]."""
+    return keras.Model(model.inputs,
+                       [model.outputs[0], features.feature_model(model).outputs[0]],
+                       name=f"{model.name}_with_features")
+
+
 def build_adapter(model, meta_config, in_place=True, batch_size=None,
                   optimizer=None, scope=None):
     """The update routine U for segmentation; omega's batch size, optimizer
@@ -40,9 +77,18 @@ def build_adapter(model, meta_config, in_place=True, batch_size=None,
 
 def build_learner(model, config, strategy=None):
     """MetaLearner for an ExperimentConfig (meta loop, BN policy, XLA), with
-    `strategy` (whose scope built `model`) spreading the meta-batch."""
-    return MetaLearner(model, config.meta, task_fns(config.meta.weight_decay),
+    `strategy` (whose scope built `model`) spreading the meta-batch, and the
+    training-only terms of `config.meta` (feature clustering, consensus)."""
+    meta = config.meta
+    train_model = train_task = None
+    if meta.clustering_weight:
+        train_model = feature_view(model)
+        train_task = clustering_task(meta.weight_decay, meta.clustering_weight,
+                                     meta.meta_batch)
+    return MetaLearner(model, meta, task_fns(meta.weight_decay),
                        bn_mode=config.model.bn_mode,
                        jit_compile=config.run.jit_compile,
                        in_place=config.run.adapt_in_place,
-                       strategy=strategy, scope_fn=scope_variables)
+                       strategy=strategy, scope_fn=scope_variables,
+                       train_model=train_model, train_task=train_task,
+                       consensus=meta.consensus)

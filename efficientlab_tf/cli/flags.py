@@ -141,6 +141,15 @@ def define_flags():
         "omega_file", None,
         "JSON omega {\"lr\", \"steps\"[, \"batch_size\"]} (UHO's omega.json); "
         "overrides --eval_inner_lr/--eval_inner_iters/--eval_inner_batch.")
+    flags.DEFINE_float(
+        "clustering_weight", me.clustering_weight,
+        "Weight of the feature-clustering regulariser R_FC (Goldblum et al. "
+        "2020) in the training loss (meta-training's inner loop or joint "
+        "training); 0: off.")
+    flags.DEFINE_float(
+        "consensus_weight", me.consensus,
+        "lambda of the consensus penalty lambda/2 ||phi - theta||^2 in the "
+        "inner loop (Goldblum et al. 2020's Reptile consensus); 0: off.")
     flags.DEFINE_enum("eval_adapt_scope", None, c.ADAPT_SCOPES,
                       "Weights U adapts at test time (default: --adapt_scope).")
     flags.DEFINE_integer("eval_every", e.every,

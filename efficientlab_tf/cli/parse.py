@@ -43,7 +43,8 @@ def config_from_flags(f):
             meta_batch=f.meta_batch, meta_step=f.meta_step,
             meta_step_final=f.meta_step_final, meta_iters=f.meta_iters,
             meta_optimizer=f.meta_optimizer, weight_decay=f.weight_decay,
-            adapt_scope=f.adapt_scope),
+            adapt_scope=f.adapt_scope, clustering_weight=f.clustering_weight,
+            consensus=f.consensus_weight),
         eval=c.EvalConfig(
             shots=f.eval_shots, tasks=f.eval_tasks,
             inner_iters=f.eval_inner_iters, inner_lr=f.eval_inner_lr,

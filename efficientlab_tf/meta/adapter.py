@@ -93,10 +93,15 @@ class Adapter:
         variables: The trainable variables U adapts (a subset of
             `model.trainable_variables`, in any order); None: all of them.
             The rest are frozen (read, never written, no gradient).
+        consensus: lambda of the consensus penalty lambda/2 ||phi - theta||^2
+            added to every inner loss (Goldblum et al. 2020, "Unraveling
+            Meta-Learning", section 4.2: Reptile with a consensus term),
+            theta being the start of the task's adaptation (`adapt`'s
+            `anchor`); 0: the plain loss.
     """
 
     def __init__(self, model, loss_fn, optimizer, batch_size=8, in_place=True,
-                 predict_fn=None, variables=None):
+                 predict_fn=None, variables=None, consensus=0.0):
         if batch_size <= 0:
             raise ValueError(f"`batch_size` must be positive; got {batch_size}.")
         self.model = model
@@ -105,6 +110,9 @@ class Adapter:
         self.batch_size = int(batch_size)
         self.in_place = bool(in_place)
         self.predict_fn = predict_fn
+        if consensus < 0:
+            raise ValueError(f"`consensus` must be >= 0; got {consensus}.")
+        self.consensus = float(consensus)
         # Written down by the model's dtype policy; 1 unless it is float16.
         self.loss_scale = (FLOAT16_LOSS_SCALE
                            if model.dtype_policy.compute_dtype == "float16"
@@ -184,7 +192,7 @@ class Adapter:
         return values
 
     # ------------------------------------------------------------------ math
-    def step(self, state, images, masks, lr, step, seed):
+    def step(self, state, images, masks, lr, step, seed, anchor=None):
         """One inner update on a minibatch: the single definition of the math.
 
         Args:
@@ -196,6 +204,8 @@ class Adapter:
             lr: Scalar learning rate alpha.
             step: Scalar int step index (for optimizer bias correction).
             seed: int32 [2] seed of this step's dropout noise.
+            anchor: theta of the consensus penalty (tensors like
+                `state.trainable`); used only when `consensus` > 0.
 
         Returns:
             (AdaptState after the step, loss before the step).
@@ -209,6 +219,10 @@ class Adapter:
                 training=True,
             )
             loss = self.loss_fn(masks, logits, trainable)
+            if self.consensus and anchor is not None:
+                loss += 0.5 * self.consensus * tf.add_n(
+                    [tf.reduce_sum(tf.square(p - a))
+                     for p, a in zip(trainable, anchor, strict=True)])
             scaled = loss * self.loss_scale if self.loss_scale != 1.0 else loss
         grads = tape.gradient(scaled, trainable)
         grads = [tf.zeros_like(p) if g is None else g
@@ -251,7 +265,7 @@ class Adapter:
         return tf.gather(images, idx), tf.gather(masks, idx)
 
     def adapt(self, images, masks, lr, steps, seed, start=None, first_step=0,
-              restore=True):
+              restore=True, anchor=None):
         """Runs U: `steps` inner updates over the support set.
 
         Minibatches walk through a seeded permutation of the support set
@@ -272,6 +286,8 @@ class Adapter:
                 variables (classical training, `--mode=adapt`): in place
                 they are simply not restored; on tensors they are assigned
                 once at the end.
+            anchor: theta of the consensus penalty (None: `start`'s
+                weights, i.e. where this adaptation begins).
 
         Returns:
             (AdaptState after adaptation, mean inner loss over the steps).
@@ -282,16 +298,18 @@ class Adapter:
         order = seeded_permutation(tf.shape(images)[0], seed)
         if start is None:
             start = self.initial_state()
+        if anchor is None and self.consensus:
+            anchor = list(start.trainable)
         if self.in_place:
             return self._adapt_in_place(
-                images, masks, lr, steps, seed, start, first_step, order, restore
-            )
+                images, masks, lr, steps, seed, start, first_step, order,
+                restore, anchor)
 
         def body(t, state, loss_sum):
             i = t + first_step
             x, y = self._minibatch(images, masks, order, i)
             step_seed = tf.random.experimental.stateless_fold_in(seed, i)
-            state, loss = self.step(state, x, y, lr, i, step_seed)
+            state, loss = self.step(state, x, y, lr, i, step_seed, anchor)
             return t + 1, state, loss_sum + loss
 
         _, state, loss_sum = tf.while_loop(
@@ -304,7 +322,7 @@ class Adapter:
         return state, loss_sum / tf.maximum(tf.cast(steps, tf.float32), 1.0)
 
     def _adapt_in_place(self, images, masks, lr, steps, seed, start,
-                        first_step, order, restore):
+                        first_step, order, restore, anchor):
         variables = self.model.variables
         saved = weights_lib.snapshot(variables) if restore else None
         trainable_vars = self.trainable_variables
@@ -321,7 +339,7 @@ class Adapter:
             i = t + first_step
             x, y = self._minibatch(images, masks, order, i)
             step_seed = tf.random.experimental.stateless_fold_in(seed, i)
-            state, loss = self.step(state, x, y, lr, i, step_seed)
+            state, loss = self.step(state, x, y, lr, i, step_seed, anchor)
             weights_lib.restore(trainable_vars, state.trainable)
             weights_lib.restore(stat_vars, state.stats)
             return t + 1, state.opt, loss_sum + loss

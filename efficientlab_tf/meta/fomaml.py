@@ -45,6 +45,7 @@ def meta_gradient(adapter, images, masks, lr, steps, tail, seed, start):
         images[n - tail:], masks[n - tail:], lr, 1,
         tf.random.experimental.stateless_fold_in(seed, D_VAL_SEED_TAG),
         start=theta_tr, first_step=steps - 1,
+        anchor=start.trainable if adapter.consensus else None,
     )
     return (
         weights_lib.subtract(theta_val.trainable, theta_tr.trainable),

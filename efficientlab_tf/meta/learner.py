@@ -48,12 +48,13 @@ class TaskFns(NamedTuple):
 
 
 def make_adapter(model, task, batch_size, optimizer="sgd", in_place=True,
-                 variables=None):
+                 variables=None, consensus=0.0):
     """An `Adapter` for `task` (TaskFns) with omega's batch size, optimizer
     and adapted `variables` (None: all trainable ones)."""
     return Adapter(model, task.loss_fn, inner_opt.get_inner_optimizer(optimizer),
                    batch_size=batch_size, in_place=in_place,
-                   predict_fn=task.predict_fn, variables=variables)
+                   predict_fn=task.predict_fn, variables=variables,
+                   consensus=consensus)
 
 
 def all_variables(model, scope):
@@ -95,20 +96,36 @@ class MetaLearner:
         scope_fn: `scope_fn(model, scope) -> variables` (None: all) naming
             what an adaptation scope ("all", "mtl", ...) moves; training
             uses `meta_config.adapt_scope`, evaluation an omega's scope.
+        train_model, train_task: What meta-training's inner loop (and joint
+            training) runs instead of (`model`, `task`): a view of `model`
+            with more outputs and a loss with training-only terms (the
+            feature-clustering regulariser). They must share `model`'s
+            variables. Evaluation always adapts `model` with `task`.
+        consensus: lambda of the inner loop's consensus penalty
+            lambda/2 ||phi - theta||^2 (training only).
     """
 
     def __init__(self, model, meta_config, task, bn_mode="running",
                  jit_compile=False, in_place=False, strategy=None,
-                 scope_fn=all_variables):
+                 scope_fn=all_variables, train_model=None, train_task=None,
+                 consensus=0.0):
         self.model = model
         self.config = meta_config
         self.task = task
         self.bn_mode = bn_mode
         self.in_place = bool(in_place)
         self.scope_fn = scope_fn
-        self.adapter = self._adapter(meta_config.inner_batch,
-                                     meta_config.inner_optimizer,
-                                     meta_config.adapt_scope, in_place)
+        # The training U and the test-time U: the same omega, the training
+        # one with the training-only loss terms (if any).
+        self.eval_adapter = self._adapter(meta_config.inner_batch,
+                                          meta_config.inner_optimizer,
+                                          meta_config.adapt_scope, in_place)
+        self.adapter = self.eval_adapter
+        if train_model is not None or train_task is not None or consensus:
+            self.adapter = make_adapter(
+                train_model or model, train_task or task,
+                meta_config.inner_batch, meta_config.inner_optimizer, in_place,
+                scope_fn(model, meta_config.adapt_scope), consensus=consensus)
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
         if replicas > 1 and in_place:
@@ -282,8 +299,17 @@ class MetaLearner:
         """Classical training: `inner_iters` updates on all tasks' examples."""
         shape = tasks.support_images.shape
         images = tf.reshape(tasks.support_images, [-1] + shape[2:].as_list())
-        masks = tf.reshape(tasks.support_masks,
-                           [-1] + tasks.support_masks.shape[2:].as_list())
+        # Masks get a second channel: the index of the example's task in the
+        # meta-batch (its class). Losses read channel 0 as the mask; the
+        # feature-clustering loss reads channel 1 to keep classes apart.
+        masks = tf.cast(tasks.support_masks, tf.float32)
+        if masks.shape.rank == 4:
+            masks = masks[..., None]
+        ids = tf.broadcast_to(
+            tf.cast(tf.range(shape[0]), tf.float32)[:, None, None, None, None],
+            masks.shape)
+        masks = tf.concat([masks, ids], -1)
+        masks = tf.reshape(masks, [-1] + masks.shape[2:].as_list())
         adapted, loss = self.adapter.adapt(
             images, masks, lr, self.config.inner_iters, seed, restore=False)
         q_img, q_mask = tasks.query_images[0], tasks.query_masks[0]
@@ -297,9 +323,9 @@ class MetaLearner:
     # ---------------------------------------------------------- evaluation
     def _eval_task_impl(self, support_images, support_masks, query_images,
                         query_masks, lr, steps, seed):
-        adapted, _ = self.adapter.adapt(
+        adapted, _ = self.eval_adapter.adapt(
             support_images, support_masks, lr, steps, seed)
-        probs = self.adapter.predict(adapted, query_images)
+        probs = self.eval_adapter.predict(adapted, query_images)
         return self.task.metric_fn(query_masks, probs), probs
 
     def eval_fn(self, batch_size=None, optimizer=None, scope=None):
