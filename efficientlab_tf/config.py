@@ -16,7 +16,9 @@ import json
 import os
 from typing import Optional
 
-ALGORITHMS = ("fomaml", "reptile", "joint")
+ALGORITHMS = ("fomaml", "reptile", "joint", "maml")
+# Algorithms with FOMAML's D_tr / D_val (tail) split.
+TAIL_ALGORITHMS = ("fomaml", "maml")
 DATASETS = ("synthetic", "fss1000", "pascal5i", "fpk")
 DECODERS = ("rsd", "rsd_3_6", "rsd_no_residual", "none", "aspp")
 BN_MODES = ("running", "batch")
@@ -294,7 +296,8 @@ class MetaConfig:
     """Inner- and outer-loop hyperparameters (paper section 5, eqs. 5-9).
 
     Attributes:
-        algo: "fomaml", "reptile" or "joint" (classical training baseline).
+        algo: "fomaml", "reptile", "maml" (second order) or "joint"
+            (classical training baseline).
         train_shots: Examples per meta-training task (10).
         foml_tail: Shots of the final FOMAML batch D_val (5); None for Reptile.
         inner_iters: Inner-loop steps per task (5).
@@ -316,6 +319,9 @@ class MetaConfig:
             training's steps); 0: off. Evaluation never uses it.
         consensus: lambda of the consensus penalty lambda/2 ||phi - theta||^2
             in meta-training's inner loops (Goldblum et al.); 0: off.
+        hard_task_fraction: Fraction of each meta-batch re-drawn from the
+            pool of hard tasks (MTL's HT, `hard_tasks.py`); 0: off.
+        hard_task_pool: Tasks the hard-task pool keeps.
     """
 
     algo: str = "fomaml"
@@ -334,12 +340,23 @@ class MetaConfig:
     adapt_scope: str = "all"
     clustering_weight: float = 0.0
     consensus: float = 0.0
+    hard_task_fraction: float = 0.0
+    hard_task_pool: int = 20
 
     def __post_init__(self):
         _check_choice("algo", self.algo, ALGORITHMS)
         _check_choice("adapt_scope", self.adapt_scope, ADAPT_SCOPES)
         _check_positive("clustering_weight", self.clustering_weight, allow_zero=True)
         _check_positive("consensus_weight", self.consensus, allow_zero=True)
+        if not 0 <= self.hard_task_fraction < 1:
+            raise ValueError("--hard_task_fraction must be in [0, 1) (some "
+                             "tasks of every meta-batch must be new); got "
+                             f"{self.hard_task_fraction}.")
+        if self.hard_task_fraction and self.algo == "joint":
+            raise ValueError("--hard_task_fraction re-draws the tasks of "
+                             "meta-batches: it needs --algo=fomaml or "
+                             "reptile, not joint.")
+        _check_positive("hard_task_pool", self.hard_task_pool)
         if self.consensus and self.algo == "joint":
             raise ValueError(
                 "--consensus_weight pulls each task's adapted weights toward "
@@ -354,16 +371,16 @@ class MetaConfig:
         _check_positive("meta_step", self.meta_step, allow_zero=True)
         _check_positive("meta_step_final", self.meta_step_final, allow_zero=True)
         _check_positive("weight_decay", self.weight_decay, allow_zero=True)
-        if self.algo == "fomaml":
+        if self.algo in TAIL_ALGORITHMS:
             if self.foml_tail is None or not 0 < self.foml_tail < self.train_shots:
                 raise ValueError(
-                    "`foml_tail` must be in [1, train_shots) for algo='fomaml'; "
+                    f"`foml_tail` must be in [1, train_shots) for algo={self.algo!r}; "
                     f"got foml_tail={self.foml_tail!r}, "
                     f"train_shots={self.train_shots}."
                 )
             if self.inner_iters < 2:
                 raise ValueError(
-                    "FOMAML needs `inner_iters` >= 2 (steps on D_tr, then one "
+                    f"{self.algo} needs `inner_iters` >= 2 (steps on D_tr, then one "
                     f"on the tail D_val); got {self.inner_iters}."
                 )
 

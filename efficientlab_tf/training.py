@@ -21,10 +21,13 @@ from efficientlab_tf import io
 from efficientlab_tf import summaries
 from efficientlab_tf import workdir as workdir_lib
 from efficientlab_tf.data.source import meta_batches
+from efficientlab_tf.data.source import tasks_by_index
 from efficientlab_tf.evaluation import plots
 from efficientlab_tf.experiment import Experiment
 from efficientlab_tf.experiment import load_model_weights
 from efficientlab_tf.experiment import resolve_checkpoints  # noqa: F401
+from efficientlab_tf.hard_tasks import HardTaskPool
+from efficientlab_tf.hard_tasks import hard_count
 from efficientlab_tf.meta.learner import linear_meta_step
 
 
@@ -69,9 +72,10 @@ def train(config, model=None):
 class _Prepared:
     """Everything built and restored before the first step."""
 
-    def __init__(self, exp, step, manager, val_tasks, test_tasks):
+    def __init__(self, exp, step, manager, val_tasks, test_tasks, pool=None):
         self.exp, self.step, self.manager = exp, step, manager
         self.val_tasks, self.test_tasks = val_tasks, test_tasks
+        self.pool = pool  # HardTaskPool with --hard_task_fraction, else None.
 
 
 def prepare(config, model=None):
@@ -95,6 +99,10 @@ def prepare(config, model=None):
     trackables = {"model": exp.model, "step": step}
     if learner.meta_optimizer is not None:
         trackables["meta_optimizer"] = learner.meta_optimizer
+    pool = None
+    if cfg.meta.hard_task_fraction:
+        pool = HardTaskPool(cfg.meta.hard_task_pool)
+        trackables.update(pool.trackables())
     ckpt = tf.train.Checkpoint(**trackables)
     manager = tf.train.CheckpointManager(
         ckpt, os.path.join(workdir, "checkpoints"),
@@ -105,7 +113,7 @@ def prepare(config, model=None):
     elif cfg.run.init_from:
         prefix = load_model_weights(exp.model, cfg.run.init_from)
         logging.info("Initialised the model from %s.", prefix)
-    return _Prepared(exp, step, manager, val_tasks, test_tasks)
+    return _Prepared(exp, step, manager, val_tasks, test_tasks, pool)
 
 
 def run(prepared):
@@ -135,6 +143,9 @@ def run(prepared):
     start = int(step)
     batches = iter(meta_batches(exp.source, cfg, start))
     is_joint = cfg.meta.algo == "joint"
+    pool = prepared.pool
+    meta_batch = cfg.meta.meta_batch
+    hard = hard_count(cfg.meta.hard_task_fraction, meta_batch) if pool else 0
     inner_lr = tf.constant(cfg.meta.inner_lr, tf.float32)
     last_time, last_step = time.time(), start
     logging.info("Training %s from step %d to %d in %s.", cfg.meta.algo,
@@ -171,6 +182,14 @@ def run(prepared):
         while int(step) < total:
             s = int(step)
             tasks = next(batches)
+            ids = list(range(s * meta_batch, (s + 1) * meta_batch))
+            picks = pool.sample(hard, (cfg.run.seed, s)) if hard else []
+            if picks:  # The last `hard` tasks are re-drawn from the pool.
+                extra = tasks_by_index(exp.source, cfg, picks)
+                tasks = tf.nest.map_structure(
+                    lambda a, b: tf.concat([a[:meta_batch - hard], b], 0),
+                    tasks, extra)
+                ids = ids[:meta_batch - hard] + picks
             seed = tf.constant([cfg.run.seed, s], tf.int32)
             if is_joint:
                 metrics = learner.joint_step(tasks, inner_lr, seed)
@@ -179,6 +198,7 @@ def run(prepared):
                 meta_lr = linear_meta_step(cfg.meta, s)
                 # Query scores are computed on logging steps only.
                 log = (s + 1) % cfg.run.log_every == 0 or s + 1 == total
+                log = log or bool(hard)  # The pool needs every step's scores.
                 metrics = learner.meta_step(
                     tasks, tf.constant(meta_lr, tf.float32), seed,
                     tf.constant(log))
@@ -190,13 +210,20 @@ def run(prepared):
                     "stopped and nothing was saved or exported, so "
                     f"{manager.latest_checkpoint or 'no checkpoint'} is the "
                     "last finite state. Lower --inner_lr or --meta_step.")
+            if pool is not None:
+                pool.update(ids, metrics["task_scores"].numpy(), s - 1)
             step.assign_add(1)
             if s % cfg.run.log_every == 0 or s == total:
                 now = time.time()
                 rate = (now - last_time) / max(s - last_step, 1)
                 last_time, last_step = now, s
                 values = {k: float(v) for k, v in metrics.items()
-                          if k != "finite"}
+                          if k not in ("finite", "task_scores")}
+                if pool is not None:
+                    hardest = pool.entries()
+                    values["hard_tasks_in_batch"] = float(len(picks))
+                    values["hard_pool_mean_iou"] = float(
+                        np.mean([e[1] for e in hardest])) if hardest else 0.0
                 with writer.as_default():
                     for k, v in values.items():
                         tf.summary.scalar(f"train/{k}", v, step=s)

@@ -150,6 +150,13 @@ def define_flags():
         "consensus_weight", me.consensus,
         "lambda of the consensus penalty lambda/2 ||phi - theta||^2 in the "
         "inner loop (Goldblum et al. 2020's Reptile consensus); 0: off.")
+    flags.DEFINE_float(
+        "hard_task_fraction", me.hard_task_fraction,
+        "Fraction of each meta-batch re-drawn from the pool of recent tasks "
+        "with the lowest post-adaptation IoU (MTL's hard-task meta-batch); "
+        "0: off.")
+    flags.DEFINE_integer("hard_task_pool", me.hard_task_pool,
+                         "Tasks kept in the hard-task pool (checkpointed).")
     flags.DEFINE_enum("eval_adapt_scope", None, c.ADAPT_SCOPES,
                       "Weights U adapts at test time (default: --adapt_scope).")
     flags.DEFINE_integer("eval_every", e.every,

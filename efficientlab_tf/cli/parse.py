@@ -37,14 +37,16 @@ def config_from_flags(f):
                 erase_prob=f.augment_erase)),
         meta=c.MetaConfig(
             algo=f.algo, train_shots=f.train_shots,
-            foml_tail=f.foml_tail if f.algo == "fomaml" else None,
+            foml_tail=f.foml_tail if f.algo in c.TAIL_ALGORITHMS else None,
             inner_iters=f.inner_iters, inner_batch=f.inner_batch,
             inner_lr=f.inner_lr, inner_optimizer=f.inner_optimizer,
             meta_batch=f.meta_batch, meta_step=f.meta_step,
             meta_step_final=f.meta_step_final, meta_iters=f.meta_iters,
             meta_optimizer=f.meta_optimizer, weight_decay=f.weight_decay,
             adapt_scope=f.adapt_scope, clustering_weight=f.clustering_weight,
-            consensus=f.consensus_weight),
+            consensus=f.consensus_weight,
+            hard_task_fraction=f.hard_task_fraction,
+            hard_task_pool=f.hard_task_pool),
         eval=c.EvalConfig(
             shots=f.eval_shots, tasks=f.eval_tasks,
             inner_iters=f.eval_inner_iters, inner_lr=f.eval_inner_lr,

@@ -123,16 +123,17 @@ def build_task_source(config):
     raise ValueError(f"unknown dataset {config.data.dataset!r}.")
 
 
-def meta_batches(source, config, start_step):
-    """Endless, prefetched meta-batches for meta-iterations >= start_step.
+def training_tasks(source, config, first, count=None):
+    """Meta-training tasks first, first + 1, ... of the seeded stream.
 
-    Augmentation (if enabled) is seeded by (run seed, task index), like the
-    tasks themselves, so a resumed run sees exactly the same examples.
+    Task i is a pure function of (run seed, i): its class, its examples and
+    its augmentation (seeded by (run seed, i) like the task itself), so a
+    resumed run, or a hard task re-drawn by index, sees exactly the same
+    examples.
     """
     meta = config.meta
-    first = start_step * meta.meta_batch
     ds = source.tasks("train", meta.train_shots, config.data.train_query_shots,
-                      config.run.seed, start=first)
+                      config.run.seed, start=first, count=count)
     aug = config.data.augment
     if aug.enabled:
         def augment(index, task):
@@ -143,5 +144,21 @@ def meta_batches(source, config, start_step):
         ds = tf.data.Dataset.zip(
             (tf.data.Dataset.range(first, 2**62), ds)).map(
                 augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds
+
+
+def tasks_by_index(source, config, indices):
+    """The training tasks at stream `indices`, stacked into one TaskBatch
+    with a leading axis (the hard tasks of a meta-batch)."""
+    tasks = [next(iter(training_tasks(source, config, int(i), 1)))
+             for i in indices]
+    return tf.nest.map_structure(lambda *xs: tf.stack(xs), *tasks)
+
+
+def meta_batches(source, config, start_step):
+    """Endless, prefetched meta-batches for meta-iterations >= start_step:
+    meta-batch s holds tasks s*M .. s*M + M - 1 (`training_tasks`)."""
+    meta = config.meta
+    ds = training_tasks(source, config, start_step * meta.meta_batch)
     return ds.batch(meta.meta_batch, drop_remainder=True).prefetch(
         tf.data.AUTOTUNE)

@@ -235,6 +235,31 @@ class Adapter:
         new_stats = [new_non_trainable[i] for i in self._stat_idx]
         return AdaptState(new_trainable, new_stats, new_opt), loss
 
+    def loss(self, state, images, masks, seed):
+        """The training-mode loss of `images` under `state`, no update
+        (differentiable with respect to `state.trainable`: MAML's meta-loss)."""
+        non_trainable = self._non_trainable_values(state.stats, seed)
+        logits, _ = self.model.stateless_call(
+            self._full_trainable(state.trainable), non_trainable, images,
+            training=True)
+        return self.loss_fn(masks, logits, list(state.trainable))
+
+    def adapt_unrolled(self, images, masks, lr, steps, seed, start):
+        """`adapt` (on tensors, no restore) with a static Python step count,
+        unrolled: the same updates, minibatches and seeds, and an outer
+        GradientTape can differentiate the result with respect to `start`
+        through every step (second-order MAML). Returns the AdaptState."""
+        seed = tf.cast(seed, tf.int32)
+        lr = tf.cast(lr, tf.float32)
+        order = seeded_permutation(tf.shape(images)[0], seed)
+        anchor = list(start.trainable) if self.consensus else None
+        state = start
+        for t in range(int(steps)):
+            x, y = self._minibatch(images, masks, order, t)
+            step_seed = tf.random.experimental.stateless_fold_in(seed, t)
+            state, _ = self.step(state, x, y, lr, t, step_seed, anchor)
+        return state
+
     def predict(self, state, images, seed=(0, 0)):
         """`predict_fn(logits)` of `images` under `state` (inference)."""
         non_trainable = self._non_trainable_values(

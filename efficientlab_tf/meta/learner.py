@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from efficientlab_tf.meta import fomaml
 from efficientlab_tf.meta import inner_opt
+from efficientlab_tf.meta import maml
 from efficientlab_tf.meta import reptile
 from efficientlab_tf.meta.adapter import Adapter
 
@@ -162,6 +163,10 @@ class MetaLearner:
 
     # ------------------------------------------------------------ training
     def _direction(self, images, masks, lr, steps, seed, start):
+        if self.config.algo == "maml":  # Static step count: unrolled.
+            return maml.meta_gradient(
+                self.adapter, images, masks, lr, self.config.inner_iters,
+                self.config.foml_tail, seed, start)
         if self.config.algo == "fomaml":
             return fomaml.meta_gradient(
                 self.adapter, images, masks, lr, steps,
@@ -169,7 +174,7 @@ class MetaLearner:
         return reptile.meta_gradient(
             self.adapter, images, masks, lr, steps, seed, start)
 
-    def _task_sums(self, tasks, seed, log, first_task=0):
+    def _task_sums(self, tasks, seed, log, first_task=0, total_tasks=None):
         """Sums over `tasks` (leading axis M) of the meta-directions, the
         stats directions, the losses and (if `log`) the pre/post-adaptation
         query scores. Task i is seeded with fold_in(seed, first_task + i), so
@@ -178,17 +183,21 @@ class MetaLearner:
 
         `log` (a bool tensor; one trace for both values) asks for the pre-
         and post-adaptation query scores, two predictions per task that only
-        feed the logs: the outer loop passes True on logging steps only, and
-        the scores are 0 otherwise.
+        feed the logs and the hard-task pool: the outer loop passes True on
+        logging steps (and every step with hard tasks), and the scores are 0
+        otherwise. The last sum is the vector of post-adaptation scores of
+        the whole meta-batch (`total_tasks` long; this call fills positions
+        first_task..), which an all-reduce SUM assembles across replicas.
         """
         cfg = self.config
         adapter = self.adapter
         start = adapter.initial_state()
         num_tasks = tasks.support_images.shape[0]
+        total_tasks = total_tasks or num_tasks
         lr = tf.constant(cfg.inner_lr, tf.float32)
         steps = tf.constant(cfg.inner_iters, tf.int32)
 
-        def body(i, acc, acc_stats, loss, pre, post):
+        def body(i, acc, acc_stats, loss, pre, post, per_task):
             task_seed = tf.random.experimental.stateless_fold_in(
                 seed, first_task + i)
             direction, stats_dir, adapted, task_loss = self._direction(
@@ -205,23 +214,25 @@ class MetaLearner:
 
             pre_iou, post_iou = tf.cond(tf.convert_to_tensor(log), scores,
                                         lambda: (0.0, 0.0))
+            per_task += post_iou * tf.one_hot(first_task + i, total_tasks)
             return (i + 1,
                     [a + d for a, d in zip(acc, direction)],
                     [a + d for a, d in zip(acc_stats, stats_dir)],
-                    loss + task_loss, pre + pre_iou, post + post_iou)
+                    loss + task_loss, pre + pre_iou, post + post_iou, per_task)
 
         zeros = [tf.zeros_like(w) for w in start.trainable]
         zeros_stats = [tf.zeros_like(w) for w in start.stats]
-        _, acc, acc_stats, loss, pre, post = tf.while_loop(
+        _, acc, acc_stats, loss, pre, post, per_task = tf.while_loop(
             lambda i, *_: i < num_tasks, body,
-            (tf.constant(0), zeros, zeros_stats, 0.0, 0.0, 0.0),
+            (tf.constant(0), zeros, zeros_stats, 0.0, 0.0, 0.0,
+             tf.zeros([total_tasks])),
         )
-        return acc, acc_stats, loss, pre, post
+        return acc, acc_stats, loss, pre, post, per_task
 
     def _outer_update(self, sums, num_tasks, meta_lr):
         """theta <- theta + meta_lr * mean direction (or the meta optimizer),
         BN statistics likewise in "running" mode; returns the metrics."""
-        acc, acc_stats, loss, pre, post = sums
+        acc, acc_stats, loss, pre, post, per_task = sums
         adapter = self.adapter
         scale = 1.0 / num_tasks
         direction = [a * scale for a in acc]
@@ -243,6 +254,7 @@ class MetaLearner:
             "pre_adapt_query_iou": pre * scale,
             "post_adapt_query_iou": post * scale,
             "meta_grad_norm": tf.linalg.global_norm(direction),
+            "task_scores": per_task,
             "finite": finite,
         }
 
@@ -262,7 +274,8 @@ class MetaLearner:
             ctx = tf.distribute.get_replica_context()
             count = shard.support_images.shape[0]
             sums = self._task_sums(shard, seed, log,
-                                   ctx.replica_id_in_sync_group * count)
+                                   ctx.replica_id_in_sync_group * count,
+                                   count * strategy.num_replicas_in_sync)
             # One flat vector, one all-reduce (not one per variable).
             flat = tf.nest.flatten(sums)
             structure[:] = [sums, [t.shape for t in flat]]

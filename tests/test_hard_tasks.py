@@ -1,0 +1,113 @@
+"""Hard-task meta-batches: the pool after known scores, seeded re-draws, and a
+resumed run that replays the same hard tasks."""
+
+import dataclasses
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from efficientlab_tf import training
+from efficientlab_tf.config import MetaConfig
+from efficientlab_tf.hard_tasks import HardTaskPool
+from efficientlab_tf.hard_tasks import hard_count
+from tests import helpers
+from tests.test_training import tiny_config
+
+
+class PoolTest(tf.test.TestCase):
+
+    def test_pool_keeps_the_lowest_recent_scores(self):
+        pool = HardTaskPool(size=3, recent=2)
+        pool.update([0, 1, 2, 3], [0.9, 0.2, 0.5, 0.1], step=0)
+        self.assertEqual([e[0] for e in pool.entries()], [3, 1, 2])
+        # Task 1 is scored again (0.95: no longer hard); 4 and 5 are new.
+        pool.update([4, 1, 5], [0.3, 0.95, 0.05], step=1)
+        entries = pool.entries()
+        self.assertEqual([(i, t) for i, _, t in entries], [(5, 1), (3, 0), (4, 1)])
+        self.assertAllClose([s for _, s, _ in entries], [0.05, 0.1, 0.3])
+        # Two iterations later the step-0 entry (task 3) has expired.
+        pool.update([6], [0.99], step=2)
+        self.assertEqual([e[0] for e in pool.entries()], [5, 4, 6])
+
+    def test_sample_is_seeded_and_waits_for_enough_tasks(self):
+        pool = HardTaskPool(size=4)
+        pool.update([10], [0.1], step=0)
+        self.assertEqual(pool.sample(2, (0, 1)), [])
+        pool.update([11, 12, 13], [0.2, 0.3, 0.4], step=1)
+        a = pool.sample(2, (0, 5))
+        self.assertEqual(a, pool.sample(2, (0, 5)))
+        self.assertLen(set(a), 2)
+        self.assertTrue(set(a) <= {10, 11, 12, 13})
+        draws = {tuple(pool.sample(2, (0, s))) for s in range(20)}
+        self.assertGreater(len(draws), 1)
+
+    def test_hard_count(self):
+        self.assertEqual(hard_count(0.0, 5), 0)
+        self.assertEqual(hard_count(0.4, 5), 2)
+        self.assertEqual(hard_count(0.05, 5), 1)
+
+    def test_config_refuses_bad_fractions(self):
+        with self.assertRaisesRegex(ValueError, "hard_task_fraction"):
+            MetaConfig(hard_task_fraction=1.0)
+        with self.assertRaisesRegex(ValueError, "hard_task_fraction"):
+            MetaConfig(algo="joint", foml_tail=None, hard_task_fraction=0.2)
+
+
+class HardTaskTrainingTest(tf.test.TestCase):
+
+    def config(self, workdir):
+        base = tiny_config(workdir, meta_iters=5)
+        return dataclasses.replace(
+            base, meta=dataclasses.replace(base.meta, hard_task_fraction=0.5,
+                                           hard_task_pool=3))
+
+    def train(self, config, crash_at=None):
+        """run_training's seeded run, returning the prepared run (pool)."""
+        keras.utils.set_random_seed(config.run.seed)
+        prepared = training.prepare(config, helpers.tiny_efficientlab(bn_mode="batch"))
+        if crash_at is not None:
+            step_fn = prepared.exp.learner.meta_step
+
+            def crashing(*args):
+                if int(prepared.step) == crash_at:
+                    raise RuntimeError("simulated kill")
+                return step_fn(*args)
+
+            prepared.exp.learner.meta_step = crashing
+        training.run(prepared)
+        return prepared
+
+    def test_killed_run_resumes_with_the_same_pool_and_weights(self):
+        reference = self.train(self.config(tempfile.mkdtemp()))
+        entries = reference.pool.entries()
+        self.assertLen(entries, 3)
+        # The pool holds the tasks of the last iterations (stream indices
+        # 0..9 for 5 meta-batches of 2), hardest first.
+        self.assertTrue(all(0 <= i < 10 for i, _, _ in entries))
+        self.assertEqual([s for _, s, _ in entries],
+                         sorted(s for _, s, _ in entries))
+        # Re-drawn tasks change training: without them the weights differ.
+        plain = self.config(tempfile.mkdtemp())
+        plain = self.train(dataclasses.replace(plain, meta=dataclasses.replace(
+            plain.meta, hard_task_fraction=0.0)))
+        self.assertIsNone(plain.pool)
+        self.assertFalse(all(np.array_equal(a, b) for a, b in zip(
+            reference.exp.model.get_weights(), plain.exp.model.get_weights())))
+        workdir = tempfile.mkdtemp()
+        config = self.config(workdir)
+        with self.assertRaisesRegex(RuntimeError, "simulated kill"):
+            self.train(config, crash_at=3)
+        restored = training.prepare(config, helpers.tiny_efficientlab(bn_mode="batch"))
+        self.assertEqual(int(restored.step), 2)
+        self.assertLen(restored.pool.entries(), 3)  # From the checkpoint.
+        resumed = self.train(config)
+        self.assertEqual(resumed.pool.entries(), entries)
+        for a, b in zip(reference.exp.model.get_weights(),
+                        resumed.exp.model.get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+if __name__ == "__main__":
+    tf.test.main()
