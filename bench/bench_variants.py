@@ -5,7 +5,9 @@
 
 Each variant is the flags' configuration with one change: an adaptation
 scope (`all`, `mtl`, `decoder`, `head`), `clustering` (--clustering_weight
-0.1), `consensus` (--consensus_weight 0.1) or `reptile`. Repeats interleave
+0.1), `consensus` (--consensus_weight 0.1), `reptile` or `maml` (second order,
+FOMAML's D_tr / D_val split). Peak memory is not separable in one process:
+bench_k_memory.py measures it per configuration. Repeats interleave
 the variants (variant a, b, c, a, b, c, ...) so a background load slows them
 alike; the median of `repeats` single meta-steps is printed with its ratio
 to the first variant. Figures go to BENCHMARKS.md with the machine.
@@ -32,7 +34,8 @@ flags.DEFINE_list("variants", ["all", "mtl", "decoder"], "Variants to time.")
 
 EXTRA = {"clustering": {"clustering_weight": 0.1},
          "consensus": {"consensus": 0.1},
-         "reptile": {"algo": "reptile", "foml_tail": None}}
+         "reptile": {"algo": "reptile", "foml_tail": None},
+         "maml": {"algo": "maml"}}
 
 
 def variant_config(config, name):
