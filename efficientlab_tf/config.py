@@ -148,6 +148,9 @@ class ModelConfig:
             the statistics of the batch it sees, also at prediction time
             (transductive over the query batch).
         num_classes: Output channels (background, target).
+        learned_lr: The network carries learned per-variable multipliers
+            of the inner learning rate (Meta-SGD / LSLR; `InnerRates`),
+            used by every adaptation and moved by FOMAML meta-training.
     """
 
     encoder: str = "efficientnet_b0"
@@ -161,6 +164,7 @@ class ModelConfig:
     drop_connect_rate: float = 0.2
     bn_mode: str = "running"
     num_classes: int = 2
+    learned_lr: bool = False
 
     def __post_init__(self):
         _check_choice("encoder", self.encoder, ENCODERS)
@@ -322,6 +326,8 @@ class MetaConfig:
         hard_task_fraction: Fraction of each meta-batch re-drawn from the
             pool of hard tasks (MTL's HT, `hard_tasks.py`); 0: off.
         hard_task_pool: Tasks the hard-task pool keeps.
+        learned_lr_step: Step size (times the meta step size) of the learned
+            log inner learning rates (with `ModelConfig.learned_lr`).
     """
 
     algo: str = "fomaml"
@@ -342,6 +348,7 @@ class MetaConfig:
     consensus: float = 0.0
     hard_task_fraction: float = 0.0
     hard_task_pool: int = 20
+    learned_lr_step: float = 0.1
 
     def __post_init__(self):
         _check_choice("algo", self.algo, ALGORITHMS)
@@ -697,6 +704,14 @@ class ExperimentConfig:
                 f"--eval_parallel={self.eval.parallel} adapts tasks side by "
                 "side, which adaptation in place cannot (it writes the "
                 "variables); use --eval_parallel=1 with --adapt_in_place.")
+        if self.model.learned_lr and (self.meta.algo in ("reptile", "maml")
+                                      or self.meta.inner_optimizer != "sgd"):
+            raise ValueError(
+                "--learned_lr meta-learns the inner learning rates with "
+                "FOMAML's first-order rule on SGD steps: use --algo=fomaml "
+                f"(or joint, which leaves them at 1) and --inner_optimizer=sgd; "
+                f"got --algo={self.meta.algo} --inner_optimizer="
+                f"{self.meta.inner_optimizer}.")
         if self.run.strategy != "default" and self.meta.algo == "joint":
             raise ValueError(
                 f"--strategy={self.run.strategy} spreads the meta-batch of "

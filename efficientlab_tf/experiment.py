@@ -17,6 +17,7 @@ from efficientlab_tf.data.source import build_task_source
 from efficientlab_tf.evaluation import protocol
 from efficientlab_tf.export.saved_model import export_saved_model
 from efficientlab_tf.model.efficientlab import build_efficientlab
+from efficientlab_tf.model.efficientlab import inner_rates
 
 # Evaluation support sets are augmented with seeds derived from the
 # evaluation seed and the task index under this tag, disjoint from the
@@ -60,9 +61,22 @@ def load_model_weights(model, path):
     For a folder the newest readable checkpoint is used (a truncated newest
     one is skipped with a warning naming both). Returns the prefix used.
     """
+    prefixes = resolve_checkpoints(path)
+    rates = inner_rates(model)
     try:
-        return workdir_lib.restore_intact(_ModelOnly(model=model),
-                                          resolve_checkpoints(path))
+        names = [n for n, _ in tf.train.list_variables(prefixes[-1])]
+    except Exception:  # noqa: BLE001 (an unreadable newest one: see below)
+        names = []
+    # Checkpoint keys name the variable's attribute (".../log_rates/...").
+    if rates is None and any("/log_rates/" in n for n in names):
+        raise ValueError(
+            f"{path!r} was trained with --learned_lr (learned inner learning "
+            "rates, saved in its checkpoint); load it with --learned_lr so "
+            "its adaptation uses them.")
+    try:
+        return workdir_lib.restore_intact(
+            _ModelOnly(model=model), prefixes,
+            optional=() if rates is None else (rates,))
     except workdir_lib.CheckpointError as e:
         raise ValueError(
             f"{path!r} does not match this model (different encoder, decoder "

@@ -16,6 +16,7 @@ from efficientlab_tf.meta.learner import MetaLearner
 from efficientlab_tf.meta.learner import TaskFns
 from efficientlab_tf.meta.learner import make_adapter
 from efficientlab_tf.model.efficientlab import foreground_probability
+from efficientlab_tf.model.efficientlab import inner_rates
 from efficientlab_tf.model.efficientlab import scope_variables
 from efficientlab_tf.model.losses import segmentation_loss
 from efficientlab_tf.model.metrics import binary_iou
@@ -50,9 +51,10 @@ def clustering_task(weight_decay, weight, num_classes):
             num_classes)
         return loss + weight * ratio
 
-    return TaskFns(loss_fn=loss_fn,
-                   predict_fn=lambda outputs: foreground_probability(outputs[0]),
-                   metric_fn=binary_iou)
+    def predict_fn(outputs):
+        return foreground_probability(outputs[0])
+
+    return TaskFns(loss_fn=loss_fn, predict_fn=predict_fn, metric_fn=binary_iou)
 
 
 def feature_view(model):
@@ -72,7 +74,8 @@ def build_adapter(model, meta_config, in_place=True, batch_size=None,
                         optimizer or meta_config.inner_optimizer,
                         in_place=in_place,
                         variables=scope_variables(
-                            model, scope or meta_config.adapt_scope))
+                            model, scope or meta_config.adapt_scope),
+                        rates=inner_rates(model))
 
 
 def build_learner(model, config, strategy=None):
@@ -91,4 +94,4 @@ def build_learner(model, config, strategy=None):
                        in_place=config.run.adapt_in_place,
                        strategy=strategy, scope_fn=scope_variables,
                        train_model=train_model, train_task=train_task,
-                       consensus=meta.consensus)
+                       consensus=meta.consensus, rates=inner_rates(model))

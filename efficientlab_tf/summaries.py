@@ -33,6 +33,10 @@ def run_hparams(config):
         "meta_batch": me.meta_batch, "meta_step": me.meta_step,
         "meta_step_final": me.meta_step_final, "meta_iters": me.meta_iters,
         "meta_optimizer": me.meta_optimizer, "weight_decay": me.weight_decay,
+        "adapt_scope": me.adapt_scope, "clustering_weight": me.clustering_weight,
+        "consensus_weight": me.consensus,
+        "hard_task_fraction": me.hard_task_fraction,
+        "learned_lr": m.learned_lr,
         "eval_lr": omega.lr, "eval_steps": omega.steps,
         "eval_batch": omega.batch_size, "eval_shots": config.eval.shots,
         "augment": ",".join(name for name, on in (

@@ -21,6 +21,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -162,13 +163,25 @@ def check_resumable(workdir, config_dict, record="config.json"):
             "another --workdir for a new run.")
 
 
-def restore_intact(checkpoint, prefixes, what="checkpoint"):
+def _only_optional_unmatched(error, optional):
+    """Whether `error` (from assert_existing_objects_matched) says that
+    exactly the variables in `optional` were missing from the checkpoint."""
+    found = re.search(r"Found (\d+) Python objects that were not bound",
+                      str(error))
+    return (found is not None and int(found.group(1)) == len(optional)
+            and all(v.path in str(error) for v in optional))
+
+
+def restore_intact(checkpoint, prefixes, what="checkpoint", optional=()):
     """Restores the newest of `prefixes` that reads; returns its prefix.
 
     Args:
         checkpoint: A `tf.train.Checkpoint`.
         prefixes: Checkpoint prefixes, oldest first.
         what: Word for messages.
+        optional: Variables a checkpoint may lack (they keep their values;
+            e.g. learned inner learning rates when warm-starting from a run
+            without them).
 
     Raises:
         CheckpointError: none could be restored (every reason listed).
@@ -176,7 +189,13 @@ def restore_intact(checkpoint, prefixes, what="checkpoint"):
     failures = []
     for prefix in reversed(list(prefixes)):
         try:
-            checkpoint.restore(prefix).assert_existing_objects_matched()
+            try:
+                checkpoint.restore(prefix).assert_existing_objects_matched()
+            except AssertionError as e:
+                if not (optional and _only_optional_unmatched(e, optional)):
+                    raise
+                logging.info("%s has no %s; kept their values.", prefix,
+                             ", ".join(v.path for v in optional))
         except Exception as e:  # noqa: BLE001 (truncation raises IndexError)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             failures.append(f"{prefix}: {type(e).__name__}: {first[:200]}")

@@ -54,6 +54,12 @@ def define_flags():
         "running: moving averages at inference, restored after each task, "
         "meta-learned toward post-adaptation values (paper). batch: batch "
         "statistics always, also on the query batch (transductive).")
+    flags.DEFINE_bool(
+        "learned_lr", m.learned_lr,
+        "The network carries one learned multiplier of the inner learning "
+        "rate per weight tensor (Meta-SGD / MAML++ LSLR), meta-learned by "
+        "FOMAML, saved in checkpoints and SavedModels, used by every "
+        "adaptation (few_shot included).")
     # Data (DataConfig, AugmentConfig).
     flags.DEFINE_enum("dataset", d.dataset, c.DATASETS, "Task family.")
     flags.DEFINE_string("data_dir", None, "Dataset root (on-disk datasets).")
@@ -157,6 +163,9 @@ def define_flags():
         "0: off.")
     flags.DEFINE_integer("hard_task_pool", me.hard_task_pool,
                          "Tasks kept in the hard-task pool (checkpointed).")
+    flags.DEFINE_float("learned_lr_step", me.learned_lr_step,
+                       "--learned_lr: step size of the log learning rates "
+                       "(times the meta step size).")
     flags.DEFINE_enum("eval_adapt_scope", None, c.ADAPT_SCOPES,
                       "Weights U adapts at test time (default: --adapt_scope).")
     flags.DEFINE_integer("eval_every", e.every,

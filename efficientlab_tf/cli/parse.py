@@ -23,7 +23,8 @@ def config_from_flags(f):
             image_size=f.image_size, cut_stage=f.cut_stage,
             skip_stage=f.skip_stage, decoder=f.decoder,
             decoder_filters=f.decoder_filters, dropout=f.dropout,
-            drop_connect_rate=f.drop_connect_rate, bn_mode=f.bn_mode),
+            drop_connect_rate=f.drop_connect_rate, bn_mode=f.bn_mode,
+            learned_lr=f.learned_lr),
         data=c.DataConfig(
             dataset=f.dataset, data_dir=f.data_dir, query_shots=f.query_shots,
             train_query_shots=f.train_query_shots,
@@ -46,7 +47,8 @@ def config_from_flags(f):
             adapt_scope=f.adapt_scope, clustering_weight=f.clustering_weight,
             consensus=f.consensus_weight,
             hard_task_fraction=f.hard_task_fraction,
-            hard_task_pool=f.hard_task_pool),
+            hard_task_pool=f.hard_task_pool,
+            learned_lr_step=f.learned_lr_step),
         eval=c.EvalConfig(
             shots=f.eval_shots, tasks=f.eval_tasks,
             inner_iters=f.eval_inner_iters, inner_lr=f.eval_inner_lr,

@@ -98,10 +98,14 @@ class Adapter:
             Meta-Learning", section 4.2: Reptile with a consensus term),
             theta being the start of the task's adaptation (`adapt`'s
             `anchor`); 0: the plain loss.
+        rates: A non-trainable variable of the model holding one log
+            learning-rate multiplier per trainable variable (in
+            `model.trainable_variables` order; Meta-SGD/LSLR): variable i
+            steps with lr * exp(rates[i]). None: omega's lr for all.
     """
 
     def __init__(self, model, loss_fn, optimizer, batch_size=8, in_place=True,
-                 predict_fn=None, variables=None, consensus=0.0):
+                 predict_fn=None, variables=None, consensus=0.0, rates=None):
         if batch_size <= 0:
             raise ValueError(f"`batch_size` must be positive; got {batch_size}.")
         self.model = model
@@ -113,6 +117,7 @@ class Adapter:
         if consensus < 0:
             raise ValueError(f"`consensus` must be >= 0; got {consensus}.")
         self.consensus = float(consensus)
+        self.rates = rates
         # Written down by the model's dtype policy; 1 unless it is float16.
         self.loss_scale = (FLOAT16_LOSS_SCALE
                            if model.dtype_policy.compute_dtype == "float16"
@@ -139,6 +144,7 @@ class Adapter:
         self._stat_idx = [
             i for i, v in enumerate(non_trainable)
             if _is_float(v) and not _is_seed_state(v)
+            and (rates is None or v is not rates)
         ]
 
     # ----------------------------------------------------------------- state
@@ -230,10 +236,17 @@ class Adapter:
         if self.loss_scale != 1.0:
             grads = [g / self.loss_scale for g in grads]
         new_trainable, new_opt = self.optimizer.update(
-            trainable, grads, state.opt, lr, step
+            trainable, grads, state.opt, self.learning_rates(lr), step
         )
         new_stats = [new_non_trainable[i] for i in self._stat_idx]
         return AdaptState(new_trainable, new_stats, new_opt), loss
+
+    def learning_rates(self, lr):
+        """omega's lr, or one per adapted variable: lr * exp(learned rate)."""
+        if self.rates is None:
+            return lr
+        multipliers = tf.exp(tf.gather(self.rates, self._adapted_idx))
+        return tf.unstack(lr * multipliers, num=len(self._adapted_idx))
 
     def loss(self, state, images, masks, seed):
         """The training-mode loss of `images` under `state`, no update

@@ -9,6 +9,16 @@ beta1 = 0, as in SR's Reptile.
 import tensorflow as tf
 
 
+def per_param(lr, params):
+    """`lr` as one learning rate per parameter tensor (a scalar is shared;
+    a list gives each tensor its own, e.g. learned per-layer rates)."""
+    if isinstance(lr, (list, tuple)):
+        if len(lr) != len(params):
+            raise ValueError(f"{len(lr)} learning rates for {len(params)} tensors.")
+        return list(lr)
+    return [lr] * len(params)
+
+
 class SGD:
     """theta <- theta - lr * g. No state."""
 
@@ -20,7 +30,8 @@ class SGD:
 
     def update(self, params, grads, state, lr, step):
         del step
-        new = [p - lr * g for p, g in zip(params, grads, strict=True)]
+        new = [p - a * g for p, g, a in zip(params, grads, per_param(lr, params),
+                                            strict=True)]
         return new, state
 
 
@@ -40,10 +51,11 @@ class Adam:
         t = tf.cast(step, tf.float32) + 1.0
         correction = 1.0 - tf.pow(self.beta2, t)
         new_params, new_state = [], []
-        for p, g, v in zip(params, grads, state, strict=True):
+        for p, g, v, a in zip(params, grads, state, per_param(lr, params),
+                              strict=True):
             v = self.beta2 * v + (1.0 - self.beta2) * tf.square(g)
             new_params.append(
-                p - lr * g / (tf.sqrt(v / correction) + self.epsilon)
+                p - a * g / (tf.sqrt(v / correction) + self.epsilon)
             )
             new_state.append(v)
         return new_params, tuple(new_state)

@@ -49,13 +49,13 @@ class TaskFns(NamedTuple):
 
 
 def make_adapter(model, task, batch_size, optimizer="sgd", in_place=True,
-                 variables=None, consensus=0.0):
+                 variables=None, consensus=0.0, rates=None):
     """An `Adapter` for `task` (TaskFns) with omega's batch size, optimizer
     and adapted `variables` (None: all trainable ones)."""
     return Adapter(model, task.loss_fn, inner_opt.get_inner_optimizer(optimizer),
                    batch_size=batch_size, in_place=in_place,
                    predict_fn=task.predict_fn, variables=variables,
-                   consensus=consensus)
+                   consensus=consensus, rates=rates)
 
 
 def all_variables(model, scope):
@@ -104,18 +104,27 @@ class MetaLearner:
             variables. Evaluation always adapts `model` with `task`.
         consensus: lambda of the inner loop's consensus penalty
             lambda/2 ||phi - theta||^2 (training only).
+        rates: The model's learned log inner learning rates (Meta-SGD /
+            LSLR; `Adapter`'s `rates`), used by every adaptation and, with
+            FOMAML, meta-learned by the first-order rule of
+            `_rate_gradient`; None: omega's lr for every variable.
     """
 
     def __init__(self, model, meta_config, task, bn_mode="running",
                  jit_compile=False, in_place=False, strategy=None,
                  scope_fn=all_variables, train_model=None, train_task=None,
-                 consensus=0.0):
+                 consensus=0.0, rates=None):
         self.model = model
         self.config = meta_config
         self.task = task
         self.bn_mode = bn_mode
         self.in_place = bool(in_place)
         self.scope_fn = scope_fn
+        self.rates = rates
+        if rates is not None and (meta_config.algo in ("reptile", "maml")
+                                  or meta_config.inner_optimizer != "sgd"):
+            raise ValueError("learned inner learning rates are meta-learned "
+                             "with FOMAML on SGD inner steps.")
         # The training U and the test-time U: the same omega, the training
         # one with the training-only loss terms (if any).
         self.eval_adapter = self._adapter(meta_config.inner_batch,
@@ -126,7 +135,8 @@ class MetaLearner:
             self.adapter = make_adapter(
                 train_model or model, train_task or task,
                 meta_config.inner_batch, meta_config.inner_optimizer, in_place,
-                scope_fn(model, meta_config.adapt_scope), consensus=consensus)
+                scope_fn(model, meta_config.adapt_scope), consensus=consensus,
+                rates=rates)
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
         if replicas > 1 and in_place:
@@ -159,7 +169,26 @@ class MetaLearner:
 
     def _adapter(self, batch_size, optimizer, scope, in_place):
         return make_adapter(self.model, self.task, batch_size, optimizer,
-                            in_place, self.scope_fn(self.model, scope))
+                            in_place, self.scope_fn(self.model, scope),
+                            rates=self.rates)
+
+    def _rate_gradient(self, start, direction, adapted, lr):
+        """First-order d L_val / d log r_i of one FOMAML task, per adapted
+        variable i (Meta-SGD's rule without second-order terms).
+
+        With SGD steps theta_tr = theta - sum_t lr r_i g_t, so (ignoring
+        how the g_t depend on r) d theta_tr / d r_i = (theta_tr - theta)_i
+        / r_i; the tail step gives g_val = (theta_tr - theta_val)_i /
+        (lr r_i). Hence d L_val / d log r_i = r_i d L_val / d r_i
+        = <theta_tr - theta_val, theta_tr - theta>_i / (lr r_i): FOMAML's two
+        directions already hold everything.
+        """
+        r = tf.exp(tf.gather(self.rates, self.adapter._adapted_idx))
+        theta_tr = [a - d for a, d in zip(adapted.trainable, direction)]
+        dots = tf.stack([
+            tf.reduce_sum(-d * (t - s))
+            for d, t, s in zip(direction, theta_tr, start.trainable)])
+        return dots / (lr * r)
 
     # ------------------------------------------------------------ training
     def _direction(self, images, masks, lr, steps, seed, start):
@@ -197,7 +226,9 @@ class MetaLearner:
         lr = tf.constant(cfg.inner_lr, tf.float32)
         steps = tf.constant(cfg.inner_iters, tf.int32)
 
-        def body(i, acc, acc_stats, loss, pre, post, per_task):
+        use_rates = self.rates is not None and cfg.algo == "fomaml"
+
+        def body(i, acc, acc_stats, loss, pre, post, per_task, acc_rates):
             task_seed = tf.random.experimental.stateless_fold_in(
                 seed, first_task + i)
             direction, stats_dir, adapted, task_loss = self._direction(
@@ -215,24 +246,28 @@ class MetaLearner:
             pre_iou, post_iou = tf.cond(tf.convert_to_tensor(log), scores,
                                         lambda: (0.0, 0.0))
             per_task += post_iou * tf.one_hot(first_task + i, total_tasks)
+            if use_rates:
+                acc_rates += self._rate_gradient(start, direction, adapted, lr)
             return (i + 1,
                     [a + d for a, d in zip(acc, direction)],
                     [a + d for a, d in zip(acc_stats, stats_dir)],
-                    loss + task_loss, pre + pre_iou, post + post_iou, per_task)
+                    loss + task_loss, pre + pre_iou, post + post_iou, per_task,
+                    acc_rates)
 
         zeros = [tf.zeros_like(w) for w in start.trainable]
         zeros_stats = [tf.zeros_like(w) for w in start.stats]
-        _, acc, acc_stats, loss, pre, post, per_task = tf.while_loop(
+        rate_count = len(start.trainable) if use_rates else 0
+        _, acc, acc_stats, loss, pre, post, per_task, acc_rates = tf.while_loop(
             lambda i, *_: i < num_tasks, body,
             (tf.constant(0), zeros, zeros_stats, 0.0, 0.0, 0.0,
-             tf.zeros([total_tasks])),
+             tf.zeros([total_tasks]), tf.zeros([rate_count])),
         )
-        return acc, acc_stats, loss, pre, post, per_task
+        return acc, acc_stats, loss, pre, post, per_task, acc_rates
 
     def _outer_update(self, sums, num_tasks, meta_lr):
         """theta <- theta + meta_lr * mean direction (or the meta optimizer),
         BN statistics likewise in "running" mode; returns the metrics."""
-        acc, acc_stats, loss, pre, post, per_task = sums
+        acc, acc_stats, loss, pre, post, per_task, acc_rates = sums
         adapter = self.adapter
         scale = 1.0 / num_tasks
         direction = [a * scale for a in acc]
@@ -249,6 +284,10 @@ class MetaLearner:
         if self.bn_mode == "running":
             for v, d in zip(adapter.stat_variables, acc_stats):
                 v.assign_add(meta_lr * d * scale)
+        if acc_rates.shape[0]:  # Gradient descent on the log-rates.
+            step = meta_lr * self.config.learned_lr_step * acc_rates * scale
+            self.rates.assign(self.rates.value - tf.scatter_nd(
+                [[i] for i in adapter._adapted_idx], step, self.rates.shape))
         return {
             "meta_train_loss": loss * scale,
             "pre_adapt_query_iou": pre * scale,

@@ -17,6 +17,7 @@ from efficientlab_tf.model.encoder import build_encoder
 from efficientlab_tf.model.encoder import endpoint_name
 from efficientlab_tf.model.layers import ASPP
 from efficientlab_tf.model.layers import BatchNorm
+from efficientlab_tf.model.layers import InnerRates
 from efficientlab_tf.model.layers import ResidualSkipDecoder
 
 # DeepLabv3+ reduces the low-level skip to 48 channels before the concat.
@@ -150,6 +151,9 @@ def _build(config, encoder):
             f"({x.shape[1]} px)."
         )
     logits = _upsample(x, size // x.shape[1], "upsample_logits")
+    if config.learned_lr:  # One log-rate per trainable variable built so far.
+        count = len(keras.Model(images, logits).trainable_variables)
+        logits = InnerRates(count, name=RATES_LAYER)(logits)
     return keras.Model(images, logits, name="efficientlab")
 
 
@@ -157,6 +161,17 @@ def _build(config, encoder):
 # (evaluation only) moves nothing: see evaluation/prototype.py.
 ADAPT_SCOPES = ("all", "mtl", "decoder", "head")
 HEAD_LAYER = "head_logits"
+RATES_LAYER = "inner_rates"
+
+
+def inner_rates(model):
+    """The learned log-rates variable of a model built with
+    `ModelConfig.learned_lr` (one per trainable variable, in
+    `model.trainable_variables` order), or None."""
+    names = {layer.name for layer in model.layers}
+    if RATES_LAYER not in names:
+        return None
+    return model.get_layer(RATES_LAYER).log_rates
 
 
 def _encoder_layer(model):

@@ -210,3 +210,35 @@ class ASPP(keras.layers.Layer):
             "rates": list(self.rates),
             "batch_stats": self.batch_stats,
         }
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class InnerRates(keras.layers.Layer):
+    """Learned per-variable multipliers of the inner learning rate (Meta-SGD,
+    Li et al. 2017, per layer as MAML++'s LSLR, Antoniou et al. 2019).
+
+    Identity on its input. It holds `log_rates`, one per trainable variable
+    of the network built before it (0 = multiplier 1), inside the network so
+    checkpoints and SavedModels carry them. Keras does not train them
+    (trainable=False): the update routine multiplies omega's lr by
+    exp(log_rates) per variable, and meta-training moves them with their own
+    first-order rule (meta/learner.py).
+    """
+
+    def __init__(self, count, **kwargs):
+        super().__init__(**kwargs)
+        self.count = int(count)
+
+    def build(self, input_shape):
+        self.log_rates = self.add_weight(
+            shape=(self.count,), initializer="zeros", trainable=False,
+            name="log_rates", dtype="float32")
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "count": self.count}
