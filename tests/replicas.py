@@ -60,7 +60,7 @@ def mirrored(algo, meta_optimizer):
             m = lrn.meta_step(helpers.random_task(meta_batch=4, seed=step),
                               tf.constant(0.5), tf.constant([1, step]),
                               tf.constant(True))
-            metrics.append({k: float(v) for k, v in m.items()})
+            metrics.append({k: np.asarray(v).tolist() for k, v in m.items()})
         out[name] = metrics
     diffs = [float(np.max(np.abs(a - b))) for a, b in
              zip(many.model.get_weights(), one.model.get_weights())]

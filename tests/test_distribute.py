@@ -74,8 +74,11 @@ class MirroredTest(tf.test.TestCase):
         self.assertGreater(out["max_abs_moved"], 1e-3)  # The steps did move.
         self.assertLess(out["max_abs_diff"], 1e-6)
         for a, b in zip(out["mirrored"], out["one"]):
-            for key in ("meta_train_loss", "post_adapt_query_iou"):
+            # task_scores: each replica fills its tasks' places of the
+            # meta-batch's score vector, the all-reduce assembles it.
+            for key in ("meta_train_loss", "post_adapt_query_iou", "task_scores"):
                 self.assertAllClose(a[key], b[key], atol=1e-5)
+            self.assertLen(a["task_scores"], 4)
 
     def test_two_replicas_equal_one_device_reptile_adam(self):
         # Adam divides by sqrt(v): near-zero directions amplify the rounding
