@@ -16,6 +16,8 @@ for f in 0 1 2 3; do jobs+=("fold$f/joint_imagenet --fold=$f --algo=joint --enco
 for f in 0 1 2 3; do jobs+=("fold$f/fomaml_imagenet --fold=$f --algo=fomaml --encoder_weights=imagenet"); done
 for f in 0 1 2 3; do jobs+=("fold$f/mtl_joint --fold=$f --algo=fomaml --adapt_scope=mtl --init_from=$R/fold$f/joint_imagenet"); done
 for f in 0 1 2 3; do jobs+=("fold$f/fomaml_joint --fold=$f --algo=fomaml --init_from=$R/fold$f/joint_imagenet"); done
+# Compute-matched control for fomaml_joint: joint training continued for as many iterations.
+for f in 0 1 2 3; do jobs+=("fold$f/joint_joint --fold=$f --algo=joint --init_from=$R/fold$f/joint_imagenet"); done
 for f in 0 1 2 3; do jobs+=("fold$f/joint_clust_imagenet --fold=$f --algo=joint --encoder_weights=imagenet --clustering_weight=0.1"); done
 for f in 0 1 2 3; do jobs+=("fold$f/fomaml_clust_imagenet --fold=$f --algo=fomaml --encoder_weights=imagenet --clustering_weight=0.1"); done
 for f in 0 1 2 3; do jobs+=("fold$f/metasgd_imagenet --fold=$f --algo=fomaml --encoder_weights=imagenet --learned_lr"); done
