@@ -4,7 +4,6 @@ resumed run that replays the same hard tasks."""
 import dataclasses
 import tempfile
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -13,6 +12,7 @@ from efficientlab_tf.config import MetaConfig
 from efficientlab_tf.hard_tasks import HardTaskPool
 from efficientlab_tf.hard_tasks import hard_count
 from tests import helpers
+from tests.test_training import prepared_run
 from tests.test_training import tiny_config
 
 
@@ -64,20 +64,7 @@ class HardTaskTrainingTest(tf.test.TestCase):
                                            hard_task_pool=3))
 
     def train(self, config, crash_at=None):
-        """run_training's seeded run, returning the prepared run (pool)."""
-        keras.utils.set_random_seed(config.run.seed)
-        prepared = training.prepare(config, helpers.tiny_efficientlab(bn_mode="batch"))
-        if crash_at is not None:
-            step_fn = prepared.exp.learner.meta_step
-
-            def crashing(*args):
-                if int(prepared.step) == crash_at:
-                    raise RuntimeError("simulated kill")
-                return step_fn(*args)
-
-            prepared.exp.learner.meta_step = crashing
-        training.run(prepared)
-        return prepared
+        return prepared_run(config, crash_at)[0]
 
     def test_killed_run_resumes_with_the_same_pool_and_weights(self):
         reference = self.train(self.config(tempfile.mkdtemp()))

@@ -29,7 +29,9 @@ def tiny_config(workdir, algo="fomaml", meta_iters=4, **run):
     )
 
 
-def run_training(config, crash_at=None):
+def prepared_run(config, crash_at=None):
+    """A seeded tiny run (crashing before meta-step `crash_at`, like kill
+    -9, if given); returns (the prepared run, its results)."""
     keras.utils.set_random_seed(config.run.seed)
     model = helpers.tiny_efficientlab(bn_mode="batch")
     prepared = training.prepare(config, model)
@@ -42,8 +44,12 @@ def run_training(config, crash_at=None):
             return step_fn(*args)
 
         prepared.exp.learner.meta_step = crashing
-    results = training.run(prepared)
-    return model, results
+    return prepared, training.run(prepared)
+
+
+def run_training(config, crash_at=None):
+    prepared, results = prepared_run(config, crash_at)
+    return prepared.exp.model, results
 
 
 class TrainingTest(tf.test.TestCase):
