@@ -26,14 +26,18 @@ flags.DEFINE_integer("iters", 5, "Calls per repeat.")
 
 
 def _median_seconds(fn, repeats, iters):
-    fn()  # trace / warm up
+    """(seconds of the first call: trace, and XLA compile with --jit_compile;
+    median seconds per call over `repeats` runs of `iters` calls)."""
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(iters):
             fn()
         times.append((time.perf_counter() - start) / iters)
-    return statistics.median(times)
+    return first, statistics.median(times)
 
 
 def main(argv):
@@ -50,14 +54,14 @@ def main(argv):
         step = lambda: learner.joint_step(tasks, meta_lr, seed)["meta_train_loss"].numpy()  # noqa: E731
     else:
         step = lambda: learner.meta_step(tasks, meta_lr, seed)["meta_train_loss"].numpy()  # noqa: E731
-    s_step = _median_seconds(step, f.repeats, f.iters)
+    first_step, s_step = _median_seconds(step, f.repeats, f.iters)
     images_per_step = config.meta.meta_batch * (
         config.meta.train_shots + config.data.train_query_shots)
     # Many batches per repeat, so the prefetch buffer cannot flatter the rate.
-    s_pipe = _median_seconds(lambda: next(batches), f.repeats, 40)
+    _, s_pipe = _median_seconds(lambda: next(batches), f.repeats, 40)
     task = exp.eval_tasks("val", count=1)[0]
     lr, steps = tf.constant(config.eval_inner_lr), tf.constant(config.eval_inner_iters)
-    s_eval = _median_seconds(
+    first_eval, s_eval = _median_seconds(
         lambda: learner.eval_task(*task, lr, steps, seed)[0].numpy(),
         f.repeats, f.iters)
     print(f"algo={config.meta.algo} encoder={config.model.encoder} "
@@ -68,12 +72,14 @@ def main(argv):
           f"replicas={exp.strategy.num_replicas_in_sync} "
           f"xla={config.run.jit_compile}")
     print(f"meta-iteration: {s_step:.3f} s (median of {f.repeats}), "
-          f"{images_per_step / s_step:.1f} task images/s consumed")
+          f"{images_per_step / s_step:.1f} task images/s consumed; first call "
+          f"(trace{' + XLA compile' if config.run.jit_compile else ''}) "
+          f"{first_step:.1f} s")
     print(f"input pipeline: {images_per_step / s_pipe:.1f} images/s produced "
           f"({s_pipe * 1000:.1f} ms per meta-batch)")
     print(f"evaluation task ({config.eval.shots}-shot, "
           f"{config.eval_inner_iters} steps): {s_eval:.3f} s, "
-          f"{1 / s_eval:.2f} tasks/s")
+          f"{1 / s_eval:.2f} tasks/s; first call {first_eval:.1f} s")
 
 
 if __name__ == "__main__":

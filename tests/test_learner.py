@@ -54,6 +54,41 @@ class XLATest(tf.test.TestCase):
             self.assertAllClose(a, b, atol=1e-5)
 
 
+    def test_evaluation_under_xla_equals_the_graph_one(self):
+        # --jit_compile reaches evaluation (eval_task, an omega's eval_fn)
+        # and UHO's stepper: same adaptation, same query probabilities up to
+        # float rounding, and the model's weights are left untouched.
+        task = helpers.random_task(shots=4, query=2)
+        out = {}
+        for jit in (False, True):
+            keras.utils.set_random_seed(0)
+            model = helpers.tiny_efficientlab(bn_mode="batch", dropout=0.0)
+            config = MetaConfig(algo="fomaml", train_shots=4, foml_tail=2,
+                                inner_iters=3, inner_batch=2, inner_lr=0.05)
+            learner = MetaLearner(model, config,
+                                  segmentation.task_fns(config.weight_decay),
+                                  bn_mode="batch", jit_compile=jit)
+            before = helpers.variable_values(model)
+            args = (task.support_images, task.support_masks,
+                    task.query_images, task.query_masks, tf.constant(0.05),
+                    tf.constant(4), SEED)
+            iou, probs = learner.eval_task(*args)
+            iou3, probs3 = learner.eval_fn(batch_size=3)(*args)
+            start, advance = learner.stepper()
+            state, pre = start(task.query_images, task.query_masks)
+            state, post = advance(task.support_images, task.support_masks,
+                                  task.query_images, task.query_masks, state,
+                                  tf.constant(0.05), tf.constant(0), SEED)
+            for b, a in zip(before, helpers.variable_values(model)):
+                np.testing.assert_array_equal(a, b)
+            out[jit] = [iou, probs, iou3, probs3, pre, post]
+        graph, xla = out[False], out[True]
+        # Adaptation moved the prediction, so the comparison has teeth.
+        self.assertGreater(float(tf.reduce_max(tf.abs(graph[1] - graph[3]))), 1e-4)
+        for a, b in zip(graph, xla):
+            self.assertAllClose(a, b, atol=1e-5)
+
+
 class LearnerTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_reptile_meta_step_zero_leaves_weights(self):

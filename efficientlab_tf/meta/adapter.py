@@ -43,6 +43,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from efficientlab_tf.meta import philox
 from efficientlab_tf.meta import weights as weights_lib
 
 
@@ -70,11 +71,12 @@ FLOAT16_LOSS_SCALE = 1024.0
 
 
 def seeded_permutation(n, seed):
-    """A permutation of 0..n-1 determined by `seed`: the argsort of n
-    stateless uniform keys. Unlike `stateless_shuffle` every op here has an
-    XLA kernel, so the inner loop compiles with `jit_compile=True`."""
-    keys = tf.random.stateless_uniform([n], seed, alg="philox")
-    return tf.argsort(keys, stable=True)
+    """A permutation of 0..n-1 determined by `seed`: the stable argsort of n
+    Philox keys (TensorFlow's CPU `stateless_uniform(..., alg="philox")`
+    stream). Unlike `stateless_shuffle` every op has an XLA kernel, and
+    unlike `stateless_uniform` the keys are the same under XLA, so
+    `--jit_compile` walks the support set in the same order."""
+    return tf.argsort(philox.uniform(n, seed), stable=True)
 
 
 class Adapter:

@@ -152,20 +152,23 @@ class MetaLearner:
             with self.strategy.scope():
                 self.meta_optimizer = keras.optimizers.Adam(meta_config.meta_step)
                 self.meta_optimizer.build(self.adapter.trainable_variables)
-        # One trace per task shape; XLA is opt-in because it helps on GPU but
-        # slows CPU compilation of the nested while loops considerably.
-        compile_fn = functools.partial(
+        # One trace per task shape. XLA (`jit_compile`) is opt-in, for
+        # training and evaluation alike: it helps on GPU, but compiling the
+        # nested while loops of a full-size network takes minutes on CPU.
+        self._compile = functools.partial(
             tf.function, jit_compile=jit_compile, reduce_retracing=True)
         if replicas > 1:
-            self._replicated_step = compile_fn(self._replicated_step_impl)
+            self._replicated_step = self._compile(self._replicated_step_impl)
             self.meta_step = self._sharded_meta_step
         else:
-            self.meta_step = compile_fn(self._meta_step_impl)
-        self.joint_step = compile_fn(self._joint_step_impl)
-        # Evaluation is never XLA-compiled: it runs once per task and shape.
-        self.eval_task = tf.function(self._eval_task_impl, reduce_retracing=True)
+            self.meta_step = self._compile(self._meta_step_impl)
+        self.joint_step = self._compile(self._joint_step_impl)
         self._eval_fns = {}
         self._steppers = {}
+        cfg = meta_config
+        self._eval_fns[(cfg.inner_batch, cfg.inner_optimizer,
+                        cfg.adapt_scope)] = self._compile_eval(self.eval_adapter)
+        self.eval_task = self.eval_fn()
 
     def _adapter(self, batch_size, optimizer, scope, in_place):
         return make_adapter(self.model, self.task, batch_size, optimizer,
@@ -373,33 +376,28 @@ class MetaLearner:
                 "finite": _all_finite([loss] + adapted.trainable + adapted.stats)}
 
     # ---------------------------------------------------------- evaluation
-    def _eval_task_impl(self, support_images, support_masks, query_images,
-                        query_masks, lr, steps, seed):
-        adapted, _ = self.eval_adapter.adapt(
-            support_images, support_masks, lr, steps, seed)
-        probs = self.eval_adapter.predict(adapted, query_images)
-        return self.task.metric_fn(query_masks, probs), probs
+    def _compile_eval(self, adapter):
+        def eval_task(support_images, support_masks, query_images,
+                      query_masks, lr, steps, seed):
+            adapted, _ = adapter.adapt(support_images, support_masks, lr,
+                                       steps, seed)
+            probs = adapter.predict(adapted, query_images)
+            return self.task.metric_fn(query_masks, probs), probs
+
+        return self._compile(eval_task)
 
     def eval_fn(self, batch_size=None, optimizer=None, scope=None):
-        """Compiled `eval_task` for an omega's batch size, inner optimizer
-        and scope (the training ones by default): adapt, predict the query,
-        restore."""
+        """Compiled `eval_task(support_images, support_masks, query_images,
+        query_masks, lr, steps, seed) -> (IoU per query, probs)` for an
+        omega's batch size, inner optimizer and scope (the training ones by
+        default): adapt from the model's weights, predict the query. The
+        model's variables are left as they were."""
         cfg = self.config
         key = (batch_size or cfg.inner_batch, optimizer or cfg.inner_optimizer,
                scope or cfg.adapt_scope)
-        if key == (cfg.inner_batch, cfg.inner_optimizer, cfg.adapt_scope):
-            return self.eval_task
         if key not in self._eval_fns:
-            adapter = self._adapter(*key, in_place=self.in_place)
-
-            def eval_task(support_images, support_masks, query_images,
-                          query_masks, lr, steps, seed):
-                adapted, _ = adapter.adapt(support_images, support_masks, lr,
-                                           steps, seed)
-                probs = adapter.predict(adapted, query_images)
-                return self.task.metric_fn(query_masks, probs), probs
-
-            self._eval_fns[key] = tf.function(eval_task, reduce_retracing=True)
+            self._eval_fns[key] = self._compile_eval(
+                self._adapter(*key, in_place=self.in_place))
         return self._eval_fns[key]
 
     def stepper(self, batch_size=None, scope=None):
@@ -432,6 +430,5 @@ class MetaLearner:
             return state, tf.reduce_mean(metric(
                 query_masks, adapter.predict(state, query_images)))
 
-        self._steppers[key] = (tf.function(start, reduce_retracing=True),
-                               tf.function(advance, reduce_retracing=True))
+        self._steppers[key] = (self._compile(start), self._compile(advance))
         return self._steppers[key]
