@@ -576,9 +576,10 @@ class CompareConfig:
         runs: Run folders (or checkpoints) to score.
         imagenet: Add the ImageNet encoder (random decoder) as a row.
         reference: Row the paired differences are taken against ("" = the
-            random init with `random_steps_factor` x steps).
-        random_steps_factor: The random init also gets this many times the
-            adaptation steps.
+            random init with `random_steps_factor` x steps, or the random
+            init when that factor is 0).
+        random_steps_factor: The random init also gets a row with this many
+            times the adaptation steps (0: no such row).
         procedures: Further adaptation procedures scored for every
             initialization (`PROCEDURES`: an adaptation scope, or
             "prototype", the no-gradient prototype head).
@@ -598,7 +599,8 @@ class CompareConfig:
     omega_files: tuple = ()
 
     def __post_init__(self):
-        _check_positive("random_steps_factor", self.random_steps_factor)
+        _check_positive("random_steps_factor", self.random_steps_factor,
+                        allow_zero=True)
         for p in self.procedures:
             _check_choice("compare_procedures", p, PROCEDURES)
         for entry in self.omega_files:
@@ -608,7 +610,11 @@ class CompareConfig:
 
     @property
     def reference_row(self):
-        return self.reference or f"random init, {self.random_steps_factor}x steps"
+        if self.reference:
+            return self.reference
+        if not self.random_steps_factor:
+            return "random init"
+        return f"random init, {self.random_steps_factor}x steps"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,3 +85,71 @@ class TrivialRowsTest(tf.test.TestCase):
         rows = compare.merge_tables([[box0], [box1]])
         self.assertEqual(rows[0]["name"], "centred box (fitted per fold)")
         self.assertAllClose(rows[0]["per_task"], [0.3, 0.5])
+
+
+class ResumeTest(tf.test.TestCase):
+
+    def test_an_interrupted_comparison_resumes_at_the_first_unscored_init(self):
+        # The fake U scores every query v + 0.01 * steps, v being the loaded
+        # init's one weight; the calls say what was (re)computed.
+        import types
+
+        from efficientlab_tf.config import Omega
+
+        v = tf.Variable(0.0)
+        model = types.SimpleNamespace(variables=[v])
+        calls = []
+
+        def eval_fn(si, sm, qi, qm, lr, steps, seed):
+            calls.append(int(steps))
+            return tf.fill([qi.shape[0]], v + 0.01 * tf.cast(steps, tf.float32)), None
+
+        def broken():
+            raise RuntimeError("killed while loading b")
+
+        tasks = [_task([[[1.0]]]), _task([[[0.0]], [[1.0]]])]
+        omega = Omega(lr=0.1, steps=5)
+        cache = tempfile.mkdtemp()
+        inits = [("random init", None), ("a", lambda: v.assign(0.3)),
+                 ("b", lambda: v.assign(0.6))]
+
+        def run(inits, omega=omega):
+            calls.clear()
+            return compare.compare_inits(eval_fn, model, inits, tasks, omega,
+                                         random_factor=2, cache_dir=cache)
+
+        with self.assertRaisesRegex(RuntimeError, "killed"):
+            run(inits[:2] + [("b", broken)])
+        self.assertEqual(calls, [5, 5, 0, 0, 10, 10, 5, 5, 0, 0])
+        rows = run(inits)
+        self.assertEqual(calls, [5, 5, 0, 0])  # Only b was scored.
+        by_name = {r["name"]: r["per_task"] for r in rows}
+        self.assertAllClose(by_name["random init"], [0.05, 0.05])
+        self.assertAllClose(by_name["random init, 2x steps"], [0.1, 0.1])
+        self.assertAllClose(by_name["a"], [0.35, 0.35])
+        self.assertAllClose(by_name["b, no adaptation"], [0.6, 0.6])
+        self.assertEqual([r["name"] for r in rows],
+                         ["random init", "random init, no adaptation",
+                          "random init, 2x steps", "a", "a, no adaptation",
+                          "b", "b, no adaptation"])
+        self.assertEqual(float(v), 0.0)  # The random init is restored.
+        # Other settings do not reuse the kept rows.
+        run(inits, Omega(lr=0.1, steps=3))
+        self.assertLen(calls, 14)
+
+    def test_random_steps_factor_zero_drops_the_row_and_the_reference(self):
+        import types
+
+        from efficientlab_tf.config import CompareConfig
+        from efficientlab_tf.config import Omega
+
+        self.assertEqual(CompareConfig(random_steps_factor=0).reference_row,
+                         "random init")
+        self.assertEqual(CompareConfig().reference_row, "random init, 10x steps")
+        model = types.SimpleNamespace(variables=[tf.Variable(0.0)])
+        rows = compare.compare_inits(
+            lambda *a: (tf.ones([a[2].shape[0]]), None), model,
+            [("random init", None)], [_task([[[1.0]]])], Omega(steps=5),
+            random_factor=0)
+        self.assertEqual([r["name"] for r in rows],
+                         ["random init", "random init, no adaptation"])

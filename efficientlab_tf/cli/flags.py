@@ -237,7 +237,8 @@ def define_flags():
     flags.DEFINE_string("compare_reference", cmp.reference,
                         "compare modes: row the paired differences are taken "
                         "against (default: the random init with "
-                        "--random_steps_factor x steps).")
+                        "--random_steps_factor x steps; the random init when "
+                        "that is 0).")
     flags.DEFINE_list(
         "compare_procedures", list(cmp.procedures),
         f"compare: further adaptation procedures per initialization, from "
@@ -252,8 +253,8 @@ def define_flags():
                       "compare: report the feature-clustering ratio R_FC "
                       "(Goldblum et al. 2020) of every initialization.")
     flags.DEFINE_integer("random_steps_factor", cmp.random_steps_factor,
-                         "compare mode: the random init also gets this many "
-                         "times the steps.")
+                         "compare mode: the random init also gets a row with "
+                         "this many times the steps (0: none).")
     # FP-k (FPKConfig).
     flags.DEFINE_list("fpk_shots", [str(k) for k in f.shots], "fpk mode: k values.")
     flags.DEFINE_list("fpk_iters", [str(i) for i in f.iters],

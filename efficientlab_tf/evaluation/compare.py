@@ -5,7 +5,10 @@ compared pair by pair; the paired difference to a reference row (a random
 initialization given 10x the adaptation steps by default) has its own 95% CI.
 """
 
+import dataclasses
+import json
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -22,7 +25,7 @@ BOX_FRACTIONS = tuple(np.round(np.arange(0.2, 1.0001, 0.05), 2))
 
 def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
                   random_factor=10, parallel=1, procedures=(), measure_fn=None,
-                  own_omegas=None):
+                  own_omegas=None, cache_dir=None):
     """Scores initializations on the same tasks.
 
     Args:
@@ -34,7 +37,8 @@ def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
         tasks: Fixed list of TaskBatch.
         omega: The adaptation omega of U (config.Omega).
         seed: Evaluation seed.
-        random_factor: The random init is also given `random_factor * steps`.
+        random_factor: The random init is also given `random_factor * steps`
+            (0: not).
         parallel: Tasks adapted at once (`protocol.evaluate`).
         procedures: Further adaptation procedures, (label, eval_fn, steps):
             each init gets a row "<name> [<label>]" scored with that eval_fn
@@ -44,6 +48,12 @@ def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
         own_omegas: {init name: (eval_fn, Omega)}: that init also gets a
             row "<name> [own omega]" adapted with its own omega (UHO's
             omega.json for that initialization, tuned on meta-val tasks).
+        cache_dir: Folder where each initialization's rows are kept as soon
+            as they are scored (`<i>_<name>.json`, written atomically); a
+            comparison run again with the same settings reuses them, so an
+            interrupted comparison resumes at the first unscored init.
+            Rows are reused only when their fingerprint (name, omegas,
+            seed, tasks' count and shapes, procedures, measure) matches.
 
     Returns:
         list of row dicts (name, steps, mean_iou, ci95, per_task, ...).
@@ -62,7 +72,17 @@ def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
         rows.append(result)
         return result
 
-    for name, load_fn in inits:
+    for index, (name, load_fn) in enumerate(inits):
+        own = own_omegas.get(name) if own_omegas else None
+        key = _fingerprint(name, load_fn is None, omega, own and own[1], seed,
+                           tasks, random_factor, procedures, measure_fn)
+        path = cache_dir and os.path.join(cache_dir, f"{index}_{_slug(name)}.json")
+        cached = _read_cached(path, key)
+        if cached is not None:
+            logging.info("%s: %d rows reused from %s", name, len(cached), path)
+            rows.extend(cached)
+            continue
+        first = len(rows)
         weights_lib.restore(model.variables, random_init)
         if load_fn is not None:
             load_fn()
@@ -70,17 +90,51 @@ def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
         if measure_fn is not None:
             main.update(measure_fn(model))
         score(f"{name}, no adaptation", name, 0)
-        if load_fn is None:
+        if load_fn is None and random_factor:
             score(f"{name}, {random_factor}x steps", name,
                   random_factor * omega.steps)
         for label, fn, n_steps in procedures:
             score(f"{name} [{label}]", name, n_steps, fn, label)
-        if own_omegas and name in own_omegas:
-            fn, own = own_omegas[name]
-            score(f"{name} [own omega]", name, own.steps, fn, "own omega",
-                  lr=own.lr)
+        if own is not None:
+            fn, own_omega = own
+            score(f"{name} [own omega]", name, own_omega.steps, fn,
+                  "own omega", lr=own_omega.lr)
+        if path:
+            io.write_json(path, {"fingerprint": key, "rows": rows[first:]})
     weights_lib.restore(model.variables, random_init)
     return rows
+
+
+def _slug(name):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "row"
+
+
+def _fingerprint(name, is_random, omega, own_omega, seed, tasks, random_factor,
+                 procedures, measure_fn):
+    """What an initialization's rows depend on, as JSON-able values."""
+    shapes = sorted({tuple(int(d) for d in t.support_images.shape)
+                     + tuple(int(d) for d in t.query_images.shape)
+                     for t in tasks})
+    return json.loads(json.dumps({
+        "name": name, "random": bool(is_random),
+        "omega": dataclasses.asdict(omega),
+        "own_omega": dataclasses.asdict(own_omega) if own_omega else None,
+        "seed": int(seed), "tasks": len(tasks), "shapes": shapes,
+        "random_factor": int(random_factor) if is_random else None,
+        "procedures": [[label, int(steps)] for label, _, steps in procedures],
+        "measure": measure_fn is not None}))
+
+
+def _read_cached(path, key):
+    """The rows kept at `path` when its fingerprint is `key`, else None."""
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            kept = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return kept["rows"] if kept.get("fingerprint") == key else None
 
 
 def centred_box(size, fraction):

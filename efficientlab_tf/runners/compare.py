@@ -88,7 +88,9 @@ def run(config, record_fn, model=None):
             random_factor=config.compare.random_steps_factor,
             parallel=config.eval.parallel,
             procedures=procedures(exp, config, omega), measure_fn=measure,
-            own_omegas=omegas)
+            own_omegas=omegas,
+            # Each init's rows are kept as scored: a rerun resumes.
+            cache_dir=os.path.join(config.run.workdir, "rows", f"{shots}shot"))
         if box is None:  # The box prior comes from meta-train classes.
             box = compare.fit_box_fraction(exp.eval_tasks("train", shots=shots))
         rows += compare.trivial_rows(tasks, box)
