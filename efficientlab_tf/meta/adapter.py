@@ -157,6 +157,12 @@ class Adapter:
         return [trainable[i] for i in self._adapted_idx]
 
     @property
+    def adapted_indices(self):
+        """Positions of `trainable_variables` in the model's
+        `trainable_variables` (the rows of the learned rates they use)."""
+        return list(self._adapted_idx)
+
+    @property
     def frozen_variables(self):
         """Trainable variables of the model outside the scope (constants)."""
         trainable = self.model.trainable_variables

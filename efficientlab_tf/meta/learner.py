@@ -186,7 +186,7 @@ class MetaLearner:
         = <theta_tr - theta_val, theta_tr - theta>_i / (lr r_i): FOMAML's two
         directions already hold everything.
         """
-        r = tf.exp(tf.gather(self.rates, self.adapter._adapted_idx))
+        r = tf.exp(tf.gather(self.rates, self.adapter.adapted_indices))
         theta_tr = [a - d for a, d in zip(adapted.trainable, direction)]
         dots = tf.stack([
             tf.reduce_sum(-d * (t - s))
@@ -290,7 +290,7 @@ class MetaLearner:
         if acc_rates.shape[0]:  # Gradient descent on the log-rates.
             step = meta_lr * self.config.learned_lr_step * acc_rates * scale
             self.rates.assign(self.rates.value - tf.scatter_nd(
-                [[i] for i in adapter._adapted_idx], step, self.rates.shape))
+                [[i] for i in adapter.adapted_indices], step, self.rates.shape))
         return {
             "meta_train_loss": loss * scale,
             "pre_adapt_query_iou": pre * scale,
