@@ -7,6 +7,7 @@ back past a corrupt newest one), load a model from them, and export.
 import dataclasses
 import os
 
+from absl import logging
 import tensorflow as tf
 
 from efficientlab_tf import distribute
@@ -98,6 +99,11 @@ class Experiment:
         # must precede other TensorFlow work), then data: a wrong
         # --data_dir is found before weights are loaded.
         self.strategy = distribute.get_strategy(config.run)
+        if config.run.jit_compile and not tf.config.list_physical_devices("GPU"):
+            logging.warning(
+                "--jit_compile without a GPU: XLA on this CPU measured 25x "
+                "slower than the default graph for EfficientLab-B0 (51 vs 2.0 s "
+                "per meta-iteration, BENCHMARKS.md). It is for GPUs.")
         self.source = build_task_source(config)
         if model is None:
             with self.strategy.scope():
