@@ -153,8 +153,9 @@ class MetaLearner:
                 self.meta_optimizer = keras.optimizers.Adam(meta_config.meta_step)
                 self.meta_optimizer.build(self.adapter.trainable_variables)
         # One trace per task shape. XLA (`jit_compile`) is opt-in, for
-        # training and evaluation alike: it helps on GPU, but compiling the
-        # nested while loops of a full-size network takes minutes on CPU.
+        # training and evaluation alike: it is for GPUs; on CPU the B0
+        # meta-step compiles in ~2 minutes and then runs 25x slower than the
+        # graph executor's oneDNN kernels (BENCHMARKS.md).
         self._compile = functools.partial(
             tf.function, jit_compile=jit_compile, reduce_retracing=True)
         if replicas > 1:
