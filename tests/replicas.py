@@ -8,6 +8,12 @@ prints one JSON line: the largest absolute difference between the weights
 after two meta-steps on 2 mirrored replicas and after the same two steps on
 one device, from the same initial weights, plus the metrics of both.
 
+    python -m tests.replicas evaluate
+
+prints the per-task scores of 5 tasks evaluated one task per replica on 2
+mirrored replicas, one task at a time in the same process, and on one
+device from the same weights.
+
     python -m tests.replicas worker WORKDIR INDEX PORT0,PORT1 META_ITERS DELAY
 
 trains the tests' tiny configuration as worker INDEX of a two-worker
@@ -71,6 +77,28 @@ def mirrored(algo, meta_optimizer):
     return out
 
 
+def evaluate():
+    from efficientlab_tf.evaluation import protocol
+
+    strategy = distribute.get_strategy(
+        RunConfig(strategy="mirrored", cpu_devices=2))
+    many = learner("fomaml", "interpolate", strategy)
+    one = learner("fomaml", "interpolate")
+    one.model.set_weights(many.model.get_weights())
+    tasks = [helpers.random_task(shots=4, query=2, seed=10 + i) for i in range(5)]
+    lr, steps = 0.05, 4
+    out = {"replicated": isinstance(many.eval_task, protocol.ReplicatedEval)}
+    out["grouped"] = protocol.evaluate(many.eval_task, tasks, lr, steps,
+                                       seed=7)["per_task"]
+    out["one_at_a_time"] = protocol.evaluate(many.eval_task.task_fn, tasks, lr,
+                                             steps, seed=7)["per_task"]
+    out["one_device"] = protocol.evaluate(one.eval_task, tasks, lr, steps,
+                                          seed=7)["per_task"]
+    out["no_steps"] = protocol.evaluate(one.eval_task, tasks, lr, 0,
+                                        seed=7)["per_task"]
+    return out
+
+
 def worker(workdir, index, ports, meta_iters, delay):
     os.environ["TF_CONFIG"] = json.dumps({
         "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports.split(",")]},
@@ -98,5 +126,7 @@ if __name__ == "__main__":
     keras.utils.set_random_seed(0)
     if sys.argv[1] == "mirrored":
         print(json.dumps(mirrored(*sys.argv[2:4])))
+    elif sys.argv[1] == "evaluate":
+        print(json.dumps(evaluate()))
     else:
         print(json.dumps(worker(*sys.argv[2:7])))

@@ -88,6 +88,21 @@ class MirroredTest(tf.test.TestCase):
         self.assertLess(out["max_abs_diff"], 1e-2)
 
 
+class ReplicatedEvaluationTest(tf.test.TestCase):
+
+    def test_one_task_per_replica_scores_what_one_device_scores(self):
+        # 5 tasks on 2 replicas: groups (0, 1), (2, 3), (4 + padding); task i
+        # keeps its seed (7, i) on whichever replica adapts it.
+        out = replicas("evaluate")
+        self.assertTrue(out["replicated"])
+        self.assertLen(out["grouped"], 5)
+        self.assertAllClose(out["grouped"], out["one_at_a_time"], atol=1e-5)
+        self.assertAllClose(out["grouped"], out["one_device"], atol=1e-5)
+        # Adaptation changed the scores, so the equality has teeth.
+        self.assertGreater(np.max(np.abs(np.subtract(out["grouped"],
+                                                     out["no_steps"]))), 1e-3)
+
+
 class MultiWorkerTest(tf.test.TestCase):
 
     def test_killed_worker_then_restart_resumes_to_the_one_device_weights(self):

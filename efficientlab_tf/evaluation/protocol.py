@@ -10,11 +10,14 @@ compared pair by pair (`paired_difference`).
 Tasks are independent, so `parallel` > 1 adapts that many at once from
 threads (the compiled eval function runs outside the GIL). Only the tensor
 form of the update routine may do so (it never writes variables); task i
-keeps its seed (seed, i), so the numbers are the same task for task.
+keeps its seed (seed, i), so the numbers are the same task for task. Under a
+strategy of several replicas the eval function is a `ReplicatedEval`, and
+`evaluate` hands it one task per replica at a time instead.
 """
 
 import collections
 import concurrent.futures
+import itertools
 import time
 
 import numpy as np
@@ -48,11 +51,50 @@ def ordered_map(fn, items, parallel):
             yield pending.popleft().result()
 
 
+class ReplicatedEval:
+    """An eval function that also adapts `replicas` tasks at once, one per
+    replica of a tf.distribute strategy (`MetaLearner.eval_fn` when the
+    strategy has several replicas).
+
+    Called, it scores one task like any eval function. `group(tasks, lr,
+    steps, seeds)` scores a list of exactly `replicas` TaskBatch (task r on
+    replica r, with seed `seeds[r]`) and returns their mean query IoUs, the
+    numbers the single-task call gives for the same task and seed.
+    """
+
+    def __init__(self, task_fn, group_fn, replicas):
+        self.task_fn = task_fn
+        self.group = group_fn
+        self.replicas = int(replicas)
+
+    def __call__(self, *args):
+        return self.task_fn(*args)
+
+
+def _grouped_scores(eval_fn, tasks, lr, steps, seed):
+    """Per-task mean IoUs from `eval_fn.group`, `replicas` tasks per call;
+    a short last group is padded with its last task (scores dropped)."""
+    items = iter(tasks)
+    first = 0
+    while True:
+        group = list(itertools.islice(items, eval_fn.replicas))
+        if not group:
+            return
+        count = len(group)
+        group += [group[-1]] * (eval_fn.replicas - count)
+        ids = list(range(first, first + count))
+        ids += [ids[-1]] * (eval_fn.replicas - count)
+        seeds = tf.constant([[seed, i] for i in ids], tf.int32)
+        yield from eval_fn.group(group, lr, steps, seeds)[:count]
+        first += count
+
+
 def evaluate(eval_fn, tasks, lr, steps, seed=0, name="eval", log_every=0,
              parallel=1):
     """Scores `eval_fn` on `tasks` with adaptation omega = (lr, steps).
 
-    `parallel` tasks are adapted at once (see the module docstring).
+    `parallel` tasks are adapted at once (see the module docstring); a
+    `ReplicatedEval` adapts one task per replica at once instead.
 
     Returns:
         dict with "mean_iou", "ci95", "tasks" (number), "per_task" (list of
@@ -69,7 +111,11 @@ def evaluate(eval_fn, tasks, lr, steps, seed=0, name="eval", log_every=0,
                          tf.constant([seed, i], tf.int32))
         return float(tf.reduce_mean(iou))
 
-    for i, value in enumerate(ordered_map(score, tasks, parallel)):
+    if isinstance(eval_fn, ReplicatedEval):
+        values = _grouped_scores(eval_fn, tasks, lr, steps, seed)
+    else:
+        values = ordered_map(score, tasks, parallel)
+    for i, value in enumerate(values):
         per_task.append(value)
         if log_every and (i + 1) % log_every == 0:
             logging.info("%s: %d/%d tasks, running mean IoU %.4f", name,

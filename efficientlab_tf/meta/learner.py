@@ -9,7 +9,8 @@ It owns the update routine, the outer update and the compiled functions:
 * `joint_step(tasks, lr, seed)`: classical training on the tasks' examples
   through the same update routine, without restore (`--algo=joint`);
 * `eval_task(support, query, lr, steps, seed)`: adapt, predict the query,
-  restore; returns IoU per query image.
+  restore; returns IoU per query image (with several replicas a
+  `protocol.ReplicatedEval`, which also adapts one task per replica).
 
 Both training steps return scalar metrics plus `finite`, a bool that is
 False when the loss, the meta-direction or the adapted weights hold a NaN or
@@ -26,6 +27,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from efficientlab_tf.evaluation import protocol
 from efficientlab_tf.meta import fomaml
 from efficientlab_tf.meta import inner_opt
 from efficientlab_tf.meta import maml
@@ -377,7 +379,7 @@ class MetaLearner:
                 "finite": _all_finite([loss] + adapted.trainable + adapted.stats)}
 
     # ---------------------------------------------------------- evaluation
-    def _compile_eval(self, adapter):
+    def _eval_task_fn(self, adapter):
         def eval_task(support_images, support_masks, query_images,
                       query_masks, lr, steps, seed):
             adapted, _ = adapter.adapt(support_images, support_masks, lr,
@@ -385,7 +387,42 @@ class MetaLearner:
             probs = adapter.predict(adapted, query_images)
             return self.task.metric_fn(query_masks, probs), probs
 
-        return self._compile(eval_task)
+        return eval_task
+
+    def _compile_eval(self, adapter):
+        """The compiled one-task eval function; with several replicas a
+        `protocol.ReplicatedEval` that also adapts one task per replica."""
+        eval_task = self._eval_task_fn(adapter)
+        task_fn = self._compile(eval_task)
+        strategy = self.strategy
+        replicas = strategy.num_replicas_in_sync
+        if replicas == 1:
+            return task_fn
+
+        def replica_fn(shard, lr, steps):
+            support_images, support_masks, query_images, query_masks, seed = (
+                x[0] for x in shard)
+            iou, _ = eval_task(support_images, support_masks, query_images,
+                               query_masks, lr, steps, seed)
+            return tf.reduce_mean(iou)[None]
+
+        def replicated(shards, lr, steps):
+            scores = strategy.run(replica_fn, args=(shards, lr, steps))
+            return strategy.gather(scores, axis=0)
+
+        replicated = self._compile(replicated)
+
+        def group(tasks, lr, steps, seeds):
+            stacked = [tf.stack(parts) for parts in zip(*tasks)] + [seeds]
+
+            def shard(ctx):
+                r = ctx.replica_id_in_sync_group
+                return tuple(x[r:r + 1] for x in stacked)
+
+            shards = strategy.experimental_distribute_values_from_function(shard)
+            return [float(x) for x in replicated(shards, lr, steps).numpy()]
+
+        return protocol.ReplicatedEval(task_fn, group, replicas)
 
     def eval_fn(self, batch_size=None, optimizer=None, scope=None):
         """Compiled `eval_task(support_images, support_masks, query_images,
