@@ -6,7 +6,8 @@ runners use), with `--eval_parallel` tasks adapted side by side.
 
 Prints tasks/s of one evaluation of `--eval_tasks` meta-val tasks (after one
 warm-up task that traces) and the per-task IoUs, which must not depend on
---eval_parallel.
+--eval_parallel. With `--strategy=mirrored --cpu_devices=2 --meta_batch=4`
+(and `TF_NUM_INTRAOP_THREADS=1`) each of two replicas adapts one task at once.
 """
 
 import os
@@ -33,7 +34,8 @@ def main(argv):
     print(f"encoder={config.model.encoder} image_size={config.model.image_size} "
           f"{config.eval.shots}-shot, {omega.steps} steps, batch "
           f"{omega.batch_size}, {result['tasks']} tasks, eval_parallel="
-          f"{config.eval.parallel}, intra-op threads="
+          f"{config.eval.parallel}, replicas="
+          f"{exp.strategy.num_replicas_in_sync} (one task each at once), intra-op threads="
           f"{os.environ.get('TF_NUM_INTRAOP_THREADS', 'all')}")
     print(f"{result['tasks_per_second']:.3f} tasks/s "
           f"({result['seconds'] / result['tasks']:.2f} s per task); per-task IoU "
