@@ -390,13 +390,16 @@ class MetaLearner:
         return eval_task
 
     def _compile_eval(self, adapter):
-        """The compiled one-task eval function; with several replicas a
-        `protocol.ReplicatedEval` that also adapts one task per replica."""
+        """The compiled one-task eval function; with several replicas in this
+        process (MirroredStrategy) a `protocol.ReplicatedEval` that also
+        adapts one task per replica. Across workers the chief evaluates
+        alone (the others are not there to join a collective), one task at
+        a time."""
         eval_task = self._eval_task_fn(adapter)
         task_fn = self._compile(eval_task)
         strategy = self.strategy
         replicas = strategy.num_replicas_in_sync
-        if replicas == 1:
+        if replicas == 1 or not isinstance(strategy, tf.distribute.MirroredStrategy):
             return task_fn
 
         def replica_fn(shard, lr, steps):
