@@ -133,7 +133,13 @@ class ResumeTest(tf.test.TestCase):
                           "random init, 2x steps", "a", "a, no adaptation",
                           "b", "b, no adaptation"])
         self.assertEqual(float(v), 0.0)  # The random init is restored.
-        # Other settings do not reuse the kept rows.
+        # A run that trained further (another identity) is scored again,
+        # alone; other settings do not reuse the kept rows.
+        calls.clear()
+        compare.compare_inits(eval_fn, model, inits, tasks, omega,
+                              random_factor=2, cache_dir=cache,
+                              identities={"a": "ckpt-400"})
+        self.assertEqual(calls, [5, 5, 0, 0])
         run(inits, Omega(lr=0.1, steps=3))
         self.assertLen(calls, 14)
 

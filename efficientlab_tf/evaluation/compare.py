@@ -25,7 +25,7 @@ BOX_FRACTIONS = tuple(np.round(np.arange(0.2, 1.0001, 0.05), 2))
 
 def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
                   random_factor=10, parallel=1, procedures=(), measure_fn=None,
-                  own_omegas=None, cache_dir=None):
+                  own_omegas=None, cache_dir=None, identities=None):
     """Scores initializations on the same tasks.
 
     Args:
@@ -53,7 +53,11 @@ def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
             comparison run again with the same settings reuses them, so an
             interrupted comparison resumes at the first unscored init.
             Rows are reused only when their fingerprint (name, omegas,
-            seed, tasks' count and shapes, procedures, measure) matches.
+            seed, tasks' count and shapes, procedures, measure, identity)
+            matches.
+        identities: {init name: str} naming the weights behind a name (a
+            run's newest checkpoint and its time), so that rows kept for a
+            run are not reused after it trained further.
 
     Returns:
         list of row dicts (name, steps, mean_iou, ci95, per_task, ...).
@@ -75,7 +79,8 @@ def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
     for index, (name, load_fn) in enumerate(inits):
         own = own_omegas.get(name) if own_omegas else None
         key = _fingerprint(name, load_fn is None, omega, own and own[1], seed,
-                           tasks, random_factor, procedures, measure_fn)
+                           tasks, random_factor, procedures, measure_fn,
+                           (identities or {}).get(name))
         path = cache_dir and os.path.join(cache_dir, f"{index}_{_slug(name)}.json")
         cached = _read_cached(path, key)
         if cached is not None:
@@ -110,7 +115,7 @@ def _slug(name):
 
 
 def _fingerprint(name, is_random, omega, own_omega, seed, tasks, random_factor,
-                 procedures, measure_fn):
+                 procedures, measure_fn, identity):
     """What an initialization's rows depend on, as JSON-able values."""
     shapes = sorted({tuple(int(d) for d in t.support_images.shape)
                      + tuple(int(d) for d in t.query_images.shape)
@@ -122,7 +127,7 @@ def _fingerprint(name, is_random, omega, own_omega, seed, tasks, random_factor,
         "seed": int(seed), "tasks": len(tasks), "shapes": shapes,
         "random_factor": int(random_factor) if is_random else None,
         "procedures": [[label, int(steps)] for label, _, steps in procedures],
-        "measure": measure_fn is not None}))
+        "measure": measure_fn is not None, "identity": identity}))
 
 
 def _read_cached(path, key):

@@ -11,6 +11,7 @@ from efficientlab_tf import summaries
 from efficientlab_tf.evaluation import compare
 from efficientlab_tf.evaluation import features
 from efficientlab_tf.experiment import Experiment
+from efficientlab_tf.experiment import resolve_checkpoints
 from efficientlab_tf.model.metrics import mean_ci95
 
 
@@ -23,6 +24,17 @@ def initializations(exp, config):
     inits += [(os.path.basename(os.path.normpath(p)), exp.run_loader(p))
               for p in config.compare.runs]
     return inits
+
+
+def run_identities(config):
+    """{row name: newest checkpoint and its modification time} of each run
+    of `compare.runs` (what a kept row was scored from)."""
+    out = {}
+    for path in config.compare.runs:
+        prefix = resolve_checkpoints(path)[-1]
+        out[os.path.basename(os.path.normpath(path))] = (
+            f"{prefix} {os.path.getmtime(prefix + '.index'):.0f}")
+    return out
 
 
 def class_agnostic_row(exp, config, shots, count):
@@ -90,7 +102,8 @@ def run(config, record_fn, model=None):
             procedures=procedures(exp, config, omega), measure_fn=measure,
             own_omegas=omegas,
             # Each init's rows are kept as scored: a rerun resumes.
-            cache_dir=os.path.join(config.run.workdir, "rows", f"{shots}shot"))
+            cache_dir=os.path.join(config.run.workdir, "rows", f"{shots}shot"),
+            identities=run_identities(config))
         if box is None:  # The box prior comes from meta-train classes.
             box = compare.fit_box_fraction(exp.eval_tasks("train", shots=shots))
         rows += compare.trivial_rows(tasks, box)
