@@ -4,6 +4,7 @@ import dataclasses
 import os
 
 from absl import logging
+import tensorflow as tf
 
 from efficientlab_tf import config as config_lib
 from efficientlab_tf import io
@@ -33,7 +34,7 @@ def run_identities(config):
     for path in config.compare.runs:
         prefix = resolve_checkpoints(path)[-1]
         out[os.path.basename(os.path.normpath(path))] = (
-            f"{prefix} {os.path.getmtime(prefix + '.index'):.0f}")
+            f"{prefix} {tf.io.gfile.stat(prefix + '.index').mtime_nsec}")
     return out
 
 
