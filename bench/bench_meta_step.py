@@ -71,7 +71,10 @@ def main(argv):
         if config.meta.algo == "joint":
             step = lambda: learner.joint_step(tasks, meta_lr, seed)["meta_train_loss"].numpy()  # noqa: E731
         else:
-            step = lambda: learner.meta_step(tasks, meta_lr, seed)["meta_train_loss"].numpy()  # noqa: E731
+            # As in training: the query scores are computed every step only
+            # with hard tasks (the pool needs them), else on logging steps.
+            log = tf.constant(config.meta.hard_task_fraction > 0)
+            step = lambda: learner.meta_step(tasks, meta_lr, seed, log)["meta_train_loss"].numpy()  # noqa: E731
         first_step, s_step = _median_seconds(step, f.repeats, f.iters)
         images_per_step = config.meta.meta_batch * (
             config.meta.train_shots + config.data.train_query_shots)

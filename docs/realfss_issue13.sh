@@ -14,11 +14,11 @@
 # scored initialization (compare's rows/ cache). Each process is
 # single-threaded, so two runners keep the 2-core VM busy.
 #
-# Then pool the folds (one command per shot count):
+# Then pool the folds (RUNS_DIR/merged/summary.md is the README's table):
 #   python run_meta.py --flagfile=flags/realfss_folds.flags --mode=compare_merge \
-#     --eval_shots_list=5 --compare_reference=joint_imagenet --random_steps_factor=0 \
-#     --compare_runs=RUNS_DIR/fold0/compare_5shot,...,RUNS_DIR/fold3/compare_5shot \
-#     --workdir=RUNS_DIR/merged_5shot
+#     --eval_shots_list=5,1 --compare_reference=joint_imagenet --random_steps_factor=0 \
+#     --compare_runs=RUNS_DIR/fold0/compare_5shot,...,RUNS_DIR/fold3/compare_5shot,RUNS_DIR/fold0/compare_1shot,...,RUNS_DIR/fold3/compare_1shot \
+#     --workdir=RUNS_DIR/merged
 set -u
 R=${1:?runs dir}; ME=${2:-0}
 export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1

@@ -8,8 +8,10 @@ writes one session per row (`<workdir>/hparams/<row>`), UHO one per trial
 and bools, as the HParams plugin requires.
 """
 
+import json
 import os
 import re
+import statistics
 
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
@@ -84,3 +86,41 @@ def write_metrics(logdir, metrics, step):
             tf.summary.scalar(tag, value, step=step)
     writer.flush()
     writer.close()
+
+
+def training_minutes(run_dir):
+    """(training minutes of the run at `run_dir`, its `--init_from` run or None).
+
+    The minutes are the median of the run's logged
+    `train/seconds_per_iteration` times its iterations: robust to a run
+    paused (SIGSTOP) or interrupted and resumed, which makes wall-clock
+    timestamps useless. The evaluation and export at the end are not counted.
+    """
+    config_path = os.path.join(run_dir, "config.json")
+    if not tf.io.gfile.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found: {run_dir!r} is not "
+                                "a training run folder.")
+    with tf.io.gfile.GFile(config_path) as f:
+        config = json.load(f)
+    values = []
+    for path in sorted(tf.io.gfile.glob(os.path.join(run_dir, "train", "events.*"))):
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if value.tag == "train/seconds_per_iteration":
+                    values.append(float(tf.make_ndarray(value.tensor)))
+    if not values:
+        raise ValueError(f"{run_dir}: no train/seconds_per_iteration events "
+                         "(not a training run, or it logged nothing yet).")
+    iters = config["meta"]["meta_iters"]
+    return statistics.median(values) * iters / 60.0, config["run"].get("init_from") or None
+
+
+def total_training_minutes(run_dir):
+    """Minutes of the run plus those of the runs it was warm-started from
+    (`--init_from` chains whose folders hold training events)."""
+    total, parent = training_minutes(run_dir)
+    while parent and tf.io.gfile.isdir(os.path.join(parent, "train")):
+        minutes, parent = training_minutes(parent)
+        total += minutes
+    return total

@@ -159,3 +159,79 @@ class ResumeTest(tf.test.TestCase):
             random_factor=0)
         self.assertEqual([r["name"] for r in rows],
                          ["random init", "random init, no adaptation"])
+
+
+class StudyTableTest(tf.test.TestCase):
+    """The pivot of merged rows that the README's real-photo table is."""
+
+    @staticmethod
+    def _rows():
+        def row(init, suffix, per_task, **extra):
+            return {"name": init + suffix, "init": init, "steps": 5,
+                    "mean_iou": sum(per_task) / len(per_task),
+                    "per_task": per_task, **extra}
+        return [
+            row("joint", "", [0.4, 0.6], clustering_ratio=3.0),
+            row("joint", ", no adaptation", [0.1, 0.1]),
+            row("joint", " [own omega]", [0.5, 0.5]),
+            row("meta", "", [0.5, 0.9], clustering_ratio=2.5),
+            row("meta", " [mtl]", [0.3, 0.3]),
+            row("meta", " [own omega]", [0.6, 0.6]),
+            {"name": "centred box (side 0.65)", "init": "trivial", "steps": 0,
+             "mean_iou": 0.3, "per_task": [0.3, 0.3]},
+        ]
+
+    def test_row_names_split_into_init_and_variant(self):
+        split = [compare.split_row_name(r) for r in self._rows()]
+        self.assertEqual(split, [
+            ("joint", ""), ("joint", "no adaptation"), ("joint", "own omega"),
+            ("meta", ""), ("meta", "mtl"), ("meta", "own omega"), None])
+
+    def test_cells_pair_each_variant_with_the_reference_by_hand(self):
+        rows = self._rows()
+        text = compare.study_table({5: rows, 1: rows[:3]}, "joint",
+                                   ("", "own omega"), minutes={"meta": 30.4},
+                                   clustering=True)
+        lines = text.splitlines()
+        self.assertEqual(lines[0], "| initialization | 5-shot full, shared "
+                         "omega | 5-shot own omega | 1-shot full, shared omega "
+                         "| 1-shot own omega | R_FC | training minutes |")
+        # meta - joint, shared: (0.1, 0.3): mean 0.2, population sd 0.1,
+        # 1.96 * 0.1 / sqrt(2) = 0.139. Own omega: (0.1, 0.1): +0.1 +- 0.
+        # No 1-shot rows for meta: empty cells; no minutes for joint.
+        self.assertEqual(lines[2], "| joint | 0.500 | 0.500 | 0.500 | 0.500 "
+                         "| 3.00 |  |")
+        self.assertEqual(lines[3], "| meta | 0.700 (+0.200 ± 0.139) | "
+                         "0.600 (+0.100 ± 0.000) |  |  | 2.50 | 30 |")
+        self.assertLen(lines, 4)  # The trivial row is no initialization.
+
+    def test_procedure_columns_without_a_reference_row_show_the_mean(self):
+        text = compare.study_table({5: self._rows()}, "joint", ("", "mtl"))
+        self.assertIn("| meta | 0.700 (+0.200 ± 0.139) | 0.300 |", text)
+        self.assertIn("| joint | 0.500 |  |", text)
+
+
+class MergeFoldersTest(tf.test.TestCase):
+
+    def test_each_shot_count_needs_one_table_per_fold(self):
+        from efficientlab_tf.runners.compare_merge import tables_by_shots
+
+        def folder(*shots):
+            d = tempfile.mkdtemp()
+            for k in shots:
+                open(os.path.join(d, f"compare_{k}shot.json"), "w").close()
+            return d
+
+        five, one, both = folder(5), folder(1), folder(1, 5)
+        found = tables_by_shots([five, one, both], [5, 1])
+        self.assertEqual(found, {
+            5: [os.path.join(five, "compare_5shot.json"),
+                os.path.join(both, "compare_5shot.json")],
+            1: [os.path.join(one, "compare_1shot.json"),
+                os.path.join(both, "compare_1shot.json")]})
+        # A fold whose 1-shot table is missing is an error, not a smaller pool.
+        with self.assertRaisesRegex(FileNotFoundError,
+                                    "2 folders for 5-shot, 1 folders for 1-shot"):
+            tables_by_shots([five, both, folder()], [5, 1])
+        with self.assertRaisesRegex(FileNotFoundError, "0 folders for 2-shot"):
+            tables_by_shots([five], [2])

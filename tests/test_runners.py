@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from efficientlab_tf import runners
+from efficientlab_tf import summaries
 from efficientlab_tf.config import Omega
 from efficientlab_tf.evaluation import features
 from efficientlab_tf.experiment import Experiment
@@ -82,10 +83,20 @@ class RunnersTest(tf.test.TestCase):
         names = [r["name"] for r in tables[1]]
         self.assertIn(os.path.basename(self.run_dir), names)
         self.assertIn("random init, 10x steps", names)
-        merged = runners.run(self.mode("compare_merge", compare={
-            "runs": (config.run.workdir, config.run.workdir)}))
+        merge = self.mode("compare_merge", compare={
+            "runs": (config.run.workdir, config.run.workdir)})
+        merged = runners.run(merge)
         row = next(r for r in merged[2] if r["name"] == "random init")
         self.assertLen(row["per_task"], 2 * len(tables[2][0]["per_task"]))
+        # summary.md: one line per init; the run's minutes are its own
+        # (the median over the two identical folds).
+        with open(os.path.join(merge.run.workdir, "summary.md")) as f:
+            text = f.read()
+        minutes = summaries.total_training_minutes(self.run_dir)
+        name = os.path.basename(self.run_dir)
+        line = next(x for x in text.splitlines() if x.startswith(f"| {name} |"))
+        self.assertTrue(line.endswith(f"| {minutes:.0f} |"), line)
+        self.assertIn("| random init |", text)
 
     def test_compare_procedures_clustering_and_own_omega(self):
         # Every init is also scored with the last layer only, the prototype

@@ -1,6 +1,7 @@
 """TensorBoard events read back: scalars equal the logged numbers, HParams present."""
 
 import glob
+import json
 import os
 import tempfile
 
@@ -9,6 +10,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from efficientlab_tf import runners
+from efficientlab_tf import summaries
 from tests import helpers
 from tests.test_runners import with_
 from tests.test_training import tiny_config
@@ -80,3 +82,40 @@ class SummariesTest(tf.test.TestCase):
                          row["steps"])
         self.assertAllClose(
             [v for t, _, v in events if t == "compare/mean_iou"][0], row["mean_iou"])
+
+
+class TrainingMinutesTest(tf.test.TestCase):
+    """A run's minutes from its logged seconds per iteration, by hand."""
+
+    @staticmethod
+    def _run(seconds, iters, init_from=""):
+        run = tempfile.mkdtemp()
+        with open(os.path.join(run, "config.json"), "w") as f:
+            json.dump({"meta": {"meta_iters": iters},
+                       "run": {"init_from": init_from}}, f)
+        writer = tf.summary.create_file_writer(os.path.join(run, "train"))
+        with writer.as_default():
+            for step, s in enumerate(seconds):
+                tf.summary.scalar("train/seconds_per_iteration", s, step=step)
+        writer.close()
+        return run
+
+    def test_median_rate_times_iterations_and_warm_starts_add_up(self):
+        # A paused step (900 s) does not move the median: 6 s x 200 = 20 min.
+        parent = self._run([6.0, 5.0, 900.0, 7.0, 6.0], 200)
+        minutes, source = summaries.training_minutes(parent)
+        self.assertAllClose(minutes, 20.0)
+        self.assertIsNone(source)
+        # 2 s x 600 = 20 min of its own, + 20 of the parent.
+        child = self._run([2.0, 2.0, 3.0], 600, init_from=parent)
+        own, source = summaries.training_minutes(child)
+        self.assertAllClose(own, 20.0)
+        self.assertEqual(source, parent)
+        self.assertAllClose(summaries.total_training_minutes(child), 40.0)
+        # A parent that is no training run (e.g. converted weights): ignored.
+        orphan = self._run([3.0], 100, init_from=tempfile.mkdtemp())
+        self.assertAllClose(summaries.total_training_minutes(orphan), 5.0)
+        with self.assertRaisesRegex(ValueError, "no train/seconds_per_iteration"):
+            summaries.training_minutes(self._run([], 10))
+        with self.assertRaisesRegex(FileNotFoundError, "not a training run"):
+            summaries.training_minutes(tempfile.mkdtemp())

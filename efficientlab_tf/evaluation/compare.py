@@ -264,3 +264,86 @@ def merge_tables(tables):
             row["clustering_per_task"] = ratios
         merged.append(row)
     return merged
+
+
+def split_row_name(row):
+    """(initialization, variant) of a comparison row: variant "" for the
+    init under the shared omega, else its suffix ("own omega", "mtl",
+    "no adaptation", ...); None for rows of no initialization (trivial
+    predictors, oracles)."""
+    init, name = row.get("init"), row["name"]
+    if not isinstance(init, str) or not name.startswith(init):
+        return None
+    rest = name[len(init):]
+    if not rest:
+        return init, ""
+    if rest.startswith(" [") and rest.endswith("]"):
+        return init, rest[2:-1]
+    if rest.startswith(", "):
+        return init, rest[2:]
+    return None
+
+
+def study_table(tables, reference, variants, minutes=None, clustering=False):
+    """One Markdown table across shot counts and variants of every init.
+
+    Args:
+        tables: {shots: rows} (e.g. merged folds), rows as `compare_inits`.
+        reference: The init every cell is paired with: a cell of init X,
+            variant v, k shots shows X's mean IoU and the paired difference
+            (95% CI) to `reference`'s row of the same variant and shots
+            (own omega against the reference's own omega: each init under
+            its best update routine). No reference row: the mean alone.
+        variants: Columns per shot count, e.g. ("", "own omega") or
+            ("", "mtl", "decoder", "head", "prototype"); "" is the shared
+            omega's full fine-tune.
+        minutes: {init: training minutes} for a minutes column, or None.
+        clustering: Adds the R_FC column of the first shot count's "" row.
+
+    Returns:
+        The table (str); inits in the first table's order.
+    """
+    indexed = {}
+    inits = []
+    for shots, rows in tables.items():
+        for row in rows:
+            key = split_row_name(row)
+            if key is None:
+                continue
+            indexed[(shots, *key)] = row
+            if key[0] not in inits:
+                inits.append(key[0])
+    columns = [(shots, v) for shots in tables for v in variants
+               if any((shots, i, v) in indexed for i in inits)]
+    label = {"": "full, shared omega"}
+    head = ["initialization"] + [
+        f"{shots}-shot {label.get(v, v)}" for shots, v in columns]
+    if clustering:
+        head.append("R_FC")
+    if minutes is not None:
+        head.append("training minutes")
+    lines = ["| " + " | ".join(head) + " |",
+             "|---|" + "---:|" * (len(head) - 1)]
+    for init in inits:
+        cells = [init]
+        for shots, v in columns:
+            row = indexed.get((shots, init, v))
+            ref = indexed.get((shots, reference, v))
+            if row is None:
+                cells.append("")
+            elif ref is None or init == reference:
+                cells.append(f"{row['mean_iou']:.3f}")
+            else:
+                diff, ci = protocol.paired_difference(row["per_task"],
+                                                      ref["per_task"])
+                cells.append(f"{row['mean_iou']:.3f} ({diff:+.3f} ± {ci:.3f})")
+        if clustering:
+            first = next(iter(tables))
+            row = indexed.get((first, init, ""))
+            cells.append(f"{row['clustering_ratio']:.2f}"
+                         if row and "clustering_ratio" in row else "")
+        if minutes is not None:
+            m = minutes.get(init)
+            cells.append("" if m is None else f"{m:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
