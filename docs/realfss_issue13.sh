@@ -2,9 +2,11 @@
 # The real-photo comparison of docs/extensions.md (issue 13), as a resumable
 # queue: train every row on the four realfss-train folds, tune each
 # initialization's omega with UHO (meta-train + meta-val tasks, never the
-# meta-test fold), then score everything per fold and shot count.
+# meta-test fold), then score everything per fold and shot count (the
+# core rows first: see "Two stages" below).
 #
 #   bash docs/realfss_issue13.sh RUNS_DIR RUNNER
+#   bash docs/realfss_issue13.sh RUNS_DIR list    (each job: done, running, ready, waiting)
 #
 # Start two runners (RUNNER 0 and 1): they share the queue. A runner takes
 # the next job that is not done (its output file exists), whose inputs are
@@ -46,48 +48,87 @@ RUNS=(
 
 # job: "workdir|done file|needed files (comma-separated)|run_meta.py flags".
 # '@' in flags stands for the fold's folder.
+#
+# Two stages, so that the core comparison (joint, FOMAML, FOMAML from joint
+# and joint's time-matched control) is complete, with own omegas and both
+# shot counts, before the other rows train: each stage trains its rows, runs
+# their UHO, then compares (stage 1 in compare_<k>shot_core). Both stages
+# keep rows in compare_<k>shot/rows (--compare_rows_dir), so the final
+# comparison reuses the core rows instead of scoring them again.
+CORE=4
 jobs=()
-for entry in "${RUNS[@]}"; do  # Method by method: each row's four folds together.
-  name=${entry%%|*}; args=${entry#*|}
-  needs=""; [[ $args == *"@/joint_imagenet"* ]] && needs="@/joint_imagenet/results.json"
+train_jobs() {  # Method by method: each row's four folds together.
+  for entry in "$@"; do
+    name=${entry%%|*}; args=${entry#*|}
+    needs=""; [[ $args == *"@/joint_imagenet"* ]] && needs="@/joint_imagenet/results.json"
+    for f in 0 1 2 3; do
+      jobs+=("@/$name|results.json|$needs|$COMMON --fold=$f $args")
+    done
+  done
+}
+uho_jobs() {
   for f in 0 1 2 3; do
-    jobs+=("@/$name|results.json|$needs|$COMMON --fold=$f $args")
+    for entry in "$@"; do
+      name=${entry%%|*}; extra=""; [[ $name == metasgd* ]] && extra="--learned_lr"
+      if [ "$name" = imagenet ]; then
+        jobs+=("@/uho_imagenet|omega.json||$COMMON --fold=$f $UHO --encoder_weights=imagenet")
+      else
+        jobs+=("@/uho_$name|omega.json|@/$name/results.json|$COMMON --fold=$f $UHO --init_from=@/$name $extra")
+      fi
+    done
   done
-done
-for f in 0 1 2 3; do
-  jobs+=("@/uho_imagenet|omega.json||$COMMON --fold=$f $UHO --encoder_weights=imagenet")
-  for entry in "${RUNS[@]}"; do
-    name=${entry%%|*}; extra=""; [[ $name == metasgd* ]] && extra="--learned_lr"
-    jobs+=("@/uho_$name|omega.json|@/$name/results.json|$COMMON --fold=$f $UHO --init_from=@/$name $extra")
+}
+compare_jobs() {  # compare_jobs SUFFIX RUN_ENTRY...
+  local suffix=$1; shift
+  for f in 0 1 2 3; do
+    runs=""; omegas="ImageNet encoder=@/uho_imagenet/omega.json"; needs="@/uho_imagenet/omega.json"
+    for entry in "$@"; do
+      name=${entry%%|*}
+      runs+="${runs:+,}@/$name"; omegas+=",$name=@/uho_$name/omega.json"
+      needs+=",@/$name/results.json,@/uho_$name/omega.json"
+    done
+    for k in 5 1; do
+      jobs+=("@/compare_${k}shot$suffix|compare_${k}shot.json|$needs|$COMMON --fold=$f --mode=compare --learned_lr --compare_imagenet --eval_shots_list=$k --eval_tasks=40 --compare_clustering --compare_procedures=mtl,decoder,head,prototype --random_steps_factor=0 --compare_reference=joint_imagenet --compare_rows_dir=@/compare_${k}shot/rows --compare_runs=$runs --compare_omega_files=$omegas")
+    done
   done
-done
-for f in 0 1 2 3; do
-  runs=""; omegas="ImageNet encoder=@/uho_imagenet/omega.json"; needs="@/uho_imagenet/omega.json"
-  for entry in "${RUNS[@]}"; do
-    name=${entry%%|*}
-    runs+="${runs:+,}@/$name"; omegas+=",$name=@/uho_$name/omega.json"
-    needs+=",@/$name/results.json,@/uho_$name/omega.json"
-  done
-  for k in 5 1; do
-    jobs+=("@/compare_${k}shot|compare_${k}shot.json|$needs|$COMMON --fold=$f --mode=compare --learned_lr --compare_imagenet --eval_shots_list=$k --eval_tasks=40 --compare_clustering --compare_procedures=mtl,decoder,head,prototype --random_steps_factor=0 --compare_reference=joint_imagenet --compare_runs=$runs --compare_omega_files=$omegas")
-  done
-done
+}
+train_jobs "${RUNS[@]:0:CORE}"
+uho_jobs imagenet "${RUNS[@]:0:CORE}"
+compare_jobs _core "${RUNS[@]:0:CORE}"
+train_jobs "${RUNS[@]:CORE}"
+uho_jobs "${RUNS[@]:CORE}"
+compare_jobs "" "${RUNS[@]}"
 
 fold_of() { [[ $1 =~ --fold=([0-9]) ]] && echo "${BASH_REMATCH[1]}"; }
+
+expand() {  # expand JOB: sets dir, done_file, needs, args with '@' replaced.
+  IFS='|' read -r dir done_file needs args <<< "$1"
+  local F=$R/fold$(fold_of "$args")
+  dir=${dir//@/$F}; needs=${needs//@/$F}; args=${args//@/$F}
+}
+inputs_ready() {
+  local n; IFS=',' read -r -a need_list <<< "$needs"
+  for n in "${need_list[@]}"; do [ -f "$n" ] || return 1; done
+}
+if [ "$ME" = list ]; then  # bash docs/realfss_issue13.sh RUNS_DIR list
+  for job in "${jobs[@]}"; do
+    expand "$job"
+    if [ -f "$dir/$done_file" ]; then state=done
+    elif [ -f "$dir.lock" ] && ! flock -n "$dir.lock" true; then state=running
+    elif inputs_ready; then state=ready; else state=waiting; fi
+    printf '%-8s %s\n' "$state" "${dir#$R/}"
+  done
+  exit 0
+fi
 
 declare -A failed
 while true; do
   launched=0; held=0
   for job in "${jobs[@]}"; do
-    IFS='|' read -r dir done_file needs args <<< "$job"
-    F=$R/fold$(fold_of "$args")
-    dir=${dir//@/$F}; needs=${needs//@/$F}; args=${args//@/$F}
+    expand "$job"
     [ -f "$dir/$done_file" ] && continue
     [ -n "${failed[$dir]:-}" ] && continue
-    ready=1
-    IFS=',' read -r -a need_list <<< "$needs"
-    for n in "${need_list[@]}"; do [ -f "$n" ] || ready=0; done
-    [ $ready -eq 1 ] || continue
+    inputs_ready || continue
     mkdir -p "$(dirname "$dir")"
     # One argument per flag (a value may hold spaces: "ImageNet encoder=...").
     mapfile -t argv < <(printf '%s\n' "$args" | sed 's/ --/\n--/g')

@@ -588,6 +588,12 @@ class CompareConfig:
         omega_files: ((row name, omega.json path), ...): those
             initializations get a further row adapted with their own omega
             (UHO run on meta-val tasks from that initialization).
+        rows_dir: Folder where compare keeps each initialization's rows as
+            soon as they are scored ("" = <workdir>/rows). Comparisons that
+            share it reuse each other's rows: one of the first runs of a
+            study, then one of all of them, scores the first ones once
+            (rows are matched by position and name, so list the first runs
+            first, and by everything they depend on).
     """
 
     runs: tuple = ()
@@ -597,6 +603,7 @@ class CompareConfig:
     procedures: tuple = ()
     clustering: bool = False
     omega_files: tuple = ()
+    rows_dir: str = ""
 
     def __post_init__(self):
         _check_positive("random_steps_factor", self.random_steps_factor,

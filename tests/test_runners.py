@@ -98,6 +98,33 @@ class RunnersTest(tf.test.TestCase):
         self.assertTrue(line.endswith(f"| {minutes:.0f} |"), line)
         self.assertIn("| random init |", text)
 
+    def test_comparisons_sharing_a_rows_dir_reuse_the_first_runs_rows(self):
+        # A comparison of the first runs, then one of more in another
+        # workdir: the shared rows are read back, not scored again (a kept
+        # row altered on disk comes back altered), the new run is scored.
+        rows_dir = tempfile.mkdtemp()
+        name = os.path.basename(self.run_dir)
+        first = self.mode("compare", compare={"runs": (self.run_dir,),
+                                              "rows_dir": rows_dir},
+                          eval={"shots_list": (2,)})
+        scored = runners.run(first, model=model())[2]
+        kept = os.path.join(rows_dir, "2shot", f"1_{name}.json")
+        with open(kept) as f:
+            data = json.load(f)
+        data["rows"][0]["per_task"] = [0.123] * len(data["rows"][0]["per_task"])
+        with open(kept, "w") as f:
+            json.dump(data, f)
+        self.assertFalse(os.path.exists(os.path.join(first.run.workdir, "rows")))
+        more = self.mode("compare", compare={"runs": (self.run_dir, self.run_dir),
+                                             "rows_dir": rows_dir},
+                         eval={"shots_list": (2,)})
+        rows = [r for r in runners.run(more, model=model())[2] if r["name"] == name]
+        self.assertLen(rows, 2)
+        self.assertAllClose(rows[0]["per_task"], [0.123] * len(rows[0]["per_task"]))
+        original = next(r for r in scored if r["name"] == name)
+        self.assertAllClose(rows[1]["per_task"], original["per_task"], atol=1e-6)
+        self.assertTrue(os.path.exists(os.path.join(rows_dir, "2shot", f"2_{name}.json")))
+
     def test_compare_procedures_clustering_and_own_omega(self):
         # Every init is also scored with the last layer only, the prototype
         # head and (the run) its own omega; each row equals scoring the

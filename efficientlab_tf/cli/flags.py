@@ -252,6 +252,11 @@ def define_flags():
     flags.DEFINE_bool("compare_clustering", cmp.clustering,
                       "compare: report the feature-clustering ratio R_FC "
                       "(Goldblum et al. 2020) of every initialization.")
+    flags.DEFINE_string("compare_rows_dir", cmp.rows_dir,
+                        "compare: folder of the rows kept as each "
+                        "initialization is scored (default <workdir>/rows); "
+                        "comparisons sharing it reuse each other's rows (a "
+                        "comparison of the first runs, then of all).")
     flags.DEFINE_integer("random_steps_factor", cmp.random_steps_factor,
                          "compare mode: the random init also gets a row with "
                          "this many times the steps (0: none).")

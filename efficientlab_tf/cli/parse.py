@@ -81,7 +81,8 @@ def config_from_flags(f):
             procedures=tuple(f.compare_procedures),
             clustering=f.compare_clustering,
             omega_files=tuple(tuple(e.split("=", 1)) if "=" in e else (e,)
-                              for e in f.compare_omega_files)),
+                              for e in f.compare_omega_files),
+            rows_dir=f.compare_rows_dir),
         fpk=c.FPKConfig(
             shots=_ints(f, "fpk_shots"), iters=_ints(f, "fpk_iters"),
             tasks=f.fpk_tasks, repeats=f.fpk_repeats, query=f.fpk_query),

@@ -103,7 +103,8 @@ def run(config, record_fn, model=None):
             procedures=procedures(exp, config, omega), measure_fn=measure,
             own_omegas=omegas,
             # Each init's rows are kept as scored: a rerun resumes.
-            cache_dir=os.path.join(config.run.workdir, "rows", f"{shots}shot"),
+            cache_dir=os.path.join(config.compare.rows_dir or os.path.join(
+                config.run.workdir, "rows"), f"{shots}shot"),
             identities=run_identities(config))
         if box is None:  # The box prior comes from meta-train classes.
             box = compare.fit_box_fraction(exp.eval_tasks("train", shots=shots))
