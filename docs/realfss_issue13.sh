@@ -70,6 +70,10 @@ uho_jobs() {
   for f in 0 1 2 3; do
     for entry in "$@"; do
       name=${entry%%|*}; extra=""; [[ $name == metasgd* ]] && extra="--learned_lr"
+      # MTL adapts at test time as it was trained: its omega is tuned for
+      # the mtl scope (the omega file records it, so compare's own-omega
+      # row adapts that scope too).
+      [[ $name == mtl* ]] && extra="--eval_adapt_scope=mtl"
       if [ "$name" = imagenet ]; then
         jobs+=("@/uho_imagenet|omega.json||$COMMON --fold=$f $UHO --encoder_weights=imagenet")
       else
