@@ -7,6 +7,7 @@
 #
 #   bash docs/realfss_issue13.sh RUNS_DIR RUNNER
 #   bash docs/realfss_issue13.sh RUNS_DIR list    (each job: done, running, ready, waiting)
+#   bash docs/realfss_issue13.sh RUNS_DIR bench   (every row's minutes, quiet benchmark)
 #
 # Start two runners (RUNNER 0 and 1): they share the queue. A runner takes
 # the next job that is not done (its output file exists), whose inputs are
@@ -127,6 +128,29 @@ if [ "$ME" = list ]; then  # bash docs/realfss_issue13.sh RUNS_DIR list
     elif [ -f "$dir.lock" ] && ! flock -n "$dir.lock" true; then state=running
     elif inputs_ready; then state=ready; else state=waiting; fi
     printf '%-8s %s\n' "$state" "${dir#$R/}"
+  done
+  exit 0
+fi
+if [ "$ME" = bench ]; then  # bash docs/realfss_issue13.sh RUNS_DIR bench
+  # Every row's training minutes from a quiet benchmark: seconds per
+  # iteration of its training flags (bench/bench_meta_step.py, one thread,
+  # median of 5 x 3 calls; the weights it starts from do not change the
+  # cost) times its iterations, plus the row it was warm-started from.
+  # Run it with nothing else on the machine.
+  declare -A per_it minutes
+  printf '| row | s per iteration | iterations | minutes (with warm start) |\n|---|---:|---:|---:|\n'
+  for entry in "${RUNS[@]}"; do
+    name=${entry%%|*}; args=${entry#*|}
+    iters=200; [[ $args =~ --meta_iters=([0-9]+) ]] && iters=${BASH_REMATCH[1]}
+    parent=""; [[ $args =~ --init_from=@/([a-z_]+) ]] && parent=${BASH_REMATCH[1]}
+    cost=$(printf '%s\n' $args | grep -vE -- '^--(init_from|encoder_weights|meta_iters|eval_every|image_every)=' | tr '\n' ' ')
+    if [ -z "${per_it[$cost]:-}" ]; then
+      per_it[$cost]=$(python bench/bench_meta_step.py --flagfile=flags/realfss_folds.flags \
+        --encoder_weights=imagenet --parts=meta_step --repeats=5 --iters=3 $cost 2>/dev/null \
+        | sed -n 's/^meta-iteration: \([0-9.]*\) s.*/\1/p')
+    fi
+    minutes[$name]=$(python -c "print(${per_it[$cost]} * $iters / 60 + ${minutes[${parent:-none}]:-0})")
+    printf '| %s | %.3f | %d | %.1f |\n' "$name" "${per_it[$cost]}" "$iters" "${minutes[$name]}"
   done
   exit 0
 fi
