@@ -82,9 +82,10 @@ uho_jobs() {
       # row adapts that scope too).
       [[ $name == mtl* ]] && extra="--eval_adapt_scope=mtl"
       if [ "$name" = imagenet ]; then
-        jobs+=("@/uho_imagenet|omega.json||$COMMON --fold=$f $UHO --encoder_weights=imagenet")
+        # The model as built: the ImageNet encoder and a random decoder.
+        jobs+=("@/uho_imagenet|omega.json||$COMMON --fold=$f $UHO --init_from=random --encoder_weights=imagenet")
       else
-        jobs+=("@/uho_$name|omega.json|@/$name/results.json|$COMMON --fold=$f $UHO --init_from=@/$name $extra")
+        jobs+=("@/uho_$name|omega.json|@/$name/results.json|$COMMON --fold=$f $UHO --init_from=@/$name${extra:+ $extra}")
       fi
     done
   done

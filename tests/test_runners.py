@@ -161,6 +161,12 @@ class RunnersTest(tf.test.TestCase):
             runners.run(with_(config, compare={"omega_files": (("x", omega_file),)}),
                         model=model())
 
+    def test_uho_without_weights_says_which_flag_to_pass(self):
+        config = self.mode("uho", run={"init_from": ""})
+        with self.assertRaisesRegex(FileNotFoundError,
+                                    "holds no checkpoint.*--init_from=random"):
+            runners.run(config, model=model())
+
     def test_uho_writes_omega_and_lr_sweep_writes_the_curve(self):
         uho = {"samples": 2, "rounds": 2, "tasks": 2, "steps_range": (1, 3),
                "sweep_points": 2}

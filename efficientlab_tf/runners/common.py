@@ -13,7 +13,17 @@ def experiment_with_weights(config, model=None):
     source = config.run.init_from or config.run.workdir
     if source == "random":
         return exp, "random init"
-    prefix = load_model_weights(exp.model, source)
+    try:
+        prefix = load_model_weights(exp.model, source)
+    except FileNotFoundError as e:
+        if config.run.init_from:
+            raise
+        raise FileNotFoundError(
+            f"--mode={config.run.mode} needs weights: --init_from is empty and "
+            f"--workdir={config.run.workdir!r} holds no checkpoint. Pass "
+            "--init_from=<run folder or checkpoint>, or --init_from=random for "
+            "the model as built (with --encoder_weights=imagenet: the ImageNet "
+            "encoder and a random decoder).") from e
     logging.info("Loaded %s.", prefix)
     return exp, prefix
 
