@@ -8,6 +8,8 @@
 #   bash docs/realfss_issue13.sh RUNS_DIR RUNNER
 #   bash docs/realfss_issue13.sh RUNS_DIR list    (each job: done, running, ready, waiting)
 #   bash docs/realfss_issue13.sh RUNS_DIR bench   (every row's minutes, quiet benchmark)
+#   bash docs/realfss_issue13.sh RUNS_DIR results [REF...]  (the runs' own
+#        final 5-shot evaluations, folds pooled, paired with each REF)
 #
 # Start two runners (RUNNER 0 and 1): they share the queue. A runner takes
 # the next job that is not done (its output file exists), whose inputs are
@@ -153,6 +155,49 @@ if [ "$ME" = bench ]; then  # bash docs/realfss_issue13.sh RUNS_DIR bench
     minutes[$name]=$(python -c "print(${per_it[$cost]} * $iters / 60 + ${minutes[${parent:-none}]:-0})")
     printf '| %s | %.3f | %d | %.1f |\n' "$name" "${per_it[$cost]}" "$iters" "${minutes[$name]}"
   done
+  exit 0
+fi
+
+if [ "$ME" = results ]; then  # bash docs/realfss_issue13.sh RUNS_DIR results [REF...]
+  # The interim table of docs/extensions.md: each trained row's own final
+  # meta-test evaluation (shared omega, 5-shot, the fold's meta-test tasks),
+  # the folds it has finished pooled, and the paired difference to each
+  # REF (default joint_imagenet) over the tasks of the folds both finished.
+  shift 2
+  names=(); for entry in "${RUNS[@]}"; do names+=("${entry%%|*}"); done
+  TF_CPP_MIN_LOG_LEVEL=2 python - "$R" "${names[*]}" "${@:-joint_imagenet}" <<'PY'
+import json, os, sys
+from efficientlab_tf.evaluation.protocol import paired_difference
+from efficientlab_tf.model.metrics import mean_ci95
+runs, names, refs = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
+def per_task(name, fold):
+    path = os.path.join(runs, f"fold{fold}", name, "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["meta_test"]["per_task"]
+scores = {n: {f: per_task(n, f) for f in range(4)} for n in names}
+print("| row | folds | tasks | mean IoU | "
+      + " | ".join(f"minus `{r}` (paired, tasks)" for r in refs) + " |")
+print("|---|---:|---:|---:|" + "---:|" * len(refs))
+for n in names:
+    folds = [f for f in range(4) if scores[n][f] is not None]
+    if not folds:
+        continue
+    pooled = [x for f in folds for x in scores[n][f]]
+    mean, ci = mean_ci95(pooled)
+    cells = []
+    for r in refs:
+        both = [f for f in folds if scores[r][f] is not None]
+        if r == n or not both:
+            cells.append("—")
+            continue
+        diff, dci = paired_difference([x for f in both for x in scores[n][f]],
+                                      [x for f in both for x in scores[r][f]])
+        cells.append(f"{diff:+.3f} ± {dci:.3f} ({sum(len(scores[n][f]) for f in both)})")
+    print(f"| {n} | {','.join(map(str, folds))} | {len(pooled)} | "
+          f"{mean:.3f} ± {ci:.3f} | " + " | ".join(cells) + " |")
+PY
   exit 0
 fi
 

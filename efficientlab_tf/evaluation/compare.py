@@ -321,7 +321,7 @@ def study_table(tables, reference, variants, minutes=None, clustering=False):
     if clustering:
         head.append("R_FC")
     if minutes is not None:
-        head.append("training minutes")
+        head.append("training minutes (as logged)")
     lines = ["| " + " | ".join(head) + " |",
              "|---|" + "---:|" * (len(head) - 1)]
     for init in inits:
