@@ -48,6 +48,26 @@ class FlagfileTest(tf.test.TestCase):
         self.assertEqual(int(flags["eval_tasks"]), demo.eval.tasks)
         self.assertEqual(int(flags["eval_every"]), demo.eval.every)
 
+    def test_best_realfss_flagfile_is_the_measured_study_row(self):
+        # Its header reports fomaml_jointlong's figures: the flags must be
+        # that row's training flags in docs/realfss_issue13.sh.
+        flags = read_flagfile(os.path.join(ROOT, "flags/realfss_best.flags"))
+        script = open(os.path.join(ROOT, "docs/realfss_issue13.sh")).read()
+        row = next(line.strip().strip('"') for line in script.splitlines()
+                   if line.strip().startswith('"fomaml_jointlong|'))
+        study = dict(arg[2:].partition("=")[::2]
+                     for arg in row.split("|", 1)[1].split())
+        self.assertEqual(study.pop("init_from"), "@/joint_joint")
+        self.assertTrue(flags.pop("init_from").endswith("/joint_joint"))
+        flags.pop("workdir")
+        self.assertEqual(flags, study)
+        joint = next(line for line in script.splitlines()
+                     if line.strip().startswith('"joint_joint|'))
+        header = open(os.path.join(ROOT, "flags/realfss_best.flags")).read()
+        for arg in joint.strip().strip('"').split("|", 1)[1].split():
+            if not arg.startswith("--init_from"):
+                self.assertIn(arg, header)
+
     def test_paper_flagfile_has_the_paper_values(self):
         flags = read_flagfile(os.path.join(ROOT, "flags/fss1000_fomaml_5shot.flags"))
         paper = config_lib.MetaConfig()

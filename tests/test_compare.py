@@ -195,7 +195,7 @@ class StudyTableTest(tf.test.TestCase):
         lines = text.splitlines()
         self.assertEqual(lines[0], "| initialization | 5-shot full, shared "
                          "omega | 5-shot own omega | 1-shot full, shared omega "
-                         "| 1-shot own omega | R_FC "
+                         "| 1-shot own omega | R_FC (5-shot) "
                          "| training minutes (as logged) |")
         # meta - joint, shared: (0.1, 0.3): mean 0.2, population sd 0.1,
         # 1.96 * 0.1 / sqrt(2) = 0.139. Own omega: (0.1, 0.1): +0.1 +- 0.

@@ -319,7 +319,7 @@ def study_table(tables, reference, variants, minutes=None, clustering=False):
     head = ["initialization"] + [
         f"{shots}-shot {label.get(v, v)}" for shots, v in columns]
     if clustering:
-        head.append("R_FC")
+        head.append(f"R_FC ({next(iter(tables))}-shot)")
     if minutes is not None:
         head.append("training minutes (as logged)")
     lines = ["| " + " | ".join(head) + " |",
