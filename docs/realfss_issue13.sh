@@ -159,10 +159,12 @@ if [ "$ME" = bench ]; then  # bash docs/realfss_issue13.sh RUNS_DIR bench
 fi
 
 if [ "$ME" = results ]; then  # bash docs/realfss_issue13.sh RUNS_DIR results [REF...]
-  # The interim table of docs/extensions.md: each trained row's own final
-  # meta-test evaluation (shared omega, 5-shot, the fold's meta-test tasks),
-  # the folds it has finished pooled, and the paired difference to each
-  # REF (default joint_imagenet) over the tasks of the folds both finished.
+  # Interim figures for rows whose comparison has not run yet: each trained
+  # row's own final meta-test evaluation (5-shot, the training omega and
+  # adaptation scope, so mtl rows adapt the mtl scope; the fold's meta-test
+  # tasks), the folds it has finished pooled, and the paired difference to
+  # each REF (default joint_imagenet) over the tasks of the folds both
+  # finished. The compare jobs' tables supersede it.
   shift 2
   names=(); for entry in "${RUNS[@]}"; do names+=("${entry%%|*}"); done
   TF_CPP_MIN_LOG_LEVEL=2 python - "$R" "${names[*]}" "${@:-joint_imagenet}" <<'PY'
