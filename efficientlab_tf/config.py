@@ -13,6 +13,7 @@ signature (`ExperimentConfig.eval_omega`).
 
 import dataclasses
 import json
+import math
 import os
 from typing import Optional
 
@@ -48,6 +49,17 @@ ENCODERS = (
 )
 
 
+# Largest image (height x width) serve_bytes decodes, 16.8 megapixels
+# (4096 x 4096): a small PNG can declare 10000 x 10000 pixels (1.4 GiB once
+# decoded), so the size is read from the header and checked before decoding.
+MAX_SERVED_PIXELS = 4096 * 4096
+
+# Largest --image_size. EfficientNet's own largest input is 600 px (B7; V2-S
+# 384-480); activation memory grows with the square of the size (1024 px is
+# 21x the paper's 224 px), so beyond 1024 a run exhausts memory at its first
+# step instead of failing here with a line that names the flag.
+MAX_IMAGE_SIZE = 1024
+
 MODES = ("train", "compare", "export", "adapt", "evaluate", "uho", "lr_sweep",
          "convert", "fpk", "imagenet_check", "compare_merge")
 
@@ -58,7 +70,11 @@ def _check_choice(name, value, choices):
 
 
 def _check_positive(name, value, allow_zero=False):
-    bad = value < 0 if allow_zero else value <= 0
+    # `not (value > 0)` rather than `value <= 0`: NaN fails every comparison,
+    # so only this form refuses it; infinity is refused by name.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number; got {value!r}.")
+    bad = not (value >= 0) if allow_zero else not (value > 0)
     if bad:
         kind = "non-negative" if allow_zero else "positive"
         raise ValueError(f"`{name}` must be {kind}; got {value!r}.")
@@ -170,9 +186,10 @@ class ModelConfig:
         _check_choice("encoder", self.encoder, ENCODERS)
         _check_choice("decoder", self.decoder, DECODERS)
         _check_choice("bn_mode", self.bn_mode, BN_MODES)
-        if self.image_size <= 0 or self.image_size % 32:
+        if (self.image_size <= 0 or self.image_size % 32
+                or self.image_size > MAX_IMAGE_SIZE):
             raise ValueError(
-                "`image_size` must be a positive multiple of 32; "
+                f"`image_size` must be a multiple of 32 in [32, {MAX_IMAGE_SIZE}]; "
                 f"got {self.image_size!r}."
             )
         if not 2 <= self.skip_stage < self.cut_stage <= 8:
@@ -671,7 +688,7 @@ class ConvertConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-    """export / adapt modes.
+    """export / adapt modes: the SavedModel and the limits it enforces.
 
     Attributes:
         export_dir: TF Serving model folder (versions below it).
@@ -679,16 +696,45 @@ class ExportConfig:
         max_request_lr: Largest lr a `few_shot_omega` request may ask for.
         max_request_steps: Most steps a `few_shot_omega` request may ask for
             (200: FP-k's largest iteration count).
+        max_request_images: Most images in one request (serve_bytes and
+            serving_default images, few_shot support and query sets).
+        max_request_pixels: Most pixels (height x width, read from the
+            headers before decoding) all images of one serve_bytes request
+            may hold: 2 x `MAX_SERVED_PIXELS`. 32 near-limit PNGs in one
+            512 KiB request cost 22 s of CPU before this limit (issue 28).
+        max_image_pixels: Largest single image serve_bytes decodes.
+        serve_batch_size: Largest batch of the in-graph batching of
+            serving_default and serve_bytes (images of concurrent requests
+            run as one batch, each request gets its own rows); 0 turns it
+            off. 16: where per-image CPU time stops falling (BENCHMARKS.md).
+        serve_batch_timeout_micros: Longest a request waits for others to
+            fill a batch: small against one forward pass (tens of ms on a
+            CPU, ~5 ms on a GPU).
+        serve_batch_threads: Batches run at once (one computes while the
+            next fills).
     """
 
     export_dir: str = "saved_models/efficientlab"
     adapt_data: Optional[str] = None
     max_request_lr: float = 1.0
     max_request_steps: int = 200
+    max_request_images: int = 64
+    max_request_pixels: int = 2 * MAX_SERVED_PIXELS
+    max_image_pixels: int = MAX_SERVED_PIXELS
+    serve_batch_size: int = 16
+    serve_batch_timeout_micros: int = 2000
+    serve_batch_threads: int = 2
 
     def __post_init__(self):
         _check_positive("max_request_lr", self.max_request_lr)
         _check_positive("max_request_steps", self.max_request_steps)
+        _check_positive("max_request_images", self.max_request_images)
+        _check_positive("max_request_pixels", self.max_request_pixels)
+        _check_positive("max_image_pixels", self.max_image_pixels)
+        _check_positive("serve_batch_size", self.serve_batch_size, allow_zero=True)
+        _check_positive("serve_batch_timeout_micros",
+                        self.serve_batch_timeout_micros, allow_zero=True)
+        _check_positive("serve_batch_threads", self.serve_batch_threads)
 
 
 @dataclasses.dataclass(frozen=True)

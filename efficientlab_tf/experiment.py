@@ -157,12 +157,9 @@ class Experiment:
             self.model, self.config.meta, in_place=False,
             batch_size=omega.batch_size, optimizer=omega.optimizer,
             scope=omega.scope)
-        limits = self.config.export
         return export_saved_model(
             self.model, base_dir, self.config.model.image_size, version=version,
-            few_shot_adapter=adapter, omega=(omega.lr, omega.steps),
-            max_request_lr=limits.max_request_lr,
-            max_request_steps=limits.max_request_steps)
+            few_shot_adapter=adapter, omega=omega, limits=self.config.export)
 
     def imagenet_init(self):
         """load_fn putting an ImageNet encoder (decoder as built) into the model.

@@ -54,6 +54,30 @@ def requirements(config, mode, uses_imagenet=False):
     return needs
 
 
+def output_folders(config, mode):
+    """[(folder, what)] the run `mode` will write besides its workdir."""
+    import os
+
+    folders = []
+    if mode == "train":
+        folders.append((os.path.join(config.run.workdir, "checkpoints"),
+                        "checkpoints"))
+    if mode in ("export", "adapt"):
+        folders.append((config.export.export_dir, "the SavedModel"))
+    if mode == "convert" and config.convert.shard_dir:
+        folders.append((config.convert.shard_dir, "TFRecord shards"))
+    return folders
+
+
+def check_outputs(config, mode):
+    """Proves every output folder writable at second 0 (io.check_writable):
+    a read-only `checkpoints/` is found before training, not after it."""
+    from efficientlab_tf import io
+
+    for folder, what in output_folders(config, mode):
+        io.check_writable(folder, what)
+
+
 def check(config, mode, uses_imagenet=False):
     """Raises MissingDependencyError naming the first missing package."""
     for module, why, command in requirements(config, mode, uses_imagenet):

@@ -104,6 +104,9 @@ def prepare(config, model=None):
         pool = HardTaskPool(cfg.meta.hard_task_pool)
         trackables.update(pool.trackables())
     ckpt = tf.train.Checkpoint(**trackables)
+    # The run holds the workdir's lock, so a `ckpt-N_temp` folder here is
+    # what a killed save left (TF writes a checkpoint there, then renames).
+    workdir_lib.remove_checkpoint_litter(os.path.join(workdir, "checkpoints"))
     manager = tf.train.CheckpointManager(
         ckpt, os.path.join(workdir, "checkpoints"),
         max_to_keep=cfg.run.keep_checkpoints)
@@ -176,7 +179,8 @@ def run(prepared):
         if not chief:
             return None
         check_finite_weights(exp.model, "save a checkpoint")
-        return manager.save(checkpoint_number=number)
+        with io.writing(f"checkpoint {number}", manager.directory):
+            return manager.save(checkpoint_number=number)
 
     try:
         while int(step) < total:

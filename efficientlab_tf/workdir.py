@@ -22,11 +22,15 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
+import stat
 import sys
 import time
 
 from absl import logging
+
+from efficientlab_tf import io
 
 LOCK_FILE = ".lock"
 
@@ -68,16 +72,6 @@ def prepare(workdir):
         raise PermissionError(f"`workdir` {workdir!r} is not writable.")
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def lock(workdir):
     """Holds the exclusive lock of `workdir` (see module docstring).
@@ -87,7 +81,21 @@ def lock(workdir):
     """
     prepare(workdir)
     path = os.path.join(workdir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    # O_NOFOLLOW: a symlink planted as .lock must not get its target
+    # truncated (runs here are often root); a FIFO or folder is refused too.
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise WorkdirError(
+                f"the lock file {path!r} is not a regular file (a symbolic "
+                "link, folder or device); remove it and rerun.") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise WorkdirError(
+            f"the lock file {path!r} is not a regular file; remove it and rerun.")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -102,7 +110,7 @@ def lock(workdir):
     try:
         previous = os.pread(fd, 4096, 0).decode(errors="replace").strip()
         pid = _parse_pid(previous)
-        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+        if pid is not None and pid != os.getpid() and not io.pid_alive(pid):
             logging.warning("Taking over the stale lock of %s in %s (that "
                             "process no longer exists).", previous, workdir)
         program = os.path.basename(sys.argv[0]) if sys.argv else "python"
@@ -122,6 +130,24 @@ def _parse_pid(text):
     if len(parts) >= 2 and parts[0] == "pid" and parts[1].isdigit():
         return int(parts[1])
     return None
+
+
+def remove_checkpoint_litter(folder):
+    """Removes the `ckpt-N_temp` folders a killed checkpoint save left in
+    `folder` (call it holding the workdir's lock: no save of another process
+    can be in flight); returns their names."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if (re.fullmatch(r"ckpt-[0-9]+_temp", name) and os.path.isdir(path)
+                and not os.path.islink(path)):
+            shutil.rmtree(path, ignore_errors=True)
+            logging.info("Removed %s, left by an interrupted checkpoint save.",
+                         path)
+            removed.append(name)
+    return removed
 
 
 def has_checkpoints(workdir):

@@ -8,13 +8,14 @@ import numpy as np
 import tensorflow as tf
 
 from efficientlab_tf.config import MetaConfig
+from efficientlab_tf.config import Omega
 from efficientlab_tf.export.saved_model import export_saved_model
 from efficientlab_tf.export.saved_model import next_version
 from efficientlab_tf.segmentation import build_adapter
 from efficientlab_tf.model.efficientlab import foreground_probability
 from tests import helpers
 
-OMEGA = (0.05, 3)
+OMEGA = Omega(lr=0.05, steps=3)
 
 
 def export_tiny(bn_mode="batch"):
@@ -24,6 +25,12 @@ def export_tiny(bn_mode="batch"):
     path = export_saved_model(model, base, image_size=32,
                               few_shot_adapter=adapter, omega=OMEGA)
     return model, adapter, base, path
+
+
+def per_image(model, images):
+    """Target probabilities of each image run alone through `model`."""
+    return tf.concat([foreground_probability(model(
+        tf.cast(image[None], tf.float32), training=False)) for image in images], 0)
 
 
 def uint8(shape, seed):
@@ -50,8 +57,9 @@ class ExportTest(tf.test.TestCase):
         serve = self.loaded.signatures["serving_default"]
         images = uint8((2, 32, 32, 3), 0)
         out = serve(images=images)
-        expected = foreground_probability(
-            self.model(tf.cast(images, tf.float32), training=False))
+        # bn_mode=batch: each served image is normalised by its own
+        # statistics, i.e. it is a batch of one (issue 23).
+        expected = per_image(self.model, images)
         self.assertAllClose(out["probabilities"], expected, atol=1e-5)
         self.assertAllEqual(out["masks"], tf.cast(expected >= 0.5, tf.uint8))
         # Any input size: resized inside the graph, answered at input size.
@@ -82,7 +90,7 @@ class ExportTest(tf.test.TestCase):
         # The same update routine, called directly on the Keras model.
         state, _ = self.adapter.adapt(
             tf.cast(support, tf.float32),
-            tf.cast(masks[..., None] > 0, tf.float32), OMEGA[0], OMEGA[1],
+            tf.cast(masks[..., None] > 0, tf.float32), OMEGA.lr, OMEGA.steps,
             tf.constant([0, 0]))
         expected = self.adapter.predict(state, tf.cast(query, tf.float32))
         self.assertAllClose(out["probabilities"], expected, atol=1e-4)
@@ -118,7 +126,7 @@ class ExportTest(tf.test.TestCase):
     def test_few_shot_bad_input(self):
         query = uint8((1, 32, 32, 3), 0)
         with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
-                                    "support_images is empty"):
+                                    "support_images: the batch is empty"):
             self.few_shot(tf.zeros([0, 32, 32, 3], tf.uint8),
                           tf.zeros([0, 32, 32], tf.uint8), query)
         with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
@@ -223,7 +231,7 @@ class ExportTest(tf.test.TestCase):
             tf.uint8)
         sig = self.loaded.signatures["few_shot_omega"]
         out = sig(support_images=support, support_masks=masks,
-                  query_images=query, lr=tf.constant(0.2), steps=tf.constant(4))
+                  query_images=query, lr=tf.constant([0.2]), steps=tf.constant([4]))
         # The Python update routine with that omega gives the same answer ...
         state, _ = self.adapter.adapt(
             tf.cast(support, tf.float32), tf.cast(masks[..., None] > 0, tf.float32),
@@ -232,7 +240,7 @@ class ExportTest(tf.test.TestCase):
         self.assertAllClose(out["probabilities"], expected, atol=1e-4)
         # ... and the exported omega gives few_shot's answer.
         same = sig(support_images=support, support_masks=masks, query_images=query,
-                   lr=tf.constant(OMEGA[0]), steps=tf.constant(OMEGA[1]))
+                   lr=tf.constant([OMEGA.lr]), steps=tf.constant([OMEGA.steps]))
         self.assertAllClose(same["probabilities"],
                             self.few_shot(support, masks, query)["probabilities"])
         for lr, steps, message in ((5.0, 3, "lr must be <= 1"),
@@ -241,7 +249,7 @@ class ExportTest(tf.test.TestCase):
                                    (0.1, -1, "steps must be >= 0")):
             with self.assertRaisesRegex(tf.errors.InvalidArgumentError, message):
                 sig(support_images=support, support_masks=masks, query_images=query,
-                    lr=tf.constant(lr), steps=tf.constant(steps))
+                    lr=tf.constant([lr]), steps=tf.constant([steps]))
 
     def test_in_place_adapter_is_refused(self):
         adapter = build_adapter(self.model, MetaConfig(), in_place=True)
@@ -288,12 +296,10 @@ class FreshProcessTest(tf.test.TestCase):
             capture_output=True, text=True, timeout=300, env=env)
         self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
         got = np.load(outputs)
-        expected = foreground_probability(
-            model(tf.cast(query, tf.float32), training=False))
-        self.assertAllClose(got["default"], expected, atol=1e-5)
+        self.assertAllClose(got["default"], per_image(model, query), atol=1e-5)
         state, _ = adapter.adapt(tf.cast(support, tf.float32),
                                  tf.cast(masks[..., None] > 0, tf.float32),
-                                 OMEGA[0], OMEGA[1], tf.constant([0, 0]))
+                                 OMEGA.lr, OMEGA.steps, tf.constant([0, 0]))
         self.assertAllClose(got["few_shot"],
                             adapter.predict(state, tf.cast(query, tf.float32)),
                             atol=1e-4)

@@ -177,7 +177,6 @@ class FSS1000Test(tf.test.TestCase):
                       message)
         self.assertIn(os.path.join(root, "dog", "1.png") + ": mask is not binary",
                       message)
-        self.assertIn("(a RGB image)", message)
         self.assertIn(os.path.join(root, "dog", "2.png") +
                       ": mask size (16, 16) differs from image size (32, 32)",
                       message)
@@ -189,6 +188,37 @@ class FSS1000Test(tf.test.TestCase):
         self.assertEqual(len(src.pairs["cat"]), 2)
         for task in src.tasks("train", 1, 1, seed=0).take(4):
             self.assertEqual(task.support_images.shape, (1, 32, 32, 3))
+
+    def test_16bit_masks_and_tiff_named_jpg_are_refused_by_name(self):
+        """Issue 28 (1, 5): PIL keeps a 16-bit PNG's values and opens TIFFs,
+        TensorFlow's decoder rescales the first to empty masks and refuses
+        the second; the scan decodes as the pipeline does, so a class of
+        16-bit masks can no longer train to a silent IoU of 1.0."""
+        root = make_tree(pairs=3)
+        for n in (1, 2, 3):  # dog: every mask 16-bit, values 0/255 or 0/1.
+            rng = np.random.RandomState(n)
+            mask = np.where(rng.uniform(size=(32, 32)) > 0.5,
+                            255 if n < 3 else 1, 0).astype(np.uint16)
+            Image.fromarray(mask).save(os.path.join(root, "dog", f"{n}.png"))
+            self.assertEqual(open(os.path.join(root, "dog", f"{n}.png"),
+                                  "rb").read()[24], 16)  # Really 16-bit.
+        tiff = os.path.join(root, "cat", "2.jpg")
+        Image.open(tiff).save(tiff, format="TIFF")
+        with self.assertRaises(fss1000.BadExamplesError) as ctx:
+            fss1000.scan(root)
+        message = str(ctx.exception)
+        for n in (1, 2, 3):
+            self.assertIn(os.path.join(root, "dog", f"{n}.png") +
+                          ": 16-bit PNG mask", message)
+        self.assertIn(f"{tiff}: cannot decode image with the pipeline's "
+                      "decoder", message)
+        kept = fss1000.scan(root, skip_bad=True)
+        self.assertNotIn("dog", kept)
+        self.assertEqual([os.path.basename(i) for i, _ in kept["cat"]],
+                         ["1.jpg", "3.jpg"])
+        # The adapt mode's reader refuses the same files.
+        with self.assertRaisesRegex(fss1000.BadExamplesError, "16-bit PNG"):
+            fss1000.read_class_folder(os.path.join(root, "dog"))
 
     def test_checks_are_cached_by_size_and_mtime(self):
         from efficientlab_tf.data import validate

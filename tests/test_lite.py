@@ -80,6 +80,63 @@ def test_reads_a_byte_stream_written_by_hand(tmp_path):
     np.testing.assert_array_equal(got["w"], [[1.0, 3.0], [2.0, 4.0]])
 
 
+def _op_long(value):
+    """Pickle LONG1: any Python int (4-byte `J` cannot hold 2^36)."""
+    n = max(1, (value.bit_length() + 8) // 8)
+    return b"\x8a" + bytes([n]) + value.to_bytes(n, "little", signed=True)
+
+
+def _crafted(tmp_path, size, stride, offset=0, numel=5, count=5):
+    """A file whose one tensor is the view (size, stride, offset) of a
+    `numel`-element float storage, `count` elements declared before the
+    bytes (always 5 written): what a hostile header can say."""
+    tup = lambda xs: b"(" + b"".join(_op_long(x) for x in xs) + b"t"  # noqa: E731
+    body = (b"\x80\x02ccollections\nOrderedDict\n)R(X\x01\x00\x00\x00w"
+            b"ctorch._utils\n_rebuild_tensor_v2\n("
+            b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00k"
+            b"X\x03\x00\x00\x00cpu" + _op_long(numel) + b"Nt"
+            b"Q" + _op_long(offset) + tup(size) + tup(stride) +
+            b"\x89ccollections\nOrderedDict\n)RtRu.")
+    path = tmp_path / "crafted.pth"
+    with open(path, "wb") as f:
+        pickle.dump(torch_legacy.MAGIC_NUMBER, f, protocol=2)
+        pickle.dump(1001, f, protocol=2)
+        pickle.dump({"little_endian": True}, f, protocol=2)
+        f.write(body)
+        pickle.dump(["k"], f, protocol=2)
+        f.write(struct.pack("<q", count) + np.arange(5, dtype="<f4").tobytes())
+    return str(path)
+
+
+@pytest.mark.parametrize("view,message", [
+    # Issue 28 (2): each of these read foreign memory, segfaulted or escaped
+    # as a raw OverflowError/MemoryError/IndexError before.
+    (dict(size=(2,), stride=(-2 ** 36,), offset=4), "negative stride"),
+    (dict(size=(2, 2), stride=(-1, 1), offset=4), "negative stride"),
+    (dict(size=(2 ** 20, 2 ** 20), stride=(0, 0)), "more than its storage"),
+    (dict(size=(2,), stride=(1,), offset=7), "reads past the end"),
+    (dict(size=(), stride=(), offset=5), "reads past the end"),
+    (dict(size=(3,), stride=(3,), offset=0), "reads past the end"),
+    (dict(size=(2,), stride=(1,), count=2 ** 61), "declares 2305843009213693952"),
+    (dict(size=(2,), stride=(1,), count=-1), "declares -1"),
+    (dict(size=(-2,), stride=(1,)), "negative size"),
+    (dict(size=(2, 2), stride=(1,)), "malformed"),
+])
+def test_crafted_views_are_refused_before_memory_is_touched(tmp_path, view, message):
+    path = _crafted(tmp_path, **view)
+    with pytest.raises(torch_legacy.TorchFileError, match=message) as e:
+        torch_legacy.load_state_dict(path)
+    assert str(e.value).startswith(path)
+
+
+def test_crafted_writer_reads_a_legal_view(tmp_path):
+    """The crafting helper itself: a legal strided view reads the right
+    elements (so the refusals above are the checks, not a broken file)."""
+    got = torch_legacy.load_state_dict(
+        _crafted(tmp_path, size=(2, 2), stride=(1, 2), offset=1))
+    np.testing.assert_array_equal(got["w"], [[1.0, 3.0], [2.0, 4.0]])
+
+
 def _write_bad(tmp_path, mutate):
     sd = collections.OrderedDict(a=np.ones((2, 2), np.float32))
     path = str(tmp_path / "bad.pth")

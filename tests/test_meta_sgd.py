@@ -12,6 +12,7 @@ import tensorflow as tf
 from efficientlab_tf import segmentation
 from efficientlab_tf.config import ExperimentConfig
 from efficientlab_tf.config import MetaConfig
+from efficientlab_tf.config import Omega
 from efficientlab_tf.experiment import load_model_weights
 from efficientlab_tf.export.saved_model import export_saved_model
 from efficientlab_tf.meta import fomaml
@@ -125,7 +126,7 @@ class LearnedRatesTest(tf.test.TestCase):
                                              in_place=False)
         path = export_saved_model(model, os.path.join(tempfile.mkdtemp(), "m"),
                                   image_size=32, few_shot_adapter=adapter,
-                                  omega=(LR, 2))
+                                  omega=Omega(lr=LR, steps=2))
         loaded = tf.saved_model.load(path)
         rng = np.random.RandomState(0)
         support = tf.constant(rng.randint(0, 256, (2, 32, 32, 3)), tf.uint8)

@@ -227,6 +227,20 @@ def define_flags():
                        "Export: largest lr a few_shot_omega request may ask for.")
     flags.DEFINE_integer("max_request_steps", ex.max_request_steps,
                          "Export: most steps a few_shot_omega request may ask for.")
+    flags.DEFINE_integer("max_request_images", ex.max_request_images,
+                         "Export: most images in one request (every signature).")
+    flags.DEFINE_integer("max_request_pixels", ex.max_request_pixels,
+                         "Export: most pixels (height x width, all images) in "
+                         "one serve_bytes request.")
+    flags.DEFINE_integer("max_image_pixels", ex.max_image_pixels,
+                         "Export: largest image (height x width) serve_bytes decodes.")
+    flags.DEFINE_integer("serve_batch_size", ex.serve_batch_size,
+                         "Export: largest in-graph batch of serving_default and "
+                         "serve_bytes across concurrent requests; 0 = no batching.")
+    flags.DEFINE_integer("serve_batch_timeout_micros", ex.serve_batch_timeout_micros,
+                         "Export: longest a request waits for others to fill a batch.")
+    flags.DEFINE_integer("serve_batch_threads", ex.serve_batch_threads,
+                         "Export: batches computed at once by the in-graph batching.")
     # Compare (CompareConfig).
     flags.DEFINE_list("compare_runs", list(cmp.runs),
                       "compare, compare_merge and fpk modes: run folders (or "

@@ -1,7 +1,8 @@
 """`main` of run_meta.py: flags -> config -> the mode's runner.
 
 Input errors (bad flag values, missing files or packages, a locked or
-incompatible workdir, NaN in training) end with one line on stderr and exit
+incompatible workdir, NaN in training, a
+failed write: disk full, read-only folder) end with one line on stderr and exit
 status 2; `--verbosity=1` also logs their stack trace.
 """
 
@@ -14,6 +15,7 @@ import tensorflow as tf
 from absl import flags
 from absl import logging
 
+from efficientlab_tf import io
 from efficientlab_tf import preflight
 from efficientlab_tf import runners
 from efficientlab_tf import workdir as workdir_lib
@@ -27,7 +29,7 @@ FLAGS = flags.FLAGS
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
                FileExistsError, PermissionError, FloatingPointError,
                workdir_lib.WorkdirError, workdir_lib.CheckpointError,
-               preflight.MissingDependencyError)
+               preflight.MissingDependencyError, io.WriteError)
 
 
 def fail(message, program="run_meta.py"):

@@ -89,7 +89,13 @@ def config_from_flags(f):
         convert=c.ConvertConfig(shard_dir=f.shard_dir, num_shards=f.num_shards),
         export=c.ExportConfig(export_dir=f.export_dir, adapt_data=f.adapt_data,
                               max_request_lr=f.max_request_lr,
-                              max_request_steps=f.max_request_steps),
+                              max_request_steps=f.max_request_steps,
+                              max_request_images=f.max_request_images,
+                              max_request_pixels=f.max_request_pixels,
+                              max_image_pixels=f.max_image_pixels,
+                              serve_batch_size=f.serve_batch_size,
+                              serve_batch_timeout_micros=f.serve_batch_timeout_micros,
+                              serve_batch_threads=f.serve_batch_threads),
     )
     if f.omega_file:
         omega = c.Omega.from_file(f.omega_file, config.eval_omega)

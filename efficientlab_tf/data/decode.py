@@ -19,12 +19,20 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from efficientlab_tf.config import MAX_SERVED_PIXELS  # noqa: F401 (re-export)
 from efficientlab_tf.model.losses import IGNORE_LABEL  # 255.0
 
 MASK_THRESHOLD = 128
 
 
-def _decode(contents, channels):
+def decode_pixels(contents, channels):
+    """Encoded bytes -> uint8 [H, W, channels]: the one decode of the package
+    (training, evaluation, shards, serving and the scan of `validate.py`).
+
+    JPEG, PNG, BMP and GIF (first frame); 16-bit PNGs come out rescaled to 8
+    bits (TensorFlow's rule: v x 255 / 65535). Anything else is an
+    InvalidArgumentError.
+    """
     # JPEGs with the accurate integer DCT (TF's default is the fast one),
     # so pixels match other decoders (PIL, OpenCV) to within rounding.
     return tf.cond(
@@ -36,11 +44,20 @@ def _decode(contents, channels):
     )
 
 
-# Largest image `serve_bytes` decodes (16.8 megapixels, e.g. 4096 x 4096): a
-# small PNG can declare 10000 x 10000 pixels (1.4 GiB once decoded), so the
-# size is read from the header and checked before decoding.
-MAX_SERVED_PIXELS = 4096 * 4096
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_bit_depth(path):
+    """The bit depth in the IHDR header of the PNG file `path`; None for a
+    file that is not a PNG (or cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(25)
+    except OSError:
+        return None
+    if len(head) < 25 or head[:8] != _PNG_SIGNATURE:
+        return None
+    return head[24]
 
 
 def encoded_image_size(contents):
@@ -71,7 +88,7 @@ def decode_image(contents, size):
 
 def decode_image_and_size(contents, size):
     """(float32 [size, size, 3] in [0, 255], int32 [2] original height, width)."""
-    image = _decode(contents, 3)
+    image = decode_pixels(contents, 3)
     original = tf.shape(image)[:2]
     image = tf.image.resize(tf.cast(image, tf.float32), [size, size],
                             method="bilinear")
@@ -94,7 +111,7 @@ def binarize_mask(mask):
 
 def decode_mask(contents, size):
     """PNG/JPEG mask bytes -> float32 [size, size, 1] in {0, 1}."""
-    mask = _decode(contents, 1)
+    mask = decode_pixels(contents, 1)
     mask = tf.image.resize(mask, [size, size], method="nearest")
     return tf.ensure_shape(binarize_mask(mask), [size, size, 1])
 

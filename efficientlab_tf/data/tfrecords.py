@@ -10,7 +10,9 @@ VOC and FP-k pools. Every file is decoded once while converting: undecodable
 images or masks, masks whose size differs from their image and non-binary
 masks are all listed in one error (or skipped with `skip_bad`; the checks of
 `validate.py`). Files are
-written under temporary names and renamed at the end.
+written under unpredictable temporary names (`.tmp-shard-<host>.<pid>-*`,
+`io.temp_prefix`) and renamed at the end; the next convert into the folder
+removes what a killed one left.
 
 `shard_source` loads the shards and serves tasks exactly as the folder
 loader does (the same sampling code, reading bytes instead of files), so a
@@ -19,6 +21,7 @@ loader does (the same sampling code, reading bytes instead of files), so a
 
 import json
 import os
+import tempfile
 
 import tensorflow as tf
 from absl import logging
@@ -30,6 +33,7 @@ from efficientlab_tf.data.validate import check_pair  # noqa: F401 (re-export)
 from efficientlab_tf import io
 
 INDEX = "shards.json"
+SHARD_TMP = ".tmp-shard-"
 FORMAT = "efficientlab_tf-shards-v2"
 _FORMAT_V1 = "efficientlab_tf-fss1000-shards-v1"  # Read as FSS-1000 shards.
 
@@ -61,38 +65,50 @@ def write_entries(entries, out_dir, num_shards=8, dataset="fss1000"):
     """
     if num_shards < 1:
         raise ValueError(f"`num_shards` must be >= 1; got {num_shards}.")
-    os.makedirs(out_dir, exist_ok=True)
+    io.check_writable(out_dir, "TFRecord shards")
+    # Shards of a convert killed earlier on this host (kill -9 skips the
+    # cleanup below) are removed; a convert running now keeps its own.
+    for name in io.remove_stale(out_dir, SHARD_TMP):
+        logging.info("Removed %s, left in %s by an interrupted convert.",
+                     name, out_dir)
     names = [f"shard-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
-    tmp = [os.path.join(out_dir, f".tmp-{n}") for n in names]
-    writers = [tf.io.TFRecordWriter(p) for p in tmp]
+    tmp = []
     counts, positions = {}, {}
     try:
-        try:
-            for count, (name, split, image, mask, label) in enumerate(entries):
-                with open(image, "rb") as f:
-                    image_bytes = f.read()
-                with open(mask, "rb") as f:
-                    mask_bytes = f.read()
-                key = (name, split)
-                index = positions[key] = positions.get(key, -1) + 1
-                counts[name] = counts.get(name, 0) + 1
-                writers[count % num_shards].write(_example(
-                    image_bytes, mask_bytes, name, index, label,
-                    split).SerializeToString())
-        finally:
-            for w in writers:
-                w.close()
-    except BaseException:  # Interrupted or failed: no .tmp-shard files left.
+        with io.writing("TFRecord shards", out_dir):
+            for _ in names:  # Unpredictable names: no planted symlink is followed.
+                fd, path = tempfile.mkstemp(prefix=io.temp_prefix(SHARD_TMP),
+                                            suffix=".tfrecord", dir=out_dir)
+                os.close(fd)
+                tmp.append(path)
+            writers = [tf.io.TFRecordWriter(p) for p in tmp]
+            try:
+                for count, (name, split, image, mask, label) in enumerate(entries):
+                    with open(image, "rb") as f:
+                        image_bytes = f.read()
+                    with open(mask, "rb") as f:
+                        mask_bytes = f.read()
+                    key = (name, split)
+                    index = positions[key] = positions.get(key, -1) + 1
+                    counts[name] = counts.get(name, 0) + 1
+                    writers[count % num_shards].write(_example(
+                        image_bytes, mask_bytes, name, index, label,
+                        split).SerializeToString())
+            finally:
+                for w in writers:
+                    w.close()
+            for t, n in zip(tmp, names):
+                os.replace(t, os.path.join(out_dir, n))
+    except BaseException:  # Interrupted or failed: no temporary shard left.
         for t in tmp:
             if os.path.exists(t):
                 os.remove(t)
         raise
-    for t, n in zip(tmp, names):
-        os.replace(t, os.path.join(out_dir, n))
     total = sum(counts.values())
     index = {"format": FORMAT, "dataset": dataset, "shards": names,
              "examples": total, "classes": dict(sorted(counts.items()))}
-    io.write_json(os.path.join(out_dir, INDEX), index)
+    with io.writing("the shard index", os.path.join(out_dir, INDEX)):
+        io.write_json(os.path.join(out_dir, INDEX), index)
     logging.info("Wrote %d examples of %d classes to %d shards in %s.", total,
                  len(counts), num_shards, out_dir)
     return index

@@ -1,7 +1,14 @@
 """Content checks of image/mask pairs, done once per file and cached.
 
+Every check decodes with the pipeline's own decoder (`decode.decode_pixels`,
+the one behind training, evaluation and the shards), so what the scan
+reports is what training sees: a TIFF named `.jpg` that PIL would open is
+refused here, and a 16-bit PNG mask, which TensorFlow's PNG decoder rescales
+to 8 bits (v x 255 / 65535, so 0/255 and 0/1 masks become empty), is counted
+as the empty mask training would get and named as 16-bit.
+
 A pair is bad when the image or the mask does not decode (truncated JPEG,
-zero-byte PNG), when the mask's size differs from the image's (it would be
+zero-byte PNG, a format the pipeline does not read), when the mask's size differs from the image's (it would be
 stretched), or when the mask is not a binary mask: every value must be in
 {0, 255} or in {0, 1} (an RGB photo saved as `<n>.png` fails here). A class
 whose masks are all background after decoding (the rule of
@@ -18,10 +25,14 @@ import json
 import os
 
 import numpy as np
-from PIL import Image
-from efficientlab_tf import io
+import tensorflow as tf
 
-CACHE_VERSION = 1
+from efficientlab_tf import io
+from efficientlab_tf.data import decode
+
+# 2: decoded by the pipeline's decoder (1 used PIL, which disagreed with it
+# on 16-bit PNGs and TIFFs).
+CACHE_VERSION = 2
 
 
 def _mask_values_problem(values):
@@ -34,35 +45,48 @@ def _mask_values_problem(values):
             "masks)")
 
 
+def _read_pixels(path, channels, what):
+    """(uint8 [H, W, channels] as the pipeline decodes `path`, None) or
+    (None, problem)."""
+    try:
+        with open(path, "rb") as f:
+            contents = f.read()
+        return decode.decode_pixels(contents, channels).numpy(), None
+    except (OSError, tf.errors.OpError) as e:
+        reason = getattr(e, "message", None) or getattr(e, "strerror", None) or e
+        return None, (f"{path}: cannot decode {what} with the pipeline's "
+                      f"decoder (JPEG, PNG, BMP or GIF; {type(e).__name__}: "
+                      f"{str(reason).splitlines()[0]})")
+
+
 def check_pair(image_path, mask_path):
     """(problems, target pixels) of one pair; problems is [] when it is fine.
 
-    Target pixels follow `decode.binarize_mask` (0/1 or 0/255 masks).
+    Both files are decoded as the pipeline decodes them; target pixels follow
+    `decode.binarize_mask` (0/1 or 0/255 masks).
     """
-    try:
-        with Image.open(image_path) as im:
-            im.load()
-            image_size = im.size
-    except Exception as e:  # noqa: BLE001 (PIL raises many types)
-        return [f"{image_path}: cannot decode image ({type(e).__name__}: {e})"], 0
-    try:
-        with Image.open(mask_path) as m:
-            m.load()
-            mode = m.mode
-            mask = np.asarray(m.convert("L") if m.mode != "L" else m)
-            mask_size = m.size
-    except Exception as e:  # noqa: BLE001
-        return [f"{mask_path}: cannot decode mask ({type(e).__name__}: {e})"], 0
+    image, problem = _read_pixels(image_path, 3, "image")
+    if problem:
+        return [problem], 0
+    mask, problem = _read_pixels(mask_path, 1, "mask")
+    if problem:
+        return [problem], 0
+    mask = mask[..., 0]
     problems = []
-    if image_size != mask_size:
-        problems.append(f"{mask_path}: mask size {mask_size} differs from image "
-                        f"size {image_size}")
+    if image.shape[:2] != mask.shape:
+        problems.append(f"{mask_path}: mask size {mask.shape[::-1]} differs "
+                        f"from image size {image.shape[1::-1]} (width, height)")
     problem = _mask_values_problem(np.unique(mask))
     if problem:
-        problems.append(f"{mask_path}: {problem}" + (
-            f" (a {mode} image)" if mode not in ("L", "1", "P") else ""))
+        problems.append(f"{mask_path}: {problem}")
     threshold = 1 if mask.max(initial=0) <= 1 else 128  # decode.binarize_mask
-    return problems, int((mask >= threshold).sum())
+    target = int((mask >= threshold).sum())
+    if not target and decode.png_bit_depth(mask_path) == 16:
+        problems.append(
+            f"{mask_path}: 16-bit PNG mask; TensorFlow decodes it to 8 bits "
+            "(v x 255 / 65535), which leaves no target pixel. Save masks as "
+            "8-bit PNGs (values 0/255 or 0/1).")
+    return problems, target
 
 
 def _cache_path(root):

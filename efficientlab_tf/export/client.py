@@ -120,7 +120,8 @@ def few_shot_body(support_images, support_masks, query_images, lr=None,
     if lr is not None or steps is not None:
         if lr is None or steps is None:
             raise ValueError("--lr and --steps go together (few_shot_omega).")
-        inputs.update(lr=float(lr), steps=int(steps))
+        # [1] vectors: the signature has no scalar inputs (issue 23).
+        inputs.update(lr=[float(lr)], steps=[int(steps)])
         signature = "few_shot_omega"
     return {"signature_name": signature, "inputs": inputs}
 
@@ -237,9 +238,18 @@ def _call(protocol, server, model, signature, inputs, rest_body, label):
     return {k: np.asarray(v) for k, v in outputs.items()}
 
 
-def _resize_mask(mask, height, width):
+def _mask_at(mask, height, width, path, expected=None):
+    """The server's mask for `path` at the image's own size (height, width,
+    decoded here, never taken from the server), after checking it is a 2-D
+    mask of the `expected` shape (the network size or the image's)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or (expected is not None and mask.shape != tuple(expected)):
+        raise ValueError(
+            f"TF Serving returned a mask of shape {mask.shape} for {path!r}; "
+            f"expected {tuple(expected) if expected else 'a 2-D mask'}. Is "
+            "--model an EfficientLab export?")
     if mask.shape == (height, width):
-        return mask
+        return mask.astype(np.uint8)
     return np.asarray(Image.fromarray(mask.astype(np.uint8)).resize(
         (width, height), Image.NEAREST))
 
@@ -269,41 +279,72 @@ def segment(server, model, image_paths, protocol="rest", signature="serve_bytes"
         batch = np.stack([np.asarray(Image.fromarray(q).resize(
             (size[1], size[0]), Image.BILINEAR)) for q in queries])
         body = few_shot_body(support_images, support_masks, batch, lr, steps)
-        inputs = {k: (np.float32(v) if k == "lr" else np.int32(v) if k == "steps"
-                      else np.asarray(v, np.uint8)) for k, v in body["inputs"].items()}
+        dtypes = {"lr": np.float32, "steps": np.int32}
+        inputs = {k: np.asarray(v, dtypes.get(k, np.uint8))
+                  for k, v in body["inputs"].items()}
         out = _call(protocol, server, model, body["signature_name"], inputs, body,
                     label)
-        for path, query, mask in zip(image_paths, queries, out["masks"]):
-            masks[path] = _resize_mask(np.asarray(mask), *query.shape[:2])
+        answered = np.asarray(out["masks"])
+        if answered.ndim != 3 or len(answered) != len(queries):
+            raise ValueError(f"TF Serving returned masks of shape {answered.shape} "
+                             f"for {len(queries)} query images.")
+        for path, query, mask in zip(image_paths, queries, answered):
+            masks[path] = _mask_at(mask, *query.shape[:2], path, batch.shape[1:3])
         return masks
     for path in image_paths:
         if signature == "serve_bytes":
-            encoded = read_bytes(path)
+            image = load_image(path)  # Its own size, never the server's.
+            with open(path, "rb") as f:
+                encoded = f.read()
             out = _call(protocol, server, model, "serve_bytes",
                         {"encoded": np.array([encoded], dtype=object)},
                         rest_bytes_body([encoded]), label)
-            h, w = int(np.ravel(out["heights"])[0]), int(np.ravel(out["widths"])[0])
-            masks[path] = _resize_mask(np.asarray(out["masks"][0]), h, w)
+            mask = np.asarray(out["masks"])[0]
+            masks[path] = _mask_at(mask, *image.shape[:2], path,
+                                   (mask.shape[0], mask.shape[0]))
         else:
             image = load_image(path)
             out = _call(protocol, server, model, "serving_default",
                         {"images": check_image(image)[None]},
                         rest_request_body(image), label)
-            masks[path] = np.asarray(out["masks"][0], np.uint8)
+            masks[path] = _mask_at(np.asarray(out["masks"])[0], *image.shape[:2],
+                                   path, image.shape[:2])
     return masks
+
+
+def mask_names(image_paths):
+    """{image path: `<name>_mask.png`}, one distinct file per distinct image.
+
+    The name is the image's stem; images whose stems collide (`a/x.jpg`,
+    `b/x.png`) are named by their path below the images' common folder
+    instead, separators as `__` and the extension kept (`a__x.jpg_mask.png`),
+    so no mask overwrites another.
+    """
+    unique = list(dict.fromkeys(os.path.abspath(p) for p in image_paths))
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in unique]
+    common = os.path.commonpath(unique) if len(unique) > 1 else None
+    names = {}
+    for path, stem in zip(unique, stems):
+        if stems.count(stem) > 1:
+            stem = os.path.relpath(path, common).replace(os.sep, "__")
+        names[path] = f"{stem}_mask.png"
+    return {p: names[os.path.abspath(p)] for p in image_paths}
 
 
 def run_client(server, model, image_paths, out_dir, protocol="rest",
                signature="serve_bytes", support=None, lr=None, steps=None,
                label=None):
-    """Segments every image; writes <out_dir>/<stem>_mask.png; returns paths."""
+    """Segments every image; writes <out_dir>/<name>_mask.png (`mask_names`);
+    returns the written paths."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out_dir {out_dir!r} exists and is not a folder.")
+    names = mask_names(image_paths)
     masks = segment(server, model, image_paths, protocol, signature, support,
                     lr, steps, label)
     os.makedirs(out_dir, exist_ok=True)
     written = []
-    for path in image_paths:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        out = os.path.join(out_dir, f"{stem}_mask.png")
+    for path in dict.fromkeys(image_paths):
+        out = os.path.join(out_dir, names[path])
         write_mask_png(masks[path], out)
         written.append(out)
     return written

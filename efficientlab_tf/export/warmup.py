@@ -9,7 +9,12 @@ request per signature, with inputs of the served size S:
 * serving_default: one S x S uint8 image;
 * serve_bytes: one S x S PNG;
 * few_shot: one support image and mask, one query image;
-* few_shot_omega: the same with the exported omega as lr and steps.
+* few_shot_omega: the same with the exported omega as lr [1] and steps [1].
+
+Four records, far under TF Serving's limit of 1,000 warmup records
+(`kMaxNumRecords` in tensorflow_serving/servables/tensorflow/
+saved_model_warmup_util.cc); a failing record fails the version's load, so
+tests replay the file through the model-server emulation.
 
 The file is a TFRecord file of serialized
 `tensorflow_serving.apis.prediction_log_pb2.PredictionLog` (package
@@ -39,8 +44,12 @@ def _example_mask(size):
     return mask
 
 
+MAX_RECORDS = 1000  # TF Serving reads no more (saved_model_warmup_util.cc).
+
+
 def warmup_requests(model_name, image_size, few_shot=True, omega=None):
-    """PredictionLog protos, one per signature of an export."""
+    """PredictionLog protos, one per signature of an export (`omega`: the
+    exported `config.Omega`, needed with `few_shot`)."""
     from tensorflow_serving.apis import model_pb2
     from tensorflow_serving.apis import predict_pb2
     from tensorflow_serving.apis import prediction_log_pb2
@@ -55,9 +64,9 @@ def warmup_requests(model_name, image_size, few_shot=True, omega=None):
         shot = {"support_images": image, "support_masks": _example_mask(image_size),
                 "query_images": image}
         inputs["few_shot"] = shot
-        lr, steps = omega
-        inputs["few_shot_omega"] = {**shot, "lr": np.float32(lr),
-                                    "steps": np.int32(steps)}
+        inputs["few_shot_omega"] = {
+            **shot, "lr": np.array([omega.lr], np.float32),
+            "steps": np.array([omega.steps], np.int32)}
     logs = []
     for signature, tensors in inputs.items():
         request = predict_pb2.PredictRequest(

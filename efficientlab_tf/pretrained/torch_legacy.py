@@ -74,20 +74,45 @@ class _TensorRef:
         self.stride = tuple(stride)
 
     def materialize(self, path):
+        """The tensor as a numpy array that owns its memory.
+
+        Every view is checked against its storage with Python integers (no
+        overflow) before memory is touched: sizes and the offset must be
+        non-negative integers, strides non-negative (PyTorch has no negative
+        strides; a negative one would read before the storage), every
+        element the view can reach must lie inside the storage, and the view
+        may not hold more elements than its storage (only an expanded,
+        stride-0 tensor could, and `torch.save` writes those out whole), so
+        a crafted header cannot read foreign memory or ask for 2^40 elements.
+        """
         data = self.storage.array
-        count = int(np.prod(self.size)) if self.size else 1
+        where = f"{path}: a tensor of shape {self.size} (strides {self.stride}, offset {self.offset})"
+        ints = lambda xs: all(  # noqa: E731
+            isinstance(x, int) and not isinstance(x, bool) for x in xs)
+        if not (ints(self.size) and ints(self.stride) and ints([self.offset])
+                and len(self.size) == len(self.stride)):
+            raise TorchFileError(f"{where} has a malformed size, stride or offset.")
+        if any(n < 0 for n in self.size) or self.offset < 0:
+            raise TorchFileError(f"{where} has a negative size or offset.")
+        if any(s < 0 for s in self.stride):
+            raise TorchFileError(f"{where} has a negative stride; PyTorch "
+                                 "tensors have none.")
+        count = 1
+        for n in self.size:
+            count *= n
         if count == 0:
             return np.zeros(self.size, self.storage.dtype)
+        if count > data.size:
+            raise TorchFileError(
+                f"{where} holds {count} elements, more than its storage "
+                f"({data.size} elements).")
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+        if self.offset >= data.size or last >= data.size:
+            raise TorchFileError(
+                f"{where} reads past the end of its storage ({data.size} "
+                "elements).")
         if not self.size:
             return np.array(data[self.offset])
-        last = self.offset + sum(
-            (n - 1) * s for n, s in zip(self.size, self.stride)
-        )
-        if self.offset < 0 or last >= data.size:
-            raise TorchFileError(
-                f"{path}: a tensor of shape {self.size} reads past the end of "
-                f"its storage ({data.size} elements)."
-            )
         item = data.itemsize
         view = np.lib.stride_tricks.as_strided(
             data[self.offset:],
@@ -177,6 +202,14 @@ def _load_pickle(file, path, what):
         ) from None
 
 
+def remaining(f):
+    """Bytes left in the open file `f` after its position."""
+    here = f.tell()
+    end = f.seek(0, 2)
+    f.seek(here)
+    return end - here
+
+
 def load_state_dict(path):
     """Reads a legacy-format PyTorch state dict into numpy arrays.
 
@@ -232,6 +265,12 @@ def load_state_dict(path):
                 raise TorchFileError(f"{path}: truncated before storage {key!r}.")
             (count,) = struct.unpack("<q", raw)
             nbytes = count * storage.dtype.itemsize
+            left = remaining(f)
+            if count < 0 or nbytes > left:
+                raise TorchFileError(
+                    f"{path}: truncated in storage {key!r}, or a bad header: "
+                    f"it declares {count} elements "
+                    f"({nbytes} bytes) but the file has {left} bytes left.")
             data = f.read(nbytes)
             if len(data) != nbytes:
                 raise TorchFileError(

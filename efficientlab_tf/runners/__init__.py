@@ -73,6 +73,8 @@ def run(config, record_fn=None, model=None):
         folder = os.path.join(folder, "workers", str(index))
         record_fn = _no_record
     with workdir_lib.lock(folder):
+        if distribute.is_chief(config.run):
+            preflight.check_outputs(config, config.run.mode)
         return module.run(config, record_fn, model)
 
 
