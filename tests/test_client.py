@@ -1,4 +1,6 @@
-"""The TF Serving client against a loopback server that answers like TF Serving."""
+"""The TF Serving client against the model-server emulation
+(tests/tf_serving_emulation.py) serving exports through the shipped
+docker-compose.yml and models.config."""
 
 import http.server
 import base64
@@ -13,70 +15,9 @@ import tensorflow as tf
 from PIL import Image
 
 from efficientlab_tf.export import client
+from tests import tf_serving_emulation as emulation
 from tests.test_export import export_tiny
-
-
-def _tensor(signature, name, value):
-    """A request value as the signature's input tensor (b64 decoded)."""
-    spec = signature.structured_input_signature[1][name]
-    if spec.dtype == tf.string:
-        return tf.constant([base64.b64decode(v["b64"]) for v in value])
-    return tf.constant(np.asarray(value), spec.dtype)
-
-
-class FakeServing(http.server.BaseHTTPRequestHandler):
-    """POST /v1/models/<name>[/labels/<label>]:predict on a loaded SavedModel,
-    as TF Serving's REST API answers it (b64 objects become bytes)."""
-
-    loaded = None
-    requests = []
-
-    def do_POST(self):  # noqa: N802
-        raw = self.rfile.read(int(self.headers["Content-Length"]))
-        body = json.loads(raw)
-        FakeServing.requests.append((self.path, len(raw)))
-        signature = self.loaded.signatures[body["signature_name"]]
-        inputs = {k: _tensor(signature, k, v) for k, v in body["inputs"].items()}
-        outputs = {k: v.numpy().tolist() for k, v in signature(**inputs).items()}
-        data = json.dumps({"outputs": outputs}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-class FakeGrpcServing:
-    """TF Serving's gRPC PredictionService on a loaded SavedModel (loopback)."""
-
-    def __init__(self, loaded):
-        import grpc
-        from concurrent import futures
-
-        from tensorflow_serving.apis import predict_pb2
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-        class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-            def Predict(self, request, context):  # noqa: N802
-                signature = loaded.signatures[request.model_spec.signature_name]
-                inputs = {k: tf.constant(tf.make_ndarray(v))
-                          for k, v in request.inputs.items()}
-                response = predict_pb2.PredictResponse()
-                for k, v in signature(**inputs).items():
-                    response.outputs[k].CopyFrom(tf.make_tensor_proto(v.numpy()))
-                return response
-
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            Servicer(), self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def stop(self):
-        self.server.stop(0)
+from tests.test_serving import COMPOSE
 
 
 def write_photos(folder, count=2, size=(40, 32)):
@@ -93,16 +34,29 @@ class ClientTest(tf.test.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        _, _, _, path = export_tiny()
+        _, _, base, _ = export_tiny()  # saved_models/efficientlab/1: "stable".
+        # .../2: the "canary" of models.config, and the newest version, so
+        # the one a request without a version or label gets.
+        _, _, _, path = export_tiny(base=base)
         cls.loaded = tf.saved_model.load(path)
+        cls.emulated = emulation.ModelServer.from_compose(
+            COMPOSE, mounts={"/models": os.path.dirname(base)})
+        cls.rest = emulation.RestFrontEnd(cls.emulated)
+        cls.grpc = emulation.GrpcFrontEnd(cls.emulated)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.rest.stop()
+        cls.grpc.stop()
+        super().tearDownClass()
 
     def test_rest_body_evaluated_by_the_saved_model_gives_the_masks(self):
         image = np.random.RandomState(0).randint(0, 256, (40, 24, 3)).astype(np.uint8)
         body = json.loads(json.dumps(client.rest_request_body(image)))
         self.assertEqual(body["signature_name"], "serving_default")
-        out = self.loaded.signatures["serving_default"](
-            images=tf.constant(np.asarray(body["inputs"]["images"], np.uint8)))
-        response = {"outputs": {k: v.numpy().tolist() for k, v in out.items()}}
+        status, response = emulation.rest_predict(
+            self.emulated, "/v1/models/efficientlab:predict", body)
+        self.assertEqual(status, 200)
         probs, mask = client.masks_from_rest_response(response)
         direct = self.loaded.signatures["serving_default"](
             images=tf.constant(image[None]))
@@ -110,12 +64,7 @@ class ClientTest(tf.test.TestCase):
         self.assertEqual(mask.shape, (40, 24))
 
     def _serve(self):
-        FakeServing.loaded = self.loaded
-        FakeServing.requests = []
-        server = http.server.HTTPServer(("127.0.0.1", 0), FakeServing)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self.addCleanup(server.shutdown)
-        return f"127.0.0.1:{server.server_port}"
+        return self.rest.address
 
     def test_end_to_end_over_http_writes_png_masks(self):
         server = self._serve()
@@ -140,11 +89,18 @@ class ClientTest(tf.test.TestCase):
                 got = np.asarray(Image.open(out))
                 self.assertEqual(got.shape, image.shape[:2])
                 np.testing.assert_array_equal(got, expected * 255)
-        # serve_bytes requests carry b64 file bytes, not pixel lists; and a
-        # label reaches the URL.
-        client.run_client(server, "efficientlab", paths[:1], folder, label="canary")
-        self.assertEqual(FakeServing.requests[-1][0],
-                         "/v1/models/efficientlab/labels/canary:predict")
+        # A label reaches the version models.config gives it (canary: 2, a
+        # model of other weights).
+        canary = client.segment(server, "efficientlab", paths[:1], label="canary")
+        version_2 = self.emulated.servable("efficientlab", version=2)
+        small = version_2.predict("serve_bytes", {"encoded": np.array(
+            [open(paths[0], "rb").read()], dtype=object)})["masks"][0]
+        image = np.asarray(Image.open(paths[0]))
+        np.testing.assert_array_equal(canary[paths[0]], np.asarray(
+            Image.fromarray(small).resize((image.shape[1], image.shape[0]),
+                                          Image.NEAREST)))
+        stable = client.segment(server, "efficientlab", paths[:1], label="stable")
+        self.assertFalse(np.array_equal(canary[paths[0]], stable[paths[0]]))
 
     def test_few_shot_from_the_client(self):
         from tests.test_fss1000 import make_tree
@@ -161,8 +117,8 @@ class ClientTest(tf.test.TestCase):
             written = client.run_client(server, "efficientlab", paths, out_dir,
                                         signature="few_shot", support=support,
                                         lr=lr, steps=steps)
-            kwargs = {} if lr is None else {"lr": tf.constant(lr),
-                                            "steps": tf.constant(steps)}
+            kwargs = {} if lr is None else {"lr": tf.constant([lr]),
+                                            "steps": tf.constant([steps])}
             expected = self.loaded.signatures[name](
                 support_images=tf.constant(images), support_masks=tf.constant(masks),
                 query_images=tf.constant(queries), **kwargs)["masks"].numpy()
@@ -173,14 +129,10 @@ class ClientTest(tf.test.TestCase):
                               signature="few_shot")
 
     def test_grpc_end_to_end(self):
-        fake = FakeGrpcServing(self.loaded)
-        self.addCleanup(fake.stop)
         folder = tempfile.mkdtemp()
         paths = write_photos(folder, count=1)
-        http_masks = None
-        server = self._serve()
-        http_masks = client.segment(server, "efficientlab", paths)
-        grpc_masks = client.segment(f"127.0.0.1:{fake.port}", "efficientlab", paths,
+        http_masks = client.segment(self.rest.address, "efficientlab", paths)
+        grpc_masks = client.segment(self.grpc.address, "efficientlab", paths,
                                     protocol="grpc")
         np.testing.assert_array_equal(grpc_masks[paths[0]], http_masks[paths[0]])
 
@@ -272,3 +224,81 @@ class ConnectionErrorsTest(tf.test.TestCase):
         last = proc.stderr.strip().splitlines()[-1]
         self.assertTrue(last.startswith("efficientlab-client: error: cannot reach"),
                         last)
+
+
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    """A server that answers with whatever `answer` holds: what a broken or
+    hostile endpoint can send (not TF Serving: the client must not trust it)."""
+
+    answer = {}
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        data = json.dumps(self.answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+class ClientTrustTest(tf.test.TestCase):
+    """Issue 28 (8, 9): no mask lost to a name clash, no trust in the server."""
+
+    def _hostile(self, answer):
+        _Hostile.answer = answer
+        server = http.server.HTTPServer(("127.0.0.1", 0), _Hostile)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.shutdown)
+        return f"127.0.0.1:{server.server_port}"
+
+    def test_images_with_one_stem_get_distinct_masks(self):
+        root = tempfile.mkdtemp()
+        a, b = os.path.join(root, "a"), os.path.join(root, "b")
+        os.makedirs(a)
+        os.makedirs(b)
+        image = np.zeros((8, 6, 3), np.uint8)
+        Image.fromarray(image).save(os.path.join(a, "x.jpg"))
+        Image.fromarray(image).save(os.path.join(b, "x.png"))
+        Image.fromarray(image).save(os.path.join(b, "y.png"))
+        paths = [os.path.join(a, "x.jpg"), os.path.join(b, "x.png"),
+                 os.path.join(b, "y.png")]
+        self.assertEqual(list(client.mask_names(paths).values()),
+                         ["a__x.jpg_mask.png", "b__x.png_mask.png", "y_mask.png"])
+        mask = np.zeros((8, 6), np.uint8)
+        mask[0, 0] = 1
+        server = self._hostile({"outputs": {"masks": [mask.tolist()],
+                                            "probabilities": [mask.tolist()]}})
+        written = client.run_client(server, "m", paths, os.path.join(root, "out"),
+                                    signature="serving_default")
+        self.assertEqual(len(set(written)), 3)
+        for path in written:
+            self.assertEqual(np.asarray(Image.open(path))[0, 0], 255)
+
+    def test_out_dir_that_is_a_file_is_refused_before_any_request(self):
+        path = tempfile.mkstemp()[1]
+        with self.assertRaisesRegex(ValueError, f"--out_dir {path!r} exists and "
+                                    "is not a folder"):
+            client.run_client("127.0.0.1:9", "m", [path], path)
+
+    def test_sizes_come_from_the_image_and_shapes_are_checked(self):
+        folder = tempfile.mkdtemp()
+        (path,) = write_photos(folder, count=1, size=(40, 24))
+        small = np.ones((32, 32), np.uint8)
+        # heights/widths of 60000 used to be trusted (a MemoryError).
+        server = self._hostile({"outputs": {
+            "masks": [small.tolist()], "probabilities": [small.tolist()],
+            "heights": [60000], "widths": [60000]}})
+        masks = client.segment(server, "m", [path])
+        self.assertEqual(masks[path].shape, (40, 24))
+        for bad in ([[1, 2, 3]], [np.ones((2, 3, 4)).tolist()], [np.ones((32, 16)).tolist()]):
+            server = self._hostile({"outputs": {"masks": bad, "probabilities": bad}})
+            with self.assertRaisesRegex(ValueError, "TF Serving returned a mask of shape"):
+                client.segment(server, "m", [path])
+        # serving_default answers at the image's size; another size is wrong.
+        server = self._hostile({"outputs": {"masks": [small.tolist()],
+                                            "probabilities": [small.tolist()]}})
+        with self.assertRaisesRegex(ValueError, r"expected \(40, 24\)"):
+            client.segment(server, "m", [path], signature="serving_default")

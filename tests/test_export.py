@@ -18,9 +18,11 @@ from tests import helpers
 OMEGA = Omega(lr=0.05, steps=3)
 
 
-def export_tiny(bn_mode="batch"):
+def export_tiny(bn_mode="batch", base=None):
+    """A tiny model's export as the next version of `base` (default: a new
+    `<tmp>/efficientlab`): (model, adapter, base, version path)."""
     model = helpers.tiny_efficientlab(bn_mode=bn_mode)
-    base = os.path.join(tempfile.mkdtemp(), "efficientlab")
+    base = base or os.path.join(tempfile.mkdtemp(), "efficientlab")
     adapter = build_adapter(model, MetaConfig(inner_batch=2), in_place=False)
     path = export_saved_model(model, base, image_size=32,
                               few_shot_adapter=adapter, omega=OMEGA)
