@@ -17,6 +17,7 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+import pytest
 
 from efficientlab_tf import config as config_lib
 from efficientlab_tf import distribute
@@ -64,6 +65,7 @@ def weights_of(run_dir):
     return model.get_weights()
 
 
+@pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
 class MirroredTest(tf.test.TestCase):
 
     def test_two_replicas_equal_one_device_fomaml(self):
@@ -88,6 +90,7 @@ class MirroredTest(tf.test.TestCase):
         self.assertLess(out["max_abs_diff"], 1e-2)
 
 
+@pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
 class ReplicatedEvaluationTest(tf.test.TestCase):
 
     def test_one_task_per_replica_scores_what_one_device_scores(self):
@@ -103,6 +106,7 @@ class ReplicatedEvaluationTest(tf.test.TestCase):
                                                      out["no_steps"]))), 1e-3)
 
 
+@pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
 class MultiWorkerTest(tf.test.TestCase):
 
     def test_killed_worker_then_restart_resumes_to_the_one_device_weights(self):

@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import tensorflow as tf
+import pytest
 
 from efficientlab_tf.config import MetaConfig
 from efficientlab_tf.config import Omega
@@ -277,6 +278,7 @@ np.savez(outputs, default=default["probabilities"].numpy(),
 """
 
 
+@pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
 class FreshProcessTest(tf.test.TestCase):
 
     def test_signatures_in_a_fresh_process(self):

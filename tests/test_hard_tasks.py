@@ -6,6 +6,7 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
+import pytest
 
 from efficientlab_tf import training
 from efficientlab_tf.config import MetaConfig
@@ -66,6 +67,7 @@ class HardTaskTrainingTest(tf.test.TestCase):
     def train(self, config, crash_at=None):
         return prepared_run(config, crash_at)[0]
 
+    @pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
     def test_killed_run_resumes_with_the_same_pool_and_weights(self):
         reference = self.train(self.config(tempfile.mkdtemp()))
         entries = reference.pool.entries()

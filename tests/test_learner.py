@@ -5,6 +5,7 @@ import dataclasses
 import keras
 import numpy as np
 import tensorflow as tf
+import pytest
 from absl.testing import parameterized
 
 from efficientlab_tf.config import MetaConfig
@@ -28,6 +29,7 @@ def learner_for(algo, meta_batch=1, bn_mode="running", **kwargs):
                        bn_mode=bn_mode)
 
 
+@pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
 class XLATest(tf.test.TestCase):
 
     def test_meta_step_under_xla_equals_the_graph_one(self):

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import tensorflow as tf
+import pytest
 
 from efficientlab_tf import segmentation
 from efficientlab_tf.config import ExperimentConfig
@@ -137,6 +138,7 @@ class ClusteringRegulariserTest(tf.test.TestCase):
             scores.append(learner.eval_task(*args)[1].numpy())
         np.testing.assert_array_equal(scores[0], scores[1])
 
+    @pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
     def test_meta_and_joint_steps_train_with_it(self):
         for algo in ("fomaml", "joint"):
             tf.keras.utils.set_random_seed(0)

@@ -169,6 +169,7 @@ def test_unwritable_output_folders_are_found_at_second_0(tmp_path):
         preflight.check_outputs(config, "export")
 
 
+@pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
 def test_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path):
     """The checkpoint folder disappears after the run started (a full or
     unmounted disk): the save fails with the path and what was written."""
@@ -183,6 +184,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path):
         training.run(prepared)
 
 
+@pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
 def test_the_cli_reports_a_write_failure_in_one_line(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()

@@ -7,6 +7,7 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
+import pytest
 
 from efficientlab_tf import runners
 from efficientlab_tf import summaries
@@ -30,6 +31,7 @@ def with_(config, **sections):
         for name, fields in sections.items()})
 
 
+@pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
 class RunnersTest(tf.test.TestCase):
 
     @classmethod

@@ -129,6 +129,17 @@ class EmulationRulesTest(tf.test.TestCase):
         self.assertAllClose(merged[0]["y"], [[0.75, 3.75, 0.75, 0.75]])
         self.assertAllClose(merged[1]["y"], [[2.0, 2.0, 2.0, 2.0]])
 
+    def test_batching_parameters_file_is_read_with_the_server_defaults(self):
+        path = os.path.join(tempfile.mkdtemp(), "batching_parameters.txt")
+        with open(path, "w") as f:
+            f.write("# comment\nmax_batch_size { value: 8 }\n"
+                    "batch_timeout_micros { value: 500 }\nallowed_batch_sizes: 4\n"
+                    "allowed_batch_sizes: 8\npad_variable_length_inputs: true\n")
+        self.assertEqual(emulation.read_batching_parameters(path), {
+            "max_batch_size": 8, "batch_timeout_micros": 500,
+            "num_batch_threads": 1, "allowed_batch_sizes": [4, 8],
+            "pad_variable_length_inputs": True})
+
     def test_a_failing_warmup_record_fails_the_load(self):
         base = _toy_model(tempfile.mkdtemp(), warmup_inputs={
             "scalar": {"x": np.array([1.0], np.float32), "s": np.float32(2.0)}})

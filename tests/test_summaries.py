@@ -7,6 +7,7 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
+import pytest
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from efficientlab_tf import runners
@@ -39,6 +40,7 @@ def read_events(folder):
 
 class SummariesTest(tf.test.TestCase):
 
+    @pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
     def test_training_run_events_and_hparams(self):
         workdir = tempfile.mkdtemp()
         config = with_(tiny_config(workdir, meta_iters=2), eval={"every": 1})
@@ -66,6 +68,7 @@ class SummariesTest(tf.test.TestCase):
         self.assertEqual(val[-1][0], 2)
         self.assertAllClose(val[-1][1], results["meta_val"]["mean_iou"])
 
+    @pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
     def test_compare_rows_are_sessions(self):
         run_dir = tempfile.mkdtemp()
         base = tiny_config(run_dir, meta_iters=1)

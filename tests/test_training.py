@@ -7,6 +7,7 @@ import tempfile
 import keras
 import numpy as np
 import tensorflow as tf
+import pytest
 
 from efficientlab_tf import config as config_lib
 from efficientlab_tf import training
@@ -54,6 +55,7 @@ def run_training(config, crash_at=None):
 
 class TrainingTest(tf.test.TestCase):
 
+    @pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
     def test_two_seeded_runs_are_identical(self):
         m1, r1 = run_training(tiny_config(tempfile.mkdtemp()))
         m2, r2 = run_training(tiny_config(tempfile.mkdtemp()))
@@ -61,6 +63,7 @@ class TrainingTest(tf.test.TestCase):
             np.testing.assert_array_equal(a, b)
         self.assertEqual(r1["meta_test"]["per_task"], r2["meta_test"]["per_task"])
 
+    @pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
     def test_killed_run_resumes_to_the_same_weights(self):
         reference, _ = run_training(tiny_config(tempfile.mkdtemp()))
         workdir = tempfile.mkdtemp()
@@ -77,6 +80,7 @@ class TrainingTest(tf.test.TestCase):
         for a, b in zip(reference.get_weights(), resumed.get_weights()):
             np.testing.assert_array_equal(a, b)
 
+    @pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
     def test_joint_training_and_warm_start(self):
         joint_dir = tempfile.mkdtemp()
         joint, results = run_training(tiny_config(joint_dir, algo="joint",
@@ -100,6 +104,7 @@ class TrainingTest(tf.test.TestCase):
         with self.assertRaisesRegex(FileNotFoundError, "/nope/ckpt"):
             training.prepare(config, helpers.tiny_efficientlab(bn_mode="batch"))
 
+    @pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
     def test_checkpoint_of_another_model_is_rejected(self):
         workdir = tempfile.mkdtemp()
         run_training(tiny_config(workdir, meta_iters=2))

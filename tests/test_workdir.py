@@ -121,6 +121,7 @@ class RecordTest(tf.test.TestCase):
                          config_before)
 
 
+@pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
 class CorruptCheckpointTest(tf.test.TestCase):
 
     def test_truncated_newest_checkpoint_falls_back_to_the_previous(self):
@@ -200,6 +201,7 @@ class NonFiniteTest(tf.test.TestCase):
             training.check_finite_weights(model, "export")
 
 
+@pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
 class NoValClassesTest(tf.test.TestCase):
 
     def test_val_classes_zero_trains_on_train_without_meta_val(self):

@@ -72,18 +72,31 @@ class ServingError(Exception):
 # --- configuration files ------------------------------------------------------
 
 def read_batching_parameters(path):
-    """BatchingParameters text proto -> dict (the fields TF Serving reads)."""
-    from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2
-
+    """A BatchingParameters text proto (`session_bundle_config.proto`; its
+    Python module is not in tensorflow-serving-api, so read here: wrapped
+    fields `name { value: N }`, plain ones `name: value`) -> dict of the
+    fields the batching session uses, with the server's defaults."""
+    wrapped, plain = {}, {}
     with open(path) as f:
-        proto = text_format.Parse(f.read(),
-                                  session_bundle_config_pb2.BatchingParameters())
+        for line in f:
+            line = line.split("#")[0].strip()
+            if not line:
+                continue
+            m = re.fullmatch(r"(\w+)\s*\{\s*value:\s*(\d+)\s*\}", line)
+            if m:
+                wrapped[m.group(1)] = int(m.group(2))
+                continue
+            m = re.fullmatch(r"(\w+):\s*(\w+)", line)
+            if not m:
+                raise ValueError(f"{path}: cannot read {line!r}")
+            plain.setdefault(m.group(1), []).append(m.group(2))
     return {
-        "max_batch_size": proto.max_batch_size.value or 1000,
-        "batch_timeout_micros": proto.batch_timeout_micros.value,
-        "num_batch_threads": proto.num_batch_threads.value or 1,
-        "allowed_batch_sizes": list(proto.allowed_batch_sizes),
-        "pad_variable_length_inputs": proto.pad_variable_length_inputs,
+        "max_batch_size": wrapped.get("max_batch_size", 1000),
+        "batch_timeout_micros": wrapped.get("batch_timeout_micros", 0),
+        "num_batch_threads": wrapped.get("num_batch_threads", 1),
+        "allowed_batch_sizes": [int(v) for v in plain.get("allowed_batch_sizes", [])],
+        "pad_variable_length_inputs":
+            plain.get("pad_variable_length_inputs", ["false"])[-1] == "true",
     }
 
 
