@@ -27,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app  # noqa: E402
+from absl import logging  # noqa: E402
 from absl import flags  # noqa: E402
 
 from efficientlab_tf.config import ExportConfig  # noqa: E402
@@ -40,6 +41,7 @@ flags.DEFINE_list("clients", ["1", "4", "16"], "Concurrent client counts.")
 flags.DEFINE_integer("requests", 8, "Requests per client per repeat.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats (medians reported).")
 flags.DEFINE_integer("batch_timeout_micros", 2000, "In-graph batch timeout.")
+flags.DEFINE_integer("batch_threads", 2, "In-graph batch threads.")
 FLAGS = flags.FLAGS
 
 
@@ -75,6 +77,7 @@ def _run(fn, jpegs, clients, per_client):
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # Export logs name every capture.
     size = FLAGS.image_size
     model = build_efficientlab(ModelConfig(image_size=size, bn_mode=FLAGS.bn_mode))
     base = tempfile.mkdtemp()
@@ -83,6 +86,7 @@ def main(argv):
         path = export_saved_model(model, os.path.join(base, name), size, warmup=False,
                                   limits=ExportConfig(
                                       serve_batch_size=batch,
+                                      serve_batch_threads=FLAGS.batch_threads,
                                       serve_batch_timeout_micros=FLAGS.batch_timeout_micros))
         fns[name] = tf.saved_model.load(path).signatures["serve_bytes"]
     jpegs = _images(16, size)
@@ -90,7 +94,8 @@ def main(argv):
                  for j in jpegs]
     fns["batched"](encoded=tf.constant([jpegs[0]]))  # First call traces.
     print(f"serve_bytes, one {size} px JPEG per request, bn_mode={FLAGS.bn_mode}, "
-          f"batch timeout {FLAGS.batch_timeout_micros} us, {FLAGS.requests} "
+          f"batch timeout {FLAGS.batch_timeout_micros} us, {FLAGS.batch_threads} "
+          f"batch threads, {FLAGS.requests} "
           f"requests per client, medians of {FLAGS.repeats}")
     print("| clients | path | requests/s | p50 latency ms | p90 latency ms |")
     print("|---:|---|---:|---:|---:|")
