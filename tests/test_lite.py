@@ -68,16 +68,21 @@ def test_reads_a_byte_stream_written_by_hand(tmp_path):
             b"QJ\x01\x00\x00\x00(J\x02\x00\x00\x00J\x02\x00\x00\x00t"
             b"(J\x01\x00\x00\x00J\x02\x00\x00\x00t\x89ccollections\nOrderedDict\n)R"
             b"tRu.")
-    path = tmp_path / "hand.pth"
+    got = torch_legacy.load_state_dict(_legacy_file(tmp_path / "hand.pth", body))
+    np.testing.assert_array_equal(got["w"], [[1.0, 3.0], [2.0, 4.0]])
+
+
+def _legacy_file(path, body, count=5):
+    """The five pickles around `body` (the state dict) and one 5-element
+    float storage "k" whose declared element count is `count`."""
     with open(path, "wb") as f:
         pickle.dump(torch_legacy.MAGIC_NUMBER, f, protocol=2)
         pickle.dump(1001, f, protocol=2)
         pickle.dump({"little_endian": True}, f, protocol=2)
         f.write(body)
         pickle.dump(["k"], f, protocol=2)
-        f.write(struct.pack("<q", 5) + np.arange(5, dtype="<f4").tobytes())
-    got = torch_legacy.load_state_dict(str(path))
-    np.testing.assert_array_equal(got["w"], [[1.0, 3.0], [2.0, 4.0]])
+        f.write(struct.pack("<q", count) + np.arange(5, dtype="<f4").tobytes())
+    return str(path)
 
 
 def _op_long(value):
@@ -97,15 +102,7 @@ def _crafted(tmp_path, size, stride, offset=0, numel=5, count=5):
             b"X\x03\x00\x00\x00cpu" + _op_long(numel) + b"Nt"
             b"Q" + _op_long(offset) + tup(size) + tup(stride) +
             b"\x89ccollections\nOrderedDict\n)RtRu.")
-    path = tmp_path / "crafted.pth"
-    with open(path, "wb") as f:
-        pickle.dump(torch_legacy.MAGIC_NUMBER, f, protocol=2)
-        pickle.dump(1001, f, protocol=2)
-        pickle.dump({"little_endian": True}, f, protocol=2)
-        f.write(body)
-        pickle.dump(["k"], f, protocol=2)
-        f.write(struct.pack("<q", count) + np.arange(5, dtype="<f4").tobytes())
-    return str(path)
+    return _legacy_file(tmp_path / "crafted.pth", body, count)
 
 
 @pytest.mark.parametrize("view,message", [

@@ -129,6 +129,29 @@ class EmulationRulesTest(tf.test.TestCase):
         self.assertAllClose(merged[0]["y"], [[0.75, 3.75, 0.75, 0.75]])
         self.assertAllClose(merged[1]["y"], [[2.0, 2.0, 2.0, 2.0]])
 
+    def test_rest_row_and_columnar_forms(self):
+        """api_rest.md: `instances` rows are stacked on dimension 0 and
+        answered as `predictions` rows; `inputs` is columnar, answered as
+        `outputs` (a bare value for a one-output signature)."""
+        server = emulation.ModelServer(CONFIG % _toy_model(tempfile.mkdtemp()))
+        status, rows = emulation.rest_predict(
+            server, "/v1/models/toy:predict", {"instances": [[0.0, 2.0], [1.0, 1.0]]})
+        self.assertEqual(status, 200)
+        self.assertEqual(rows, {"predictions": [[1.0, 3.0], [2.0, 2.0]]})
+        status, cols = emulation.rest_predict(
+            server, "/v1/models/toy/versions/1:predict",
+            {"signature_name": "scalar", "inputs": {"x": [1.0, 2.0], "s": 3.0}})
+        self.assertEqual((status, cols), (200, {"outputs": [3.0, 6.0]}))
+        status, error = emulation.rest_predict(
+            server, "/v1/models/toy/versions/7:predict", {"inputs": [[1.0]]})
+        self.assertEqual(status, 404)
+        self.assertIn("Specific(toy, 7)", error["error"])
+        status, error = emulation.rest_predict(
+            server, "/v1/models/toy:predict", {"signature_name": "scalar",
+                                               "inputs": {"x": [1.0]}})
+        self.assertEqual(status, 400)
+        self.assertIn("input size does not match signature", error["error"])
+
     def test_batching_parameters_file_is_read_with_the_server_defaults(self):
         path = os.path.join(tempfile.mkdtemp(), "batching_parameters.txt")
         with open(path, "w") as f:
