@@ -383,6 +383,8 @@ class ModelServer:
 
     @staticmethod
     def _aspired(model, base):
+        if not os.path.isdir(base):
+            return []  # The server logs it and keeps polling the path.
         on_disk = sorted(int(d) for d in os.listdir(base)
                          if re.fullmatch(r"[0-9]+", d)
                          and os.path.isdir(os.path.join(base, d)))
