@@ -256,8 +256,27 @@ def _serve_bytes_fn(core, size, limits):
     return serve_bytes
 
 
-def _few_shot_core(adapter, size, max_images):
-    """The few-shot computation shared by `few_shot` and `few_shot_omega`."""
+def _adapt_and_predict_fn(adapter, size):
+    """U(theta; support, omega), then the queries' probabilities: one
+    tf.function on S x S tensors that both few-shot signatures call, so the
+    adaptation loop is traced and stored once (an export traced it twice)."""
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, size, size, 3], tf.float32),
+        tf.TensorSpec([None, size, size, 1], tf.float32),
+        tf.TensorSpec([None, size, size, 3], tf.float32),
+        tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)])
+    def adapt_and_predict(images, masks, queries, lr, steps):
+        adapted, _ = adapter.adapt(images, masks, lr, steps,
+                                   tf.constant(_FEW_SHOT_SEED, tf.int32))
+        return adapter.predict(adapted, queries)
+
+    return adapt_and_predict
+
+
+def _few_shot_core(adapt_and_predict, size, max_images):
+    """The few-shot computation shared by `few_shot` and `few_shot_omega`:
+    input checks, resizes, then `adapt_and_predict`."""
 
     def few_shot(support_images, support_masks, query_images, lr, steps):
         support_images = _checked_images(
@@ -282,9 +301,8 @@ def _few_shot_core(adapter, size, max_images):
         masks = tf.image.resize(support_masks[..., None], [size, size],
                                 method="nearest")
         masks = decode.binarize_mask(masks)  # 0/255 or 0/1, per mask.
-        adapted, _ = adapter.adapt(images, masks, lr, steps,
-                                   tf.constant(_FEW_SHOT_SEED, tf.int32))
-        probs = adapter.predict(adapted, _resize_images(query_images, size))
+        probs = adapt_and_predict(images, masks, _resize_images(query_images, size),
+                                  lr, steps)
         probs = tf.image.resize(probs[..., None],
                                 tf.shape(query_images)[1:3])[..., 0]
         return _outputs(probs)
@@ -292,8 +310,8 @@ def _few_shot_core(adapter, size, max_images):
     return few_shot
 
 
-def _few_shot_fn(adapter, size, omega, max_images):
-    core = _few_shot_core(adapter, size, max_images)
+def _few_shot_fn(adapt_and_predict, size, omega, max_images):
+    core = _few_shot_core(adapt_and_predict, size, max_images)
     lr = tf.constant(omega.lr, tf.float32)
     steps = tf.constant(omega.steps, tf.int32)
 
@@ -313,8 +331,8 @@ def _one_value(tensor, name, expected):
     return _after(checks, tensor)[0]
 
 
-def _few_shot_omega_fn(adapter, size, limits):
-    core = _few_shot_core(adapter, size, limits.max_request_images)
+def _few_shot_omega_fn(adapt_and_predict, size, limits):
+    core = _few_shot_core(adapt_and_predict, size, limits.max_request_images)
     max_lr, max_steps = limits.max_request_lr, limits.max_request_steps
 
     def few_shot_omega(support_images, support_masks, query_images, lr, steps):
@@ -411,14 +429,15 @@ def export_saved_model(model, base_dir, image_size, version=None,
             few_shot_inputs = [uint8_any("support_images"),
                                uint8_any("support_masks"),
                                uint8_any("query_images")]
+            adapt_and_predict = _adapt_and_predict_fn(few_shot_adapter, image_size)
             archive.add_endpoint(
                 "few_shot",
-                _few_shot_fn(few_shot_adapter, image_size, omega,
+                _few_shot_fn(adapt_and_predict, image_size, omega,
                              limits.max_request_images),
                 input_signature=few_shot_inputs)
             archive.add_endpoint(
                 "few_shot_omega",
-                _few_shot_omega_fn(few_shot_adapter, image_size, limits),
+                _few_shot_omega_fn(adapt_and_predict, image_size, limits),
                 input_signature=few_shot_inputs + [
                     tf.TensorSpec([None], tf.float32, name="lr"),
                     tf.TensorSpec([None], tf.int32, name="steps"),
