@@ -23,6 +23,7 @@ of a large tree reads only directory entries and `stat`s.
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -53,10 +54,13 @@ def _read_pixels(path, channels, what):
             contents = f.read()
         return decode.decode_pixels(contents, channels).numpy(), None
     except (OSError, tf.errors.OpError) as e:
-        reason = getattr(e, "message", None) or getattr(e, "strerror", None) or e
+        reason = str(getattr(e, "message", None) or getattr(e, "strerror", None)
+                     or e).splitlines()[0]
+        # TF's messages carry "{{function_node ...}} " and " [Op:...]".
+        reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]", "",
+                        reason)
         return None, (f"{path}: cannot decode {what} with the pipeline's "
-                      f"decoder (JPEG, PNG, BMP or GIF; {type(e).__name__}: "
-                      f"{str(reason).splitlines()[0]})")
+                      f"decoder ({reason})")
 
 
 def check_pair(image_path, mask_path):
