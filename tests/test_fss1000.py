@@ -211,7 +211,10 @@ class FSS1000Test(tf.test.TestCase):
             self.assertIn(os.path.join(root, "dog", f"{n}.png") +
                           ": 16-bit PNG mask", message)
         self.assertIn(f"{tiff}: cannot decode image with the pipeline's "
-                      "decoder", message)
+                      "decoder (Unknown image file format", message)
+        # One readable line per file: no TF node names or op tags.
+        self.assertNotIn("{{function_node", message)
+        self.assertNotIn("[Op:", message)
         kept = fss1000.scan(root, skip_bad=True)
         self.assertNotIn("dog", kept)
         self.assertEqual([os.path.basename(i) for i, _ in kept["cat"]],
