@@ -62,3 +62,36 @@ class ParallelEvaluationTest(tf.test.TestCase):
         self.assertGreater(np.ptp(one["per_task"]), 0.0)
         for b, a in zip(before, helpers.variable_values(model)):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_task_that_meets_the_temporary_variable_race_is_run_again():
+    """Issue 27 rehearsal: two concurrent evaluation tasks can collide on a
+    TemporaryVariable name (AlreadyExistsError). The task is rerun and the
+    results equal the sequential ones; a task that keeps failing raises."""
+    import threading
+
+    from efficientlab_tf.evaluation import protocol
+
+    failed = set()
+    lock = threading.Lock()
+
+    def flaky(i, item):
+        with lock:
+            first = i not in failed
+            failed.add(i)
+        if first and i % 2 == 0:
+            raise tf.errors.AlreadyExistsError(None, None, "tmp_var exists")
+        return item * 10
+
+    items = list(range(7))
+    assert list(protocol.ordered_map(flaky, items, 2)) == [x * 10 for x in items]
+
+    def always(i, item):
+        raise tf.errors.AlreadyExistsError(None, None, "tmp_var exists")
+
+    try:
+        list(protocol.ordered_map(always, items, 2))
+    except tf.errors.AlreadyExistsError:
+        pass
+    else:
+        raise AssertionError("a task failing every try must raise")

@@ -33,14 +33,45 @@ def materialize(dataset):
     return list(dataset)
 
 
+# Grappler's memory optimizer replaces a large AddN (the gradient sums of the
+# inner loop) by accumulation into a TemporaryVariable named after the step
+# container, node, loop frame and iteration. Two concurrent calls of one
+# compiled function can ask for the same name, and one of them fails with
+# AlreadyExistsError: seen at 224 px with B0 and --eval_parallel=2 (the
+# issue 27 rehearsal), at the first meta-validation. An evaluation task reads
+# the variables and writes nothing (tensor form), so running it again gives
+# the same value; after this many tries the error goes up.
+RACE_RETRIES = 5
+
+
+def _rerun_on_race(fn):
+    def run(i, item):
+        for attempt in range(1, RACE_RETRIES + 1):
+            try:
+                return fn(i, item)
+            except tf.errors.AlreadyExistsError:
+                if attempt == RACE_RETRIES:
+                    raise
+                logging.warning(
+                    "Task %d met TensorFlow's temporary-variable race between "
+                    "concurrent tasks (try %d of %d); running it again "
+                    "(--eval_parallel=1 avoids it).", i, attempt, RACE_RETRIES)
+                time.sleep(0.05 * attempt)
+        return None
+
+    return run
+
+
 def ordered_map(fn, items, parallel):
     """fn(i, item) for each item, results in order; with parallel > 1 at most
     2 x parallel items are in flight (a lazy task stream is not read ahead
-    into memory)."""
+    into memory), and a task that meets TensorFlow's temporary-variable race
+    (`RACE_RETRIES`) is run again."""
     if parallel <= 1:
         for i, item in enumerate(items):
             yield fn(i, item)
         return
+    fn = _rerun_on_race(fn)
     pending = collections.deque()
     with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
         for i, item in enumerate(items):
