@@ -160,5 +160,10 @@ def meta_batches(source, config, start_step):
     meta-batch s holds tasks s*M .. s*M + M - 1 (`training_tasks`)."""
     meta = config.meta
     ds = training_tasks(source, config, start_step * meta.meta_batch)
-    return ds.batch(meta.meta_batch, drop_remainder=True).prefetch(
-        tf.data.AUTOTUNE)
+    # One meta-batch ahead is enough: a meta-step takes far longer than the
+    # pipeline needs for the next batch. An AUTOTUNE buffer filled up while
+    # the slow steps ran, and when training ended, freeing the iterator waited
+    # for all that queued work: 30-41 s of silence before exit in each of
+    # three 224 px rehearsal runs, against 2 s with one batch ahead
+    # (BENCHMARKS.md, paper-scale rehearsal).
+    return ds.batch(meta.meta_batch, drop_remainder=True).prefetch(1)
