@@ -1,6 +1,6 @@
 """Writes an FSS-1000-shaped tree from the synthetic family (issue 27, item 1).
 
-    python bench/make_fss_tree.py --out=/work/fss_tree --classes=1000 --pairs=10 \
+    python bench/make_fss_tree.py --out=data/fss_tree --classes=1000 --pairs=10 \
         --image_size=224
 
 `<out>/<class>/<n>.jpg` (JPEG, quality 90) + `<n>.png` (0/255 grey mask),

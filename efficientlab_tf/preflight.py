@@ -7,6 +7,7 @@ that provides it.
 """
 
 import importlib.util
+import os
 
 # Modes that write tf.summary events (TensorBoard implements tf.summary).
 SUMMARY_MODES = ("train", "uho", "compare")
@@ -56,8 +57,6 @@ def requirements(config, mode, uses_imagenet=False):
 
 def output_folders(config, mode):
     """[(folder, what)] the run `mode` will write besides its workdir."""
-    import os
-
     folders = []
     if mode == "train":
         folders.append((os.path.join(config.run.workdir, "checkpoints"),

@@ -11,13 +11,13 @@ import tempfile
 import threading
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image
 
 from efficientlab_tf.export import client
 from tests import tf_serving_emulation as emulation
 from tests.test_export import export_tiny
-from tests.test_serving import COMPOSE
 
 
 def write_photos(folder, count=2, size=(40, 32)):
@@ -39,16 +39,10 @@ class ClientTest(tf.test.TestCase):
         # the one a request without a version or label gets.
         _, _, _, path = export_tiny(base=base)
         cls.loaded = tf.saved_model.load(path)
-        cls.emulated = emulation.ModelServer.from_compose(
-            COMPOSE, mounts={"/models": os.path.dirname(base)})
-        cls.rest = emulation.RestFrontEnd(cls.emulated)
-        cls.grpc = emulation.GrpcFrontEnd(cls.emulated)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.rest.stop()
-        cls.grpc.stop()
-        super().tearDownClass()
+        deployment = emulation.Deployment(os.path.dirname(base))
+        cls.addClassCleanup(deployment.stop)
+        cls.emulated, cls.rest, cls.grpc = (deployment.server, deployment.rest,
+                                            deployment.grpc)
 
     def test_rest_body_evaluated_by_the_saved_model_gives_the_masks(self):
         image = np.random.RandomState(0).randint(0, 256, (40, 24, 3)).astype(np.uint8)
@@ -206,6 +200,7 @@ class ConnectionErrorsTest(tf.test.TestCase):
         with self.assertRaisesRegex(ConnectionError, "did not answer within 1 s"):
             client.predict_grpc(self._silent_server(), "m", image, timeout=1)
 
+    @pytest.mark.slow  # Starts a process.
     def test_client_errors_name_the_client(self):
         import subprocess
         import sys

@@ -28,9 +28,7 @@ from efficientlab_tf.segmentation import build_adapter
 from tests import helpers
 from tests import tf_serving_emulation as emulation
 
-SERVING = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "efficientlab_tf", "export", "serving")
-COMPOSE = os.path.join(SERVING, "docker-compose.yml")
+COMPOSE = emulation.SHIPPED_COMPOSE
 OMEGA = Omega(lr=0.05, steps=2, batch_size=2)
 BATCHING = {"max_batch_size": 16, "batch_timeout_micros": 20000,
             "num_batch_threads": 2, "allowed_batch_sizes": [1, 4, 8, 16],
@@ -271,16 +269,10 @@ class ShippedDeploymentTest(tf.test.TestCase):
         cls.saved_models = tempfile.mkdtemp()
         base = os.path.join(cls.saved_models, "efficientlab")
         cls.model, cls.path = _export(base, "running", version=1)
-        cls.server = emulation.ModelServer.from_compose(
-            COMPOSE, mounts={"/models": cls.saved_models})
-        cls.rest = emulation.RestFrontEnd(cls.server)
-        cls.grpc = emulation.GrpcFrontEnd(cls.server)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.rest.stop()
-        cls.grpc.stop()
-        super().tearDownClass()
+        deployment = emulation.Deployment(cls.saved_models)
+        cls.addClassCleanup(deployment.stop)
+        cls.server, cls.rest, cls.grpc = (deployment.server, deployment.rest,
+                                          deployment.grpc)
 
     def test_the_export_loads_with_its_warmup(self):
         """Before issue 23 the shipped server batched every signature and

@@ -571,3 +571,24 @@ class GrpcFrontEnd:
 
     def stop(self):
         self.server.stop(0)
+
+
+# The deployment this package ships (docker-compose.yml + models.config).
+SHIPPED_COMPOSE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "efficientlab_tf", "export", "serving", "docker-compose.yml")
+
+
+class Deployment:
+    """The shipped compose file's server over a `saved_models` folder (mounted
+    at /models), with its REST and gRPC front ends; `stop()` ends both."""
+
+    def __init__(self, saved_models, compose=SHIPPED_COMPOSE):
+        self.server = ModelServer.from_compose(compose,
+                                               mounts={"/models": saved_models})
+        self.rest = RestFrontEnd(self.server)
+        self.grpc = GrpcFrontEnd(self.server)
+
+    def stop(self):
+        self.rest.stop()
+        self.grpc.stop()

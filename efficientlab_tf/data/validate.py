@@ -8,8 +8,8 @@ to 8 bits (v x 255 / 65535, so 0/255 and 0/1 masks become empty), is counted
 as the empty mask training would get and named as 16-bit.
 
 A pair is bad when the image or the mask does not decode (truncated JPEG,
-zero-byte PNG, a format the pipeline does not read), when the mask's size differs from the image's (it would be
-stretched), or when the mask is not a binary mask: every value must be in
+zero-byte PNG, a format the pipeline does not read), when the mask's size
+differs from the image's (it would be stretched), or when the mask is not a binary mask: every value must be in
 {0, 255} or in {0, 1} (an RGB photo saved as `<n>.png` fails here). A class
 whose masks are all background after decoding (the rule of
 `decode.binarize_mask`) is reported too: its tasks would have no target.

@@ -48,13 +48,6 @@ def load_image(path):
         raise ValueError(f"image {path!r} cannot be decoded: {e}") from None
 
 
-def read_bytes(path):
-    """The encoded bytes of a JPEG or PNG file (checked to decode)."""
-    load_image(path)
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def check_image(image, name="image"):
     """uint8 [H, W, 3] or a ValueError/TypeError that says what is wrong."""
     image = np.asarray(image)
@@ -300,6 +293,7 @@ def segment(server, model, image_paths, protocol="rest", signature="serve_bytes"
                         {"encoded": np.array([encoded], dtype=object)},
                         rest_bytes_body([encoded]), label)
             mask = np.asarray(out["masks"])[0]
+            # serve_bytes answers at the network size S x S (square).
             masks[path] = _mask_at(mask, *image.shape[:2], path,
                                    (mask.shape[0], mask.shape[0]))
         else:
