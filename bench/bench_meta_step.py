@@ -69,7 +69,7 @@ def main(argv):
           f"xla={config.run.jit_compile}", flush=True)
     if "meta_step" in f.parts:
         if config.meta.algo == "joint":
-            step = lambda: learner.joint_step(tasks, meta_lr, seed)["meta_train_loss"].numpy()  # noqa: E731
+            step = lambda: learner.joint_step(tasks, seed)["meta_train_loss"].numpy()  # noqa: E731
         else:
             # As in training: the query scores are computed every step only
             # with hard tasks (the pool needs them), else on logging steps.
@@ -90,13 +90,13 @@ def main(argv):
               f"({s_pipe * 1000:.1f} ms per meta-batch)", flush=True)
     if "eval" in f.parts:
         task = exp.eval_tasks("val", count=1)[0]
-        lr = tf.constant(config.eval_inner_lr)
-        steps = tf.constant(config.eval_inner_iters)
+        lr = tf.constant(config.eval_omega.lr)
+        steps = tf.constant(config.eval_omega.steps)
         first_eval, s_eval = _median_seconds(
             lambda: learner.eval_task(*task, lr, steps, seed)[0].numpy(),
             f.repeats, f.iters)
         print(f"evaluation task ({config.eval.shots}-shot, "
-              f"{config.eval_inner_iters} steps): {s_eval:.3f} s (median of "
+              f"{config.eval_omega.steps} steps): {s_eval:.3f} s (median of "
               f"{f.repeats}), {1 / s_eval:.2f} tasks/s; first call ({compiled}) "
               f"{first_eval:.1f} s", flush=True)
 

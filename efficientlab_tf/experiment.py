@@ -140,8 +140,7 @@ class Experiment:
     def eval_fn(self, omega=None):
         """The compiled evaluation function for omega's batch size/optimizer."""
         omega = omega or self.config.eval_omega
-        return self.learner.eval_fn(omega.batch_size, omega.optimizer,
-                                    omega.scope)
+        return self.learner.eval_fn(omega)
 
     def evaluate(self, tasks, omega=None, name="eval"):
         """Mean IoU +- CI of adapting with omega (default: the eval omega)."""
@@ -153,10 +152,7 @@ class Experiment:
     def export(self, base_dir, version=None, omega=None):
         """SavedModel with serving_default, serve_bytes and few_shot (omega)."""
         omega = omega or self.config.eval_omega
-        adapter = segmentation.build_adapter(
-            self.model, self.config.meta, in_place=False,
-            batch_size=omega.batch_size, optimizer=omega.optimizer,
-            scope=omega.scope)
+        adapter = self.learner.evaluator.adapter(omega, in_place=False)
         return export_saved_model(
             self.model, base_dir, self.config.model.image_size, version=version,
             few_shot_adapter=adapter, omega=omega, limits=self.config.export)

@@ -69,12 +69,12 @@ def output_folders(config, mode):
 
 
 def check_outputs(config, mode):
-    """Proves every output folder writable at second 0 (io.check_writable):
+    """Proves every output folder writable at second 0 (storage.check_writable):
     a read-only `checkpoints/` is found before training, not after it."""
-    from efficientlab_tf import io
+    from efficientlab_tf import storage
 
     for folder, what in output_folders(config, mode):
-        io.check_writable(folder, what)
+        storage.check_writable(folder, what)
 
 
 def check(config, mode, uses_imagenet=False):

@@ -11,10 +11,12 @@ import functools
 import keras
 import tensorflow as tf
 
+from efficientlab_tf.config import MetaConfig
 from efficientlab_tf.evaluation import features
+from efficientlab_tf.meta.contract import TaskFns
+from efficientlab_tf.meta.contract import make_adapter
+from efficientlab_tf.meta.contract import pool_support
 from efficientlab_tf.meta.learner import MetaLearner
-from efficientlab_tf.meta.learner import TaskFns
-from efficientlab_tf.meta.learner import make_adapter
 from efficientlab_tf.model.efficientlab import foreground_probability
 from efficientlab_tf.model.efficientlab import inner_rates
 from efficientlab_tf.model.efficientlab import scope_variables
@@ -22,12 +24,27 @@ from efficientlab_tf.model.losses import segmentation_loss
 from efficientlab_tf.model.metrics import binary_iou
 
 
-def task_fns(weight_decay):
+def pool_with_task_ids(support_images, support_masks):
+    """Joint training's batch: the meta-batch's support sets [M, K, ...]
+    pooled, each mask given a second channel holding its task's index in the
+    meta-batch (its class). Losses read channel 0 as the mask; the
+    feature-clustering loss reads channel 1 to keep classes apart."""
+    masks = tf.cast(support_masks, tf.float32)
+    if masks.shape.rank == 4:
+        masks = masks[..., None]
+    ids = tf.broadcast_to(
+        tf.cast(tf.range(masks.shape[0]), tf.float32)[:, None, None, None, None],
+        masks.shape)
+    return pool_support(support_images, tf.concat([masks, ids], -1))
+
+
+def task_fns(weight_decay=MetaConfig.weight_decay):
     """TaskFns of binary segmentation with weight decay lambda."""
     return TaskFns(
         loss_fn=functools.partial(segmentation_loss, weight_decay=weight_decay),
         predict_fn=foreground_probability,
         metric_fn=binary_iou,
+        pool_fn=pool_with_task_ids,
     )
 
 
@@ -54,7 +71,8 @@ def clustering_task(weight_decay, weight, num_classes):
     def predict_fn(outputs):
         return foreground_probability(outputs[0])
 
-    return TaskFns(loss_fn=loss_fn, predict_fn=predict_fn, metric_fn=binary_iou)
+    return TaskFns(loss_fn=loss_fn, predict_fn=predict_fn, metric_fn=binary_iou,
+                   pool_fn=pool_with_task_ids)
 
 
 def feature_view(model):
@@ -65,17 +83,12 @@ def feature_view(model):
                        name=f"{model.name}_with_features")
 
 
-def build_adapter(model, meta_config, in_place=True, batch_size=None,
-                  optimizer=None, scope=None):
-    """The update routine U for segmentation; omega's batch size, optimizer
-    and scope default to the training ones of `meta_config`."""
-    return make_adapter(model, task_fns(meta_config.weight_decay),
-                        batch_size or meta_config.inner_batch,
-                        optimizer or meta_config.inner_optimizer,
-                        in_place=in_place,
-                        variables=scope_variables(
-                            model, scope or meta_config.adapt_scope),
-                        rates=inner_rates(model))
+def build_adapter(model, omega, weight_decay=MetaConfig.weight_decay,
+                  in_place=False):
+    """The update routine U(.; ., omega) of segmentation on `model` (its
+    scopes and learned rates, if any)."""
+    return make_adapter(model, task_fns(weight_decay), omega, scope_variables,
+                        in_place=in_place, rates=inner_rates(model))
 
 
 def build_learner(model, config, strategy=None):
@@ -94,4 +107,4 @@ def build_learner(model, config, strategy=None):
                        in_place=config.run.adapt_in_place,
                        strategy=strategy, scope_fn=scope_variables,
                        train_model=train_model, train_task=train_task,
-                       consensus=meta.consensus, rates=inner_rates(model))
+                       consensus=meta.consensus_weight, rates=inner_rates(model))

@@ -36,7 +36,7 @@ def run_hparams(config):
         "meta_step_final": me.meta_step_final, "meta_iters": me.meta_iters,
         "meta_optimizer": me.meta_optimizer, "weight_decay": me.weight_decay,
         "adapt_scope": me.adapt_scope, "clustering_weight": me.clustering_weight,
-        "consensus_weight": me.consensus,
+        "consensus_weight": me.consensus_weight,
         "hard_task_fraction": me.hard_task_fraction,
         "learned_lr": m.learned_lr,
         "eval_lr": omega.lr, "eval_steps": omega.steps,

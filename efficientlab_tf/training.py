@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from efficientlab_tf import distribute
-from efficientlab_tf import io
+from efficientlab_tf import storage
 from efficientlab_tf import summaries
 from efficientlab_tf import workdir as workdir_lib
 from efficientlab_tf.data.source import meta_batches
@@ -25,7 +25,6 @@ from efficientlab_tf.data.source import tasks_by_index
 from efficientlab_tf.evaluation import plots
 from efficientlab_tf.experiment import Experiment
 from efficientlab_tf.experiment import load_model_weights
-from efficientlab_tf.experiment import resolve_checkpoints  # noqa: F401
 from efficientlab_tf.hard_tasks import HardTaskPool
 from efficientlab_tf.hard_tasks import hard_count
 from efficientlab_tf.meta.learner import linear_meta_step
@@ -127,165 +126,194 @@ def run(prepared):
             nothing was saved after it, so the newest checkpoint is the last
             finite one.
     """
-    exp, step, manager = prepared.exp, prepared.step, prepared.manager
-    cfg = exp.config
-    learner = exp.learner
-    workdir = cfg.run.workdir
-    # A non-chief worker of a multi-worker run computes its replicas'
-    # share of every step and writes nothing (the chief saves, logs,
-    # evaluates and exports).
-    chief = distribute.is_chief(cfg.run)
-    if chief:
-        writer = tf.summary.create_file_writer(os.path.join(workdir, "train"))
-        val_writer = tf.summary.create_file_writer(
-            os.path.join(workdir, "meta_val"))
-    else:
-        writer = val_writer = tf.summary.create_noop_writer()
-    val_tasks = prepared.val_tasks if chief else None
-    total = cfg.meta.meta_iters
-    start = int(step)
-    batches = iter(meta_batches(exp.source, cfg, start))
-    is_joint = cfg.meta.algo == "joint"
-    pool = prepared.pool
-    meta_batch = cfg.meta.meta_batch
-    hard = hard_count(cfg.meta.hard_task_fraction, meta_batch) if pool else 0
-    inner_lr = tf.constant(cfg.meta.inner_lr, tf.float32)
-    last_time, last_step = time.time(), start
-    logging.info("Training %s from step %d to %d in %s.", cfg.meta.algo,
-                 start, total, workdir)
-    if val_tasks is None:
-        logging.info("No meta-val classes (--val_classes=0): training on "
-                     "meta-train classes without meta-validation.")
-    # The HParams session (TensorBoard compares runs by it); its metrics are
-    # added when the run ends.
-    hparams_dir = os.path.join(workdir, "hparams")
-    if chief:
-        summaries.write_session(
-            hparams_dir, summaries.run_hparams(cfg), {},
-            trial_id=os.path.basename(os.path.normpath(workdir)),
-            metric_tags=summaries.RUN_METRICS)
+    return _Loop(prepared).run()
 
-    def validate(s):
-        result = exp.evaluate(val_tasks, name="meta_val")
-        with val_writer.as_default():
+
+class _Loop:
+    """The phases of a training run: per step draw the meta-batch (with hard
+    tasks), step, check, log, image, checkpoint and meta-validate; at the end
+    save, evaluate on meta-test, export and write results.json.
+
+    A non-chief worker of a multi-worker run computes its replicas' share of
+    every step and writes nothing (the chief saves, logs, evaluates and
+    exports).
+    """
+
+    def __init__(self, prepared):
+        self.p = prepared
+        self.exp = prepared.exp
+        self.cfg = cfg = prepared.exp.config
+        self.workdir = cfg.run.workdir
+        self.chief = distribute.is_chief(cfg.run)
+        if self.chief:
+            self.writer = tf.summary.create_file_writer(
+                os.path.join(self.workdir, "train"))
+            self.val_writer = tf.summary.create_file_writer(
+                os.path.join(self.workdir, "meta_val"))
+        else:
+            self.writer = self.val_writer = tf.summary.create_noop_writer()
+        self.val_tasks = prepared.val_tasks if self.chief else None
+        self.total = cfg.meta.meta_iters
+        self.meta_batch = cfg.meta.meta_batch
+        self.hard = (hard_count(cfg.meta.hard_task_fraction, self.meta_batch)
+                     if prepared.pool else 0)
+        self.hparams_dir = os.path.join(self.workdir, "hparams")
+        self.last_time, self.last_step = time.time(), int(prepared.step)
+
+    # ------------------------------------------------------------- phases
+    def run(self):
+        cfg, start = self.cfg, int(self.p.step)
+        logging.info("Training %s from step %d to %d in %s.", cfg.meta.algo,
+                     start, self.total, self.workdir)
+        if self.val_tasks is None:
+            logging.info("No meta-val classes (--val_classes=0): training on "
+                         "meta-train classes without meta-validation.")
+        if self.chief:  # The HParams session (TensorBoard compares runs by
+            # it); its metrics are added when the run ends.
+            summaries.write_session(
+                self.hparams_dir, summaries.run_hparams(cfg), {},
+                trial_id=os.path.basename(os.path.normpath(self.workdir)),
+                metric_tags=summaries.RUN_METRICS)
+        batches = iter(meta_batches(self.exp.source, cfg, start))
+        try:
+            while int(self.p.step) < self.total:
+                self.iteration(next(batches))
+        except KeyboardInterrupt:
+            path = self.save(int(self.p.step))
+            logging.warning("Interrupted: saved %s; rerun the same command to "
+                            "resume.", path)
+            raise
+        latest = self.p.manager.latest_checkpoint
+        if latest is None or not latest.endswith(f"-{int(self.p.step)}"):
+            self.save(int(self.p.step))
+        self.writer.flush()
+        if not self.chief:
+            kind, index = distribute.task_role()
+            logging.info("Worker %s %d done at step %d; the chief writes the "
+                         "results.", kind, index, int(self.p.step))
+            return {"step": int(self.p.step), "worker": index}
+        return self.finish()
+
+    def iteration(self, tasks):
+        """One meta-iteration s -> s + 1 and what follows it."""
+        cfg, s = self.cfg, int(self.p.step)
+        tasks, ids, picks = self.with_hard_tasks(tasks, s)
+        metrics, meta_lr = self.step(tasks, s)
+        s += 1
+        if not bool(metrics["finite"]):  # One scalar read per step.
+            raise NonFiniteError(
+                f"meta-iteration {s}: the loss or meta-direction is NaN/Inf "
+                f"(loss {float(metrics['meta_train_loss']):.4g}); training "
+                "stopped and nothing was saved or exported, so "
+                f"{self.p.manager.latest_checkpoint or 'no checkpoint'} is "
+                "the last finite state. Lower --inner_lr or --meta_step.")
+        if self.p.pool is not None:
+            self.p.pool.update(ids, metrics["task_scores"].numpy(), s - 1)
+        self.p.step.assign_add(1)
+        if s % cfg.run.log_every == 0 or s == self.total:
+            self.log(s, metrics, meta_lr, picks)
+        if (self.chief and cfg.run.image_every and s % cfg.run.image_every == 0
+                and self.val_tasks is not None):
+            with self.val_writer.as_default():
+                _image_summary(self.exp, self.val_tasks[0], s)
+        if s % cfg.run.checkpoint_every == 0:
+            self.save(s)
+        if (cfg.eval.every and s % cfg.eval.every == 0 and s < self.total
+                and self.val_tasks is not None):
+            self.validate(s)
+
+    def with_hard_tasks(self, tasks, s):
+        """(meta-batch, stream indices of its tasks, hard picks): the last
+        `hard` tasks re-drawn from the hard-task pool."""
+        m, hard = self.meta_batch, self.hard
+        ids = list(range(s * m, (s + 1) * m))
+        picks = self.p.pool.sample(hard, (self.cfg.run.seed, s)) if hard else []
+        if picks:
+            extra = tasks_by_index(self.exp.source, self.cfg, picks)
+            tasks = tf.nest.map_structure(
+                lambda a, b: tf.concat([a[:m - hard], b], 0), tasks, extra)
+            ids = ids[:m - hard] + picks
+        return tasks, ids, picks
+
+    def step(self, tasks, s):
+        """(metrics, meta step size) of meta-iteration s."""
+        learner, seed = self.exp.learner, tf.constant([self.cfg.run.seed, s], tf.int32)
+        if self.cfg.meta.algo == "joint":
+            return learner.joint_step(tasks, seed), 0.0
+        meta_lr = linear_meta_step(self.cfg.meta, s)
+        # Query scores are computed on logging steps only, and every step
+        # with hard tasks (the pool needs them).
+        log = ((s + 1) % self.cfg.run.log_every == 0 or s + 1 == self.total
+               or bool(self.hard))
+        return learner.meta_step(tasks, tf.constant(meta_lr, tf.float32), seed,
+                                 tf.constant(log)), meta_lr
+
+    def log(self, s, metrics, meta_lr, picks):
+        now = time.time()
+        rate = (now - self.last_time) / max(s - self.last_step, 1)
+        self.last_time, self.last_step = now, s
+        values = {k: float(v) for k, v in metrics.items()
+                  if k not in ("finite", "task_scores")}
+        if self.p.pool is not None:
+            hardest = self.p.pool.entries()
+            values["hard_tasks_in_batch"] = float(len(picks))
+            values["hard_pool_mean_iou"] = float(
+                np.mean([e[1] for e in hardest])) if hardest else 0.0
+        with self.writer.as_default():
+            for k, v in values.items():
+                tf.summary.scalar(f"train/{k}", v, step=s)
+            tf.summary.scalar("train/meta_step_size", meta_lr, step=s)
+            tf.summary.scalar("train/inner_lr", self.cfg.meta.inner_lr, step=s)
+            tf.summary.scalar("train/seconds_per_iteration", rate, step=s)
+        logging.info(
+            "step %d/%d | loss %.4f | query IoU pre %.3f post %.3f | "
+            "%.2f s/it | ETA %s", s, self.total, values["meta_train_loss"],
+            values["pre_adapt_query_iou"], values["post_adapt_query_iou"],
+            rate, _format_eta(rate * (self.total - s)))
+
+    def validate(self, s):
+        result = self.exp.evaluate(self.val_tasks, name="meta_val")
+        with self.val_writer.as_default():
             tf.summary.scalar("meta_val/mean_iou", result["mean_iou"], step=s)
             tf.summary.scalar("meta_val/ci95", result["ci95"], step=s)
         logging.info("step %d: meta-val %d-shot mean IoU %.4f +- %.4f "
-                     "(%d tasks)", s, cfg.eval.shots, result["mean_iou"],
+                     "(%d tasks)", s, self.cfg.eval.shots, result["mean_iou"],
                      result["ci95"], result["tasks"])
         return result
 
-    def save(number):
-        if not chief:
+    def save(self, number):
+        if not self.chief:
             return None
-        check_finite_weights(exp.model, "save a checkpoint")
-        with io.writing(f"checkpoint {number}", manager.directory):
-            return manager.save(checkpoint_number=number)
+        check_finite_weights(self.exp.model, "save a checkpoint")
+        with storage.writing(f"checkpoint {number}", self.p.manager.directory):
+            return self.p.manager.save(checkpoint_number=number)
 
-    try:
-        while int(step) < total:
-            s = int(step)
-            tasks = next(batches)
-            ids = list(range(s * meta_batch, (s + 1) * meta_batch))
-            picks = pool.sample(hard, (cfg.run.seed, s)) if hard else []
-            if picks:  # The last `hard` tasks are re-drawn from the pool.
-                extra = tasks_by_index(exp.source, cfg, picks)
-                tasks = tf.nest.map_structure(
-                    lambda a, b: tf.concat([a[:meta_batch - hard], b], 0),
-                    tasks, extra)
-                ids = ids[:meta_batch - hard] + picks
-            seed = tf.constant([cfg.run.seed, s], tf.int32)
-            if is_joint:
-                metrics = learner.joint_step(tasks, inner_lr, seed)
-                meta_lr = 0.0
-            else:
-                meta_lr = linear_meta_step(cfg.meta, s)
-                # Query scores are computed on logging steps only.
-                log = (s + 1) % cfg.run.log_every == 0 or s + 1 == total
-                log = log or bool(hard)  # The pool needs every step's scores.
-                metrics = learner.meta_step(
-                    tasks, tf.constant(meta_lr, tf.float32), seed,
-                    tf.constant(log))
-            s += 1
-            if not bool(metrics["finite"]):  # One scalar read per step.
-                raise NonFiniteError(
-                    f"meta-iteration {s}: the loss or meta-direction is NaN/Inf "
-                    f"(loss {float(metrics['meta_train_loss']):.4g}); training "
-                    "stopped and nothing was saved or exported, so "
-                    f"{manager.latest_checkpoint or 'no checkpoint'} is the "
-                    "last finite state. Lower --inner_lr or --meta_step.")
-            if pool is not None:
-                pool.update(ids, metrics["task_scores"].numpy(), s - 1)
-            step.assign_add(1)
-            if s % cfg.run.log_every == 0 or s == total:
-                now = time.time()
-                rate = (now - last_time) / max(s - last_step, 1)
-                last_time, last_step = now, s
-                values = {k: float(v) for k, v in metrics.items()
-                          if k not in ("finite", "task_scores")}
-                if pool is not None:
-                    hardest = pool.entries()
-                    values["hard_tasks_in_batch"] = float(len(picks))
-                    values["hard_pool_mean_iou"] = float(
-                        np.mean([e[1] for e in hardest])) if hardest else 0.0
-                with writer.as_default():
-                    for k, v in values.items():
-                        tf.summary.scalar(f"train/{k}", v, step=s)
-                    tf.summary.scalar("train/meta_step_size", meta_lr, step=s)
-                    tf.summary.scalar("train/inner_lr", cfg.meta.inner_lr, step=s)
-                    tf.summary.scalar("train/seconds_per_iteration", rate, step=s)
-                logging.info(
-                    "step %d/%d | loss %.4f | query IoU pre %.3f post %.3f | "
-                    "%.2f s/it | ETA %s", s, total, values["meta_train_loss"],
-                    values["pre_adapt_query_iou"],
-                    values["post_adapt_query_iou"], rate,
-                    _format_eta(rate * (total - s)))
-            if (chief and cfg.run.image_every and s % cfg.run.image_every == 0
-                    and val_tasks is not None):
-                with val_writer.as_default():
-                    _image_summary(exp, val_tasks[0], s)
-            if s % cfg.run.checkpoint_every == 0:
-                save(s)
-            if (cfg.eval.every and s % cfg.eval.every == 0 and s < total
-                    and val_tasks is not None):
-                validate(s)
-    except KeyboardInterrupt:
-        path = save(int(step))
-        logging.warning("Interrupted: saved %s; rerun the same command to "
-                        "resume.", path)
-        raise
-    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(
-            f"-{int(step)}"):
-        save(int(step))
-    writer.flush()
-    if not chief:
-        kind, index = distribute.task_role()
-        logging.info("Worker %s %d done at step %d; the chief writes the "
-                     "results.", kind, index, int(step))
-        return {"step": int(step), "worker": index}
-
-    results = {"step": int(step), "config": dataclasses.asdict(cfg)}
-    if val_tasks is not None:
-        results["meta_val"] = _strip(validate(int(step)))
-    test = exp.evaluate(prepared.test_tasks, name="meta_test")
-    results["meta_test"] = _strip(test)
-    final = {"hparams/meta_test_mean_iou": test["mean_iou"],
-             "hparams/meta_test_ci95": test["ci95"]}
-    if val_tasks is not None:
-        final["hparams/meta_val_mean_iou"] = results["meta_val"]["mean_iou"]
-    summaries.write_metrics(hparams_dir, final, int(step))
-    omega = cfg.eval_omega
-    logging.info("meta-test %d-shot mean IoU %.4f +- %.4f (%d tasks, omega: "
-                 "%d steps, lr %g, batch %d)", cfg.eval.shots, test["mean_iou"],
-                 test["ci95"], test["tasks"], omega.steps, omega.lr,
-                 omega.batch_size)
-    if cfg.run.export:
-        check_finite_weights(exp.model, "export")
-        results["saved_model"] = exp.export(os.path.join(workdir, "saved_model"))
-        logging.info("Exported SavedModel to %s.", results["saved_model"])
-    io.write_json(os.path.join(workdir, "results.json"), results)
-    val_writer.flush()
-    return results
+    def finish(self):
+        """Meta-val and meta-test evaluation, export, results.json."""
+        cfg, exp, step = self.cfg, self.exp, int(self.p.step)
+        results = {"step": step, "config": dataclasses.asdict(cfg)}
+        if self.val_tasks is not None:
+            results["meta_val"] = _strip(self.validate(step))
+        test = exp.evaluate(self.p.test_tasks, name="meta_test")
+        results["meta_test"] = _strip(test)
+        final = {"hparams/meta_test_mean_iou": test["mean_iou"],
+                 "hparams/meta_test_ci95": test["ci95"]}
+        if self.val_tasks is not None:
+            final["hparams/meta_val_mean_iou"] = results["meta_val"]["mean_iou"]
+        summaries.write_metrics(self.hparams_dir, final, step)
+        omega = cfg.eval_omega
+        logging.info("meta-test %d-shot mean IoU %.4f +- %.4f (%d tasks, omega: "
+                     "%d steps, lr %g, batch %d)", cfg.eval.shots,
+                     test["mean_iou"], test["ci95"], test["tasks"], omega.steps,
+                     omega.lr, omega.batch_size)
+        if cfg.run.export:
+            check_finite_weights(exp.model, "export")
+            results["saved_model"] = exp.export(
+                os.path.join(self.workdir, "saved_model"))
+            logging.info("Exported SavedModel to %s.", results["saved_model"])
+        storage.write_json(os.path.join(self.workdir, "results.json"), results)
+        self.val_writer.flush()
+        return results
 
 
 def _strip(result):

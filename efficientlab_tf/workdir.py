@@ -30,7 +30,8 @@ import time
 
 from absl import logging
 
-from efficientlab_tf import io
+from efficientlab_tf import config as config_lib
+from efficientlab_tf import storage
 
 LOCK_FILE = ".lock"
 
@@ -47,7 +48,6 @@ RESUME_KEYS = (
     ("model", "num_classes"),
     ("meta", "meta_optimizer"),
 )
-_FLAG_NAMES = {("meta", "meta_optimizer"): "meta_optimizer"}
 
 
 class WorkdirError(RuntimeError):
@@ -110,7 +110,7 @@ def lock(workdir):
     try:
         previous = os.pread(fd, 4096, 0).decode(errors="replace").strip()
         pid = _parse_pid(previous)
-        if pid is not None and pid != os.getpid() and not io.pid_alive(pid):
+        if pid is not None and pid != os.getpid() and not storage.pid_alive(pid):
             logging.warning("Taking over the stale lock of %s in %s (that "
                             "process no longer exists).", previous, workdir)
         program = os.path.basename(sys.argv[0]) if sys.argv else "python"
@@ -179,7 +179,7 @@ def check_resumable(workdir, config_dict, record="config.json"):
         old = stored.get(section, {}).get(key)
         new = config_dict[section][key]
         if old is not None and old != new:
-            name = _FLAG_NAMES.get((section, key), key)
+            name = config_lib.flag_for(section, key)
             diffs.append(f"--{name}: stored {old!r}, given {new!r}")
     if diffs:
         raise WorkdirError(

@@ -36,6 +36,7 @@ from efficientlab_tf import segmentation
 from efficientlab_tf import training
 from efficientlab_tf.config import MetaConfig
 from efficientlab_tf.config import RunConfig
+from efficientlab_tf.meta.evaluator import ReplicatedEval
 from efficientlab_tf.meta.learner import MetaLearner
 from tests import helpers
 from tests.test_training import tiny_config
@@ -87,7 +88,7 @@ def evaluate():
     one.model.set_weights(many.model.get_weights())
     tasks = [helpers.random_task(shots=4, query=2, seed=10 + i) for i in range(5)]
     lr, steps = 0.05, 4
-    out = {"replicated": isinstance(many.eval_task, protocol.ReplicatedEval)}
+    out = {"replicated": isinstance(many.eval_task, ReplicatedEval)}
     out["grouped"] = protocol.evaluate(many.eval_task, tasks, lr, steps,
                                        seed=7)["per_task"]
     out["one_at_a_time"] = protocol.evaluate(many.eval_task.task_fn, tasks, lr,

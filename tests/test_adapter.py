@@ -5,6 +5,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from efficientlab_tf.config import MetaConfig
+from efficientlab_tf.config import Omega
 from efficientlab_tf.segmentation import build_adapter
 from tests import helpers
 
@@ -15,7 +16,7 @@ class AdapterTest(tf.test.TestCase, parameterized.TestCase):
                               ("sgd", "batch"))
     def test_adapt_restores_every_variable_bit_for_bit(self, opt, bn_mode):
         model = helpers.tiny_efficientlab(bn_mode=bn_mode)
-        adapter = build_adapter(model, MetaConfig(inner_optimizer=opt))
+        adapter = build_adapter(model, Omega(optimizer=opt), in_place=True)
         task = helpers.random_task()
         before = helpers.variable_values(model)
         fn = tf.function(lambda: adapter.adapt(
@@ -44,7 +45,7 @@ class AdapterTest(tf.test.TestCase, parameterized.TestCase):
         task = helpers.random_task()
         results = []
         for in_place in (True, False):
-            adapter = build_adapter(model, MetaConfig(), in_place=in_place)
+            adapter = build_adapter(model, Omega(), in_place=in_place)
             state, loss = tf.function(lambda a=adapter: a.adapt(
                 task.support_images, task.support_masks, 0.05, 3,
                 tf.constant([5, 6])))()
@@ -56,7 +57,7 @@ class AdapterTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_tensor_form_never_writes_variables(self):
         model = helpers.tiny_efficientlab()
-        adapter = build_adapter(model, MetaConfig(), in_place=False)
+        adapter = build_adapter(model, Omega())
         task = helpers.random_task()
         before = helpers.variable_values(model)
         adapter.adapt(task.support_images, task.support_masks, 0.05, 2,
@@ -66,7 +67,7 @@ class AdapterTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_same_seed_same_result_other_seed_other_batches(self):
         model = helpers.tiny_efficientlab()
-        adapter = build_adapter(model, MetaConfig(inner_batch=2))
+        adapter = build_adapter(model, Omega(batch_size=2), in_place=True)
         task = helpers.random_task(shots=4)
         run = lambda s: adapter.adapt(  # noqa: E731
             task.support_images, task.support_masks, 0.05, 1,
@@ -79,7 +80,7 @@ class ContinuationTest(tf.test.TestCase):
 
     def test_adapt_in_two_calls_equals_one_call(self):
         model = helpers.tiny_efficientlab()
-        adapter = build_adapter(model, MetaConfig(inner_batch=2), in_place=False)
+        adapter = build_adapter(model, Omega(batch_size=2))
         task = helpers.random_task(shots=3)
         seed = tf.constant([2, 3])
         args = (task.support_images, task.support_masks, 0.05)

@@ -143,6 +143,41 @@ class ResumeTest(tf.test.TestCase):
         run(inits, Omega(lr=0.1, steps=3))
         self.assertLen(calls, 14)
 
+    def test_a_fold_1_comparison_never_reads_fold_0_rows(self):
+        # Issue 24.5: rows kept in a shared --compare_rows_dir are keyed by
+        # the dataset, folder, fold and model too (runners.compare.rows_context).
+        import types
+
+        from efficientlab_tf.config import ExperimentConfig
+        from efficientlab_tf.config import Omega
+        from efficientlab_tf.runners.compare import rows_context
+
+        v = tf.Variable(0.0)
+        model = types.SimpleNamespace(variables=[v])
+        calls = []
+
+        def eval_fn(si, sm, qi, qm, lr, steps, seed):
+            calls.append(int(steps))
+            return tf.fill([qi.shape[0]], v + 0.01 * tf.cast(steps, tf.float32)), None
+
+        cache = tempfile.mkdtemp()
+        inits = [("random init", None), ("a", lambda: v.assign(0.3))]
+
+        def run(**knobs):
+            config = ExperimentConfig.build(
+                "demo", **{"dataset": "fss1000", "data_dir": "/data/fss", **knobs})
+            calls.clear()
+            compare.compare_inits(eval_fn, model, inits, [_task([[[1.0]]])],
+                                  Omega(steps=5), random_factor=2,
+                                  cache_dir=cache, context=rows_context(config))
+            return len(calls)
+
+        self.assertEqual(run(fold=0), 5)   # 3 random-init rows + 2 of a.
+        self.assertEqual(run(fold=1), 5)   # Another fold: scored again.
+        self.assertEqual(run(fold=0), 0)   # Its own fold: reused.
+        self.assertEqual(run(fold=0, data_dir="/data/other"), 5)
+        self.assertEqual(run(fold=0, image_size=96), 5)
+
     def test_random_steps_factor_zero_drops_the_row_and_the_reference(self):
         import types
 
@@ -181,8 +216,29 @@ class StudyTableTest(tf.test.TestCase):
              "mean_iou": 0.3, "per_task": [0.3, 0.3]},
         ]
 
+    def test_rows_carry_their_variant_and_merge_by_it(self):
+        # A run named with " (" used to break merging (its name was cut at
+        # " (" as if it were a trivial row's fitted parameter).
+        def row(init, variant, per_task):
+            return {"name": compare.row_name(init, variant), "init": init,
+                    "variant": variant, "steps": 5, "per_task": per_task,
+                    "mean_iou": sum(per_task) / len(per_task)}
+        f0 = [row("run (copy)", "", [0.2]), row("run (copy)", "mtl", [0.4]),
+              {"name": "centred box (side 0.60)", "init": "trivial",
+               "variant": "centred box", "steps": 0, "per_task": [0.3],
+               "mean_iou": 0.3}]
+        f1 = [row("run (copy)", "", [0.6]), row("run (copy)", "mtl", [0.8]),
+              dict(f0[2], name="centred box (side 0.65)", per_task=[0.5])]
+        merged = compare.merge_tables([f0, f1])
+        self.assertEqual([r["name"] for r in merged],
+                         ["run (copy)", "run (copy) [mtl]",
+                          "centred box (fitted per fold)"])
+        self.assertAllClose(merged[1]["per_task"], [0.4, 0.8])
+        self.assertEqual([compare.row_key(r) for r in merged],
+                         [("run (copy)", ""), ("run (copy)", "mtl"), None])
+
     def test_row_names_split_into_init_and_variant(self):
-        split = [compare.split_row_name(r) for r in self._rows()]
+        split = [compare.row_key(r) for r in self._rows()]
         self.assertEqual(split, [
             ("joint", ""), ("joint", "no adaptation"), ("joint", "own omega"),
             ("meta", ""), ("meta", "mtl"), ("meta", "own omega"), None])

@@ -24,7 +24,7 @@ def export_tiny(bn_mode="batch", base=None):
     `<tmp>/efficientlab`): (model, adapter, base, version path)."""
     model = helpers.tiny_efficientlab(bn_mode=bn_mode)
     base = base or os.path.join(tempfile.mkdtemp(), "efficientlab")
-    adapter = build_adapter(model, MetaConfig(inner_batch=2), in_place=False)
+    adapter = build_adapter(model, Omega(batch_size=2))
     path = export_saved_model(model, base, image_size=32,
                               few_shot_adapter=adapter, omega=OMEGA)
     return model, adapter, base, path
@@ -255,7 +255,7 @@ class ExportTest(tf.test.TestCase):
                     lr=tf.constant([lr]), steps=tf.constant([steps]))
 
     def test_in_place_adapter_is_refused(self):
-        adapter = build_adapter(self.model, MetaConfig(), in_place=True)
+        adapter = build_adapter(self.model, Omega(), in_place=True)
         with self.assertRaisesRegex(ValueError, "in_place=False"):
             export_saved_model(self.model, tempfile.mkdtemp(), 32,
                                few_shot_adapter=adapter, omega=OMEGA)

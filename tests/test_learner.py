@@ -75,8 +75,8 @@ class XLATest(tf.test.TestCase):
                     task.query_images, task.query_masks, tf.constant(0.05),
                     tf.constant(4), SEED)
             iou, probs = learner.eval_task(*args)
-            iou3, probs3 = learner.eval_fn(batch_size=3)(*args)
-            start, advance = learner.stepper()
+            iou3, probs3 = learner.eval_fn(dataclasses.replace(config.omega, batch_size=3))(*args)
+            start, advance = learner.stepper(config.omega)
             state, pre = start(task.query_images, task.query_masks)
             state, post = advance(task.support_images, task.support_masks,
                                   task.query_images, task.query_masks, state,
@@ -204,7 +204,7 @@ class StepperTest(tf.test.TestCase):
         learner = learner_for("fomaml")
         task = helpers.random_task(seed=5)
         seed = tf.constant([1, 1])
-        start_fn, advance_fn = learner.stepper()
+        start_fn, advance_fn = learner.stepper(learner.omega)
         state, score = start_fn(task.query_images, task.query_masks)
         curve = [float(score)]
         for t in range(4):
@@ -216,4 +216,4 @@ class StepperTest(tf.test.TestCase):
                                        tf.constant(steps), seed)
             self.assertAllClose(curve[steps], tf.reduce_mean(iou), atol=1e-4)
         self.assertEqual(advance_fn.experimental_get_tracing_count(), 1)
-        self.assertIs(learner.stepper()[1], advance_fn)  # Compiled once.
+        self.assertIs(learner.stepper(learner.omega)[1], advance_fn)  # Compiled once.

@@ -20,12 +20,13 @@ import tensorflow as tf
 
 from efficientlab_tf.config import ModelConfig
 from efficientlab_tf.data import decode
-from efficientlab_tf.pretrained import imagenet_check
+from efficientlab_tf.evaluation import imagenet_check
 from efficientlab_tf.model import encoder as encoder_lib
 from efficientlab_tf.pretrained import lite
 from efficientlab_tf.pretrained import torch_legacy
 from tests import torch_writer
 from efficientlab_tf.model.efficientlab import build_efficientlab
+from efficientlab_tf.model import lite0
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REALFSS = os.path.join(ROOT, "..", "shared", "data", "realfss-train")
@@ -240,7 +241,7 @@ def numpy_lite0(images, sd):
     x = np.transpose((images.astype(np.float64) - 127.0) / 128.0, (0, 3, 1, 2))
     x = _relu6(_bn(_conv(x, sd["_conv_stem.weight"], 2), sd, "_bn0"))
     i = 0
-    for kernel, stride, expand, f_in, f_out, repeats in lite.BLOCKS:
+    for kernel, stride, expand, f_in, f_out, repeats in lite0.BLOCKS:
         for r in range(repeats):
             t, inputs = f"_blocks.{i}", x
             s = stride if r == 0 else 1
@@ -275,7 +276,7 @@ def _random_state_dict(seed=0):
     conv("_conv_stem.weight", 32, 3, 3)
     bn("_bn0", 32)
     i = 0
-    for kernel, _, expand, f_in, f_out, repeats in lite.BLOCKS:
+    for kernel, _, expand, f_in, f_out, repeats in lite0.BLOCKS:
         for r in range(repeats):
             c_in = f_in if r == 0 else f_out
             t = f"_blocks.{i}"

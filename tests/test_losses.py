@@ -8,7 +8,7 @@ import tensorflow as tf
 from efficientlab_tf.model.losses import segmentation_loss
 from efficientlab_tf.model.losses import soft_iou
 from efficientlab_tf.model.metrics import binary_iou
-from efficientlab_tf.model.metrics import mean_ci95
+from efficientlab_tf.evaluation.protocol import mean_ci95
 
 
 class LossTest(tf.test.TestCase):

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from efficientlab_tf import segmentation
 from efficientlab_tf.config import MetaConfig
+from efficientlab_tf.config import Omega
 from efficientlab_tf.meta import fomaml
 from efficientlab_tf.meta import maml
 from efficientlab_tf.data.tasks import TaskBatch
@@ -64,8 +65,7 @@ class MAMLTest(tf.test.TestCase):
 
     def test_unrolled_adaptation_equals_the_loop(self):
         model = helpers.tiny_efficientlab(bn_mode="batch", dropout=0.0)
-        adapter = segmentation.build_adapter(model, MetaConfig(inner_batch=2),
-                                             in_place=False)
+        adapter = segmentation.build_adapter(model, Omega(batch_size=2))
         task = helpers.random_task(shots=4, seed=2)
         start = adapter.initial_state()
         looped, _ = adapter.adapt(task.support_images, task.support_masks, LR,

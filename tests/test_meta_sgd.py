@@ -45,7 +45,7 @@ class LearnedRatesTest(tf.test.TestCase):
         rates = inner_rates(model)
         log_rates = np.linspace(-1.0, 1.0, rates.shape[0]).astype(np.float32)
         rates.assign(log_rates)
-        adapter = segmentation.build_adapter(model, MetaConfig(), in_place=False)
+        adapter = segmentation.build_adapter(model, Omega())
         self.assertNotIn(id(rates), [id(v) for v in adapter.stat_variables])
         task = helpers.random_task(shots=2)
         new, _ = adapter.step(adapter.initial_state(), task.support_images,
@@ -122,8 +122,7 @@ class LearnedRatesTest(tf.test.TestCase):
         model = rated_model()
         inner_rates(model).assign(np.full(inner_rates(model).shape, np.log(3.0),
                                           np.float32))
-        adapter = segmentation.build_adapter(model, MetaConfig(inner_batch=2),
-                                             in_place=False)
+        adapter = segmentation.build_adapter(model, Omega(batch_size=2))
         path = export_saved_model(model, os.path.join(tempfile.mkdtemp(), "m"),
                                   image_size=32, few_shot_adapter=adapter,
                                   omega=Omega(lr=LR, steps=2))
@@ -148,8 +147,7 @@ class LearnedRatesTest(tf.test.TestCase):
         for a, b in zip(plain.variables, [v for v in model.variables
                                           if v is not inner_rates(model)]):
             a.assign(b)
-        plain_adapter = segmentation.build_adapter(plain, MetaConfig(inner_batch=2),
-                                                   in_place=False)
+        plain_adapter = segmentation.build_adapter(plain, Omega(batch_size=2))
         state, _ = plain_adapter.adapt(tf.cast(support, tf.float32),
                                        tf.cast(masks[..., None] > 0, tf.float32),
                                        3 * LR, 2, tf.constant([0, 0]))

@@ -35,7 +35,7 @@ def tiny(precision, weights=None):
 
 
 def one_step_direction(model, task):
-    adapter = segmentation.build_adapter(model, CONFIG, in_place=False)
+    adapter = segmentation.build_adapter(model, CONFIG.omega, CONFIG.weight_decay)
     start = adapter.initial_state()
     state, loss = tf.function(lambda: adapter.step(
         start, task.support_images[:2], task.support_masks[:2], 1.0, 0,

@@ -76,7 +76,7 @@ class ConsensusTest(tf.test.TestCase):
 
     def test_joint_refuses_consensus(self):
         with self.assertRaisesRegex(ValueError, "consensus_weight"):
-            MetaConfig(algo="joint", foml_tail=None, consensus=0.1)
+            MetaConfig(algo="joint", foml_tail=None, consensus_weight=0.1)
 
 
 class ClusteringRegulariserTest(tf.test.TestCase):
@@ -154,7 +154,7 @@ class ClusteringRegulariserTest(tf.test.TestCase):
                 learner = segmentation.build_learner(model, cfg)
                 task = helpers.random_task(shots=4, meta_batch=2)
                 if algo == "joint":
-                    out = learner.joint_step(task, tf.constant(LR), tf.constant([0, 1]))
+                    out = learner.joint_step(task, tf.constant([0, 1]))
                 else:
                     out = learner.meta_step(task, tf.constant(1.0), tf.constant([0, 1]))
                 self.assertTrue(bool(out["finite"]))

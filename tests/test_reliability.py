@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from efficientlab_tf import config as config_lib
-from efficientlab_tf import io
+from efficientlab_tf import storage
 from efficientlab_tf import preflight
 from efficientlab_tf import training
 from efficientlab_tf import workdir as workdir_lib
@@ -109,7 +109,7 @@ def test_non_finite_omegas_are_refused_where_they_are_made(bad, tmp_path):
 
 def test_the_exported_omega_must_be_within_the_request_limits(tmp_path):
     model = helpers.tiny_efficientlab()
-    adapter = build_adapter(model, MetaConfig(inner_batch=2), in_place=False)
+    adapter = build_adapter(model, Omega(batch_size=2))
     with pytest.raises(ValueError, match="exceeds the request limits"):
         saved_model.export_saved_model(
             model, str(tmp_path / "m"), 32, few_shot_adapter=adapter,
@@ -123,7 +123,7 @@ def test_the_exported_omega_must_be_within_the_request_limits(tmp_path):
 
 @pytest.mark.parametrize("size", [100000, 1056, 0, 100])
 def test_image_size_is_bounded(size):
-    with pytest.raises(ValueError, match=r"`image_size` must be a multiple of 32 "
+    with pytest.raises(ValueError, match=r"`--image_size` must be a multiple of 32 "
                        r"in \[32, 1024\]"):
         config_lib.ModelConfig(image_size=size)
     assert config_lib.ModelConfig(image_size=1024).image_size == 1024
@@ -135,7 +135,7 @@ def test_a_full_disk_during_convert_is_one_line_and_leaves_nothing(tmp_path):
     root = make_tree(classes=("cat", "dog"), pairs=3)
     out = tmp_path / "shards"
     with file_size_limit(600):  # Each shard needs several KiB.
-        with pytest.raises(io.WriteError, match=f"cannot write TFRecord shards to "
+        with pytest.raises(storage.WriteError, match=f"cannot write TFRecord shards to "
                            f"'{out}': .*File too large"):
             tfrecords.write_entries(_entries(root), str(out), num_shards=2)
     assert os.listdir(out) == []
@@ -145,7 +145,7 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(tmp_path):
     model = helpers.tiny_efficientlab()
     base = tmp_path / "efficientlab"
     with file_size_limit(4096):
-        with pytest.raises(io.WriteError, match=f"cannot write the SavedModel to "
+        with pytest.raises(storage.WriteError, match=f"cannot write the SavedModel to "
                            f"'{base}/1'.*File too large"):
             saved_model.export_saved_model(model, str(base), 32, warmup=False)
     assert os.listdir(base) == []
@@ -158,14 +158,14 @@ def test_unwritable_output_folders_are_found_at_second_0(tmp_path):
     workdir.mkdir()
     (workdir / "checkpoints").write_text("a file, not a folder")
     config = tiny_config(str(workdir))
-    with pytest.raises(io.WriteError, match="cannot write checkpoints to "
+    with pytest.raises(storage.WriteError, match="cannot write checkpoints to "
                        f"'{workdir}/checkpoints'.*checked before starting"):
         preflight.check_outputs(config, "train")
     export = tmp_path / "file"
     export.write_text("x")
     config = config_lib.ExperimentConfig(export=ExportConfig(
         export_dir=str(export / "efficientlab")))
-    with pytest.raises(io.WriteError, match="cannot write the SavedModel"):
+    with pytest.raises(storage.WriteError, match="cannot write the SavedModel"):
         preflight.check_outputs(config, "export")
 
 
@@ -179,7 +179,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path):
     shutil.rmtree(folder, ignore_errors=True)
     with open(folder, "w") as f:
         f.write("in the way")
-    with pytest.raises(io.WriteError, match=f"cannot write checkpoint 2 to "
+    with pytest.raises(storage.WriteError, match=f"cannot write checkpoint 2 to "
                        f"'{folder}'"):
         training.run(prepared)
 
@@ -209,7 +209,7 @@ def _dead_pid():
 
 
 def test_litter_of_killed_runs_is_removed_at_the_next_start(tmp_path):
-    dead, host = _dead_pid(), io.temp_prefix("")[:8]
+    dead, host = _dead_pid(), storage.temp_prefix("")[:8]
     base = tmp_path / "efficientlab"
     stale_export = base / f"{saved_model.EXPORT_TMP}{host}.{dead}-abc"
     live_export = base / f"{saved_model.EXPORT_TMP}{host}.{os.getpid()}-xyz"

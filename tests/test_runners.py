@@ -1,5 +1,6 @@
 """Every mode of run_meta.py, called in-process with a config (no flags)."""
 
+import csv
 import dataclasses
 import json
 import os
@@ -170,13 +171,16 @@ class RunnersTest(tf.test.TestCase):
             runners.run(config, model=model())
 
     def test_uho_writes_omega_and_lr_sweep_writes_the_curve(self):
-        uho = {"samples": 2, "rounds": 2, "tasks": 2, "steps_range": (1, 3),
-               "sweep_points": 2}
+        uho = {"samples": 2, "rounds": 2, "tasks": 2, "steps_min": 1,
+               "steps_max": 3, "sweep_points": 2}
         config = self.mode("uho", run={"init_from": self.run_dir}, uho=uho)
         best = runners.run(config, model=model())
         with open(os.path.join(config.run.workdir, "omega.json")) as f:
             omega = json.load(f)
-        self.assertEqual(omega["steps"], best["best_steps"])
+        with open(os.path.join(config.run.workdir, "uho_trials.csv")) as f:
+            top = max(csv.DictReader(f), key=lambda r: float(r["mean_iou"]))
+        self.assertEqual(best, omega)
+        self.assertEqual(omega["steps"], int(top["best_steps"]))
         self.assertEqual(omega["batch_size"], 2)  # The training batch.
         sweep = self.mode("lr_sweep", run={"init_from": self.run_dir}, uho=uho)
         rows = runners.run(sweep, model=model())

@@ -12,6 +12,7 @@ from absl.testing import parameterized
 
 from efficientlab_tf import segmentation
 from efficientlab_tf.config import MetaConfig
+from efficientlab_tf.config import Omega
 from efficientlab_tf.meta.learner import MetaLearner
 from efficientlab_tf.model.efficientlab import foreground_probability
 from efficientlab_tf.model.efficientlab import scope_variables
@@ -56,8 +57,8 @@ class ScopedStepTest(tf.test.TestCase):
         # only the head, and the forward pass sees every other weight.
         model = helpers.tiny_efficientlab(bn_mode="batch", dropout=0.0)
         config = MetaConfig(weight_decay=1e-3)
-        adapter = segmentation.build_adapter(model, config, in_place=False,
-                                             scope="head")
+        adapter = segmentation.build_adapter(model, Omega(scope="head"),
+                                             weight_decay=config.weight_decay)
         task = helpers.random_task(shots=2)
         head = model.get_layer("head_logits").trainable_variables
         self.assertEqual(paths(adapter.trainable_variables), paths(head))
@@ -105,7 +106,7 @@ class FrozenWeightsTest(tf.test.TestCase, parameterized.TestCase):
         for i in range(2):
             task = helpers.random_task(shots=4, meta_batch=2, seed=i)
             if algo == "joint":
-                out = learner.joint_step(task, tf.constant(0.1), tf.constant([i, 0]))
+                out = learner.joint_step(task, tf.constant([i, 0]))
             else:
                 out = learner.meta_step(task, tf.constant(1.0), tf.constant([i, 0]))
             self.assertTrue(bool(out["finite"]))

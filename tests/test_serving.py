@@ -195,7 +195,7 @@ class EmulationRulesTest(tf.test.TestCase):
 
 def _export(base, bn_mode, version=None, limits=None):
     model = helpers.tiny_efficientlab(bn_mode=bn_mode)
-    adapter = build_adapter(model, MetaConfig(inner_batch=2), in_place=False)
+    adapter = build_adapter(model, Omega(batch_size=2))
     return model, export_saved_model(
         model, base, image_size=32, version=version, few_shot_adapter=adapter,
         omega=OMEGA, limits=limits or ExportConfig(serve_batch_timeout_micros=20000))
@@ -380,7 +380,7 @@ class ExportHardeningTest(tf.test.TestCase):
         # --jit_compile run do (learner.py compiles them with jit_compile).
         tf.function(lambda x: model(x, training=True), jit_compile=True)(
             tf.zeros([2, 32, 32, 3]))
-        adapter = build_adapter(model, MetaConfig(inner_batch=2), in_place=False)
+        adapter = build_adapter(model, Omega(batch_size=2))
         path = export_saved_model(model, os.path.join(tempfile.mkdtemp(), "m"), 32,
                                   few_shot_adapter=adapter, omega=OMEGA)
         proto = saved_model_pb2.SavedModel()

@@ -10,6 +10,7 @@ from PIL import Image
 from efficientlab_tf.config import DataConfig
 from efficientlab_tf.data import fss1000
 from efficientlab_tf.data import tfrecords
+from efficientlab_tf.data import validate
 from tests.test_fss1000 import make_tree
 from tests.test_fss1000 import write_pair
 
@@ -90,7 +91,7 @@ class ShardTest(tf.test.TestCase):
     def test_one_more_pair_writer_sanity(self):
         folder = tempfile.mkdtemp()
         write_pair(folder, 1)
-        problems, target = tfrecords.check_pair(os.path.join(folder, "1.jpg"),
+        problems, target = validate.check_pair(os.path.join(folder, "1.jpg"),
                                                 os.path.join(folder, "1.png"))
         self.assertEqual(problems, [])
         mask = np.asarray(Image.open(os.path.join(folder, "1.png")))

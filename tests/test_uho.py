@@ -8,6 +8,7 @@ import tempfile
 
 import tensorflow as tf
 
+from efficientlab_tf.config import UHOConfig
 from efficientlab_tf.evaluation import uho
 
 
@@ -67,7 +68,7 @@ class EarlyStoppedScoreTest(tf.test.TestCase):
 class SearchTest(tf.test.TestCase):
 
     def test_finds_the_optimum_and_resumes(self):
-        config = uho.UHOConfig(lr_range=(0.005, 0.5), steps_range=(2, 12),
+        config = UHOConfig(lr_min=0.005, lr_max=0.5, steps_min=2, steps_max=12,
                                samples=6, rounds=3, keep_fraction=0.34, seed=1)
         workdir = tempfile.mkdtemp()
         calls = []
@@ -84,13 +85,15 @@ class SearchTest(tf.test.TestCase):
         self.assertEqual(len(rows), 6 * rounds)
         # The best trial stops at the curve's peak (or its cap) and its lr is
         # within a factor 1.5 of 0.05.
-        self.assertEqual(best["best_steps"], min(6, best["max_steps"]))
-        self.assertLess(abs(math.log(best["lr"] / 0.05)), math.log(1.5))
+        top = max(rows, key=lambda r: float(r["mean_iou"]))
+        self.assertEqual(best.steps, int(top["best_steps"]))
+        self.assertEqual(best.steps, min(6, int(top["max_steps"])))
+        self.assertLess(abs(math.log(best.lr / 0.05)), math.log(1.5))
         with open(os.path.join(workdir, "omega.json")) as f:
             omega = json.load(f)
-        self.assertEqual(omega["steps"], best["best_steps"])
+        self.assertEqual(omega["steps"], best.steps)
         self.assertEqual(omega["batch_size"], 8)
-        self.assertAlmostEqual(omega["lr"], best["lr"])
+        self.assertAlmostEqual(omega["lr"], best.lr)
         # An interrupted search resumes: drop the last 5 trials, rerun.
         with open(os.path.join(workdir, "uho_trials.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=uho.FIELDS)
@@ -105,7 +108,7 @@ class SearchTest(tf.test.TestCase):
         # Algorithm 2 refines from the accumulated trials: the ranges each
         # round samples in equal refine_search_space(all earlier trials),
         # recomputed here from the CSV.
-        config = uho.UHOConfig(lr_range=(0.005, 0.5), steps_range=(2, 12),
+        config = UHOConfig(lr_min=0.005, lr_max=0.5, steps_min=2, steps_max=12,
                                samples=5, rounds=4, keep_fraction=0.4, seed=3)
         ranges = []
         real = uho.sample_configs
@@ -144,7 +147,7 @@ class SearchTest(tf.test.TestCase):
                     ranges[r], uho.refine_search_space(last, 0.4, (2, 12)))
 
     def test_stops_when_a_round_does_not_improve(self):
-        config = uho.UHOConfig(samples=4, rounds=6, seed=0)
+        config = UHOConfig(samples=4, rounds=6, seed=0)
         calls = []
 
         def flat(lr, cap, batch, patience):
@@ -165,7 +168,7 @@ class SearchTest(tf.test.TestCase):
         self.assertLen(improving, 24)  # The rounds cap.
 
     def test_bad_config(self):
-        with self.assertRaisesRegex(ValueError, "uho_lr_range"):
-            uho.UHOConfig(lr_range=(0.1, 0.01))
-        with self.assertRaisesRegex(ValueError, "uho_steps_range"):
-            uho.UHOConfig(steps_range=(0, 5))
+        with self.assertRaisesRegex(ValueError, "uho_lr_min"):
+            UHOConfig(lr_min=0.1, lr_max=0.01)
+        with self.assertRaisesRegex(ValueError, "uho_steps_min"):
+            UHOConfig(steps_min=0, steps_max=5)

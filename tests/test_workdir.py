@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from efficientlab_tf import config as config_lib
+from efficientlab_tf import experiment
 from efficientlab_tf import preflight
 from efficientlab_tf import training
 from efficientlab_tf import workdir as workdir_lib
@@ -25,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _HOLDER = """
 import sys, time
 from efficientlab_tf import workdir
+from efficientlab_tf import experiment
 with workdir.lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)
@@ -177,13 +179,13 @@ class NonFiniteTest(tf.test.TestCase):
         self.assertFalse(os.path.exists(os.path.join(workdir, "saved_model")))
         # Every kept checkpoint holds finite weights, the newest is the step
         # before the failure.
-        for prefix in training.resolve_checkpoints(workdir):
+        for prefix in experiment.resolve_checkpoints(workdir):
             for name, _ in tf.train.list_variables(prefix):
                 value = tf.train.load_variable(prefix, name)
                 if np.issubdtype(np.asarray(value).dtype, np.floating):
                     self.assertTrue(np.isfinite(value).all(), (prefix, name))
         if failed_at > 1:
-            self.assertTrue(training.resolve_checkpoints(workdir)[-1].endswith(
+            self.assertTrue(experiment.resolve_checkpoints(workdir)[-1].endswith(
                 f"ckpt-{failed_at - 1}"))
 
     def test_joint_training_nan_is_detected_too(self):

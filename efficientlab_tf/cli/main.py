@@ -15,7 +15,7 @@ import tensorflow as tf
 from absl import flags
 from absl import logging
 
-from efficientlab_tf import io
+from efficientlab_tf import storage
 from efficientlab_tf import preflight
 from efficientlab_tf import runners
 from efficientlab_tf import workdir as workdir_lib
@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
                FileExistsError, PermissionError, FloatingPointError,
                workdir_lib.WorkdirError, workdir_lib.CheckpointError,
-               preflight.MissingDependencyError, io.WriteError)
+               preflight.MissingDependencyError, storage.WriteError)
 
 
 def fail(message, program="run_meta.py"):

@@ -19,7 +19,6 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from efficientlab_tf.config import MAX_SERVED_PIXELS  # noqa: F401 (re-export)
 from efficientlab_tf.model.losses import IGNORE_LABEL  # 255.0
 
 MASK_THRESHOLD = 128

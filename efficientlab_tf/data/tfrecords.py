@@ -11,7 +11,7 @@ images or masks, masks whose size differs from their image and non-binary
 masks are all listed in one error (or skipped with `skip_bad`; the checks of
 `validate.py`). Files are
 written under unpredictable temporary names (`.tmp-shard-<host>.<pid>-*`,
-`io.temp_prefix`) and renamed at the end; the next convert into the folder
+`storage.temp_prefix`) and renamed at the end; the next convert into the folder
 removes what a killed one left.
 
 `shard_source` loads the shards and serves tasks exactly as the folder
@@ -29,8 +29,7 @@ from absl import logging
 from efficientlab_tf.data import fss1000
 from efficientlab_tf.data.table import ExampleTable
 from efficientlab_tf.data.table import TableSource
-from efficientlab_tf.data.validate import check_pair  # noqa: F401 (re-export)
-from efficientlab_tf import io
+from efficientlab_tf import storage
 
 INDEX = "shards.json"
 SHARD_TMP = ".tmp-shard-"
@@ -65,19 +64,19 @@ def write_entries(entries, out_dir, num_shards=8, dataset="fss1000"):
     """
     if num_shards < 1:
         raise ValueError(f"`num_shards` must be >= 1; got {num_shards}.")
-    io.check_writable(out_dir, "TFRecord shards")
+    storage.check_writable(out_dir, "TFRecord shards")
     # Shards of a convert killed earlier on this host (kill -9 skips the
     # cleanup below) are removed; a convert running now keeps its own.
-    for name in io.remove_stale(out_dir, SHARD_TMP):
+    for name in storage.remove_stale(out_dir, SHARD_TMP):
         logging.info("Removed %s, left in %s by an interrupted convert.",
                      name, out_dir)
     names = [f"shard-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
     tmp = []
     counts, positions = {}, {}
     try:
-        with io.writing("TFRecord shards", out_dir):
+        with storage.writing("TFRecord shards", out_dir):
             for _ in names:  # Unpredictable names: no planted symlink is followed.
-                fd, path = tempfile.mkstemp(prefix=io.temp_prefix(SHARD_TMP),
+                fd, path = tempfile.mkstemp(prefix=storage.temp_prefix(SHARD_TMP),
                                             suffix=".tfrecord", dir=out_dir)
                 os.close(fd)
                 tmp.append(path)
@@ -107,8 +106,8 @@ def write_entries(entries, out_dir, num_shards=8, dataset="fss1000"):
     total = sum(counts.values())
     index = {"format": FORMAT, "dataset": dataset, "shards": names,
              "examples": total, "classes": dict(sorted(counts.items()))}
-    with io.writing("the shard index", os.path.join(out_dir, INDEX)):
-        io.write_json(os.path.join(out_dir, INDEX), index)
+    with storage.writing("the shard index", os.path.join(out_dir, INDEX)):
+        storage.write_json(os.path.join(out_dir, INDEX), index)
     logging.info("Wrote %d examples of %d classes to %d shards in %s.", total,
                  len(counts), num_shards, out_dir)
     return index

@@ -15,7 +15,7 @@ whose masks are all background after decoding (the rule of
 `decode.binarize_mask`) is reported too: its tasks would have no target.
 
 Checking decodes every file, so results are cached per file by (size,
-modification time) in `<cache>/scan/<root hash>.json` (`lite.cache_dir()`,
+modification time) in `<cache>/scan/<root hash>.json` (`storage.cache_dir()`,
 i.e. $EFFICIENTLAB_CACHE_DIR or ~/.cache/efficientlab_tf): the second scan
 of a large tree reads only directory entries and `stat`s.
 """
@@ -28,7 +28,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from efficientlab_tf import io
+from efficientlab_tf import storage
 from efficientlab_tf.data import decode
 
 # 2: decoded by the pipeline's decoder (1 used PIL, which disagreed with it
@@ -94,10 +94,8 @@ def check_pair(image_path, mask_path):
 
 
 def _cache_path(root):
-    from efficientlab_tf.pretrained.lite import cache_dir
-
     digest = hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:16]
-    return os.path.join(cache_dir(), "scan", f"{digest}.json")
+    return os.path.join(storage.cache_dir(), "scan", f"{digest}.json")
 
 
 def _stamp(path):
@@ -118,7 +116,7 @@ def _load_cache(path):
 
 def _save_cache(path, files):
     try:
-        io.write_text(path, json.dumps({"version": CACHE_VERSION, "files": files}))
+        storage.write_text(path, json.dumps({"version": CACHE_VERSION, "files": files}))
     except OSError:
         pass  # A cache that cannot be written only costs time.
 

@@ -6,6 +6,7 @@ initialization given 10x the adaptation steps by default) has its own 95% CI.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -17,15 +18,16 @@ from absl import logging
 from efficientlab_tf.evaluation import protocol
 from efficientlab_tf.meta import weights as weights_lib
 from efficientlab_tf.model.metrics import binary_iou
-from efficientlab_tf.model.metrics import mean_ci95
-from efficientlab_tf import io
+from efficientlab_tf.evaluation.protocol import mean_ci95
+from efficientlab_tf import storage
 
 BOX_FRACTIONS = tuple(np.round(np.arange(0.2, 1.0001, 0.05), 2))
 
 
 def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
                   random_factor=10, parallel=1, procedures=(), measure_fn=None,
-                  own_omegas=None, cache_dir=None, identities=None):
+                  own_omegas=None, cache_dir=None, identities=None,
+                  context=None):
     """Scores initializations on the same tasks.
 
     Args:
@@ -58,17 +60,25 @@ def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
         identities: {init name: str} naming the weights behind a name (a
             run's newest checkpoint and its time), so that rows kept for a
             run are not reused after it trained further.
+        context: JSON-able description of everything else the numbers
+            depend on (dataset, data folder, fold, model, precision: see
+            `runners/compare.py`), so comparisons of different folds or
+            datasets sharing `cache_dir` never read each other's rows.
 
     Returns:
-        list of row dicts (name, steps, mean_iou, ci95, per_task, ...).
+        list of row dicts (name, init, variant, steps, mean_iou, ci95,
+        per_task, ...). `variant` says how the init was adapted: "" (omega),
+        "no adaptation", "<k>x steps", a procedure label or "own omega".
     """
     random_init = weights_lib.snapshot(model.variables)
     rows = []
 
-    def score(name, init, n_steps, fn=eval_fn, procedure=None, lr=omega.lr):
+    def score(init, variant, n_steps, fn=eval_fn, procedure=None, lr=omega.lr):
+        name = row_name(init, variant)
         result = protocol.evaluate(fn, tasks, lr, n_steps, seed=seed,
                                    name=name, parallel=parallel)
-        result.update(name=name, init=init, steps=int(n_steps), lr=float(lr))
+        result.update(name=name, init=init, variant=variant,
+                      steps=int(n_steps), lr=float(lr))
         if procedure:
             result["procedure"] = procedure
         logging.info("%-34s %3d steps: mean IoU %.4f +- %.4f", name, n_steps,
@@ -80,8 +90,11 @@ def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
         own = own_omegas.get(name) if own_omegas else None
         key = _fingerprint(name, load_fn is None, omega, own and own[1], seed,
                            tasks, random_factor, procedures, measure_fn,
-                           (identities or {}).get(name))
-        path = cache_dir and os.path.join(cache_dir, f"{index}_{_slug(name)}.json")
+                           (identities or {}).get(name), context)
+        # One file per init and context: comparisons of other folds or
+        # datasets sharing `cache_dir` keep theirs side by side.
+        path = cache_dir and os.path.join(
+            cache_dir, f"{index}_{_slug(name)}_{_digest(context)}.json")
         cached = _read_cached(path, key)
         if cached is not None:
             logging.info("%s: %d rows reused from %s", name, len(cached), path)
@@ -91,31 +104,52 @@ def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
         weights_lib.restore(model.variables, random_init)
         if load_fn is not None:
             load_fn()
-        main = score(f"{name}", name, omega.steps)
+        main = score(name, "", omega.steps)
         if measure_fn is not None:
             main.update(measure_fn(model))
-        score(f"{name}, no adaptation", name, 0)
+        score(name, "no adaptation", 0)
         if load_fn is None and random_factor:
-            score(f"{name}, {random_factor}x steps", name,
-                  random_factor * omega.steps)
+            score(name, f"{random_factor}x steps", random_factor * omega.steps)
         for label, fn, n_steps in procedures:
-            score(f"{name} [{label}]", name, n_steps, fn, label)
+            score(name, label, n_steps, fn, label)
         if own is not None:
             fn, own_omega = own
-            score(f"{name} [own omega]", name, own_omega.steps, fn,
-                  "own omega", lr=own_omega.lr)
+            score(name, "own omega", own_omega.steps, fn, "own omega",
+                  lr=own_omega.lr)
         if path:
-            io.write_json(path, {"fingerprint": key, "rows": rows[first:]})
+            storage.write_json(path, {"fingerprint": key, "rows": rows[first:]})
     weights_lib.restore(model.variables, random_init)
     return rows
+
+
+def _digest(value):
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _slug(name):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "row"
 
 
+def row_name(init, variant):
+    """The display name of a row: "<init>", "<init>, no adaptation",
+    "<init>, 10x steps", "<init> [<procedure or own omega>]"."""
+    if not variant:
+        return init
+    if variant == "no adaptation" or variant.endswith("x steps"):
+        return f"{init}, {variant}"
+    return f"{init} [{variant}]"
+
+
+# Rows of no initialization: the trivial predictors and the oracle.
+NO_INIT = ("trivial", "oracle object masks")
+
+# Bumped when rows gain fields (2: `variant`, `context`); older kept rows
+# are scored again.
+ROWS_VERSION = 2
+
+
 def _fingerprint(name, is_random, omega, own_omega, seed, tasks, random_factor,
-                 procedures, measure_fn, identity):
+                 procedures, measure_fn, identity, context):
     """What an initialization's rows depend on, as JSON-able values."""
     shapes = sorted({tuple(int(d) for d in t.support_images.shape)
                      + tuple(int(d) for d in t.query_images.shape)
@@ -127,7 +161,8 @@ def _fingerprint(name, is_random, omega, own_omega, seed, tasks, random_factor,
         "seed": int(seed), "tasks": len(tasks), "shapes": shapes,
         "random_factor": int(random_factor) if is_random else None,
         "procedures": [[label, int(steps)] for label, _, steps in procedures],
-        "measure": measure_fn is not None, "identity": identity}))
+        "measure": measure_fn is not None, "identity": identity,
+        "context": context, "version": ROWS_VERSION}))
 
 
 def _read_cached(path, key):
@@ -181,7 +216,8 @@ def trivial_rows(tasks, box_fraction):
     ):
         scores = constant_prediction_scores(tasks, mask)
         mean, ci = mean_ci95(scores)
-        rows.append({"name": name, "init": "trivial", "steps": 0,
+        rows.append({"name": name, "init": "trivial",
+                     "variant": name.split(" (")[0], "steps": 0,
                      "mean_iou": mean, "ci95": ci, "per_task": scores})
         logging.info("%-34s: mean IoU %.4f +- %.4f", name, mean, ci)
     return rows
@@ -225,9 +261,9 @@ def markdown_table(rows, reference_name):
 
 def write_table(rows, reference_name, workdir, stem="compare"):
     """Writes <workdir>/<stem>.md and .json atomically; returns the md path."""
-    path = io.write_text(os.path.join(workdir, f"{stem}.md"),
+    path = storage.write_text(os.path.join(workdir, f"{stem}.md"),
                          markdown_table(rows, reference_name))
-    io.write_json(os.path.join(workdir, f"{stem}.json"), rows)
+    storage.write_json(os.path.join(workdir, f"{stem}.json"), rows)
     return path
 
 
@@ -242,7 +278,11 @@ def merge_tables(tables):
         concatenated (folds hold disjoint tasks), mean/CI over all tasks,
         and "fold_means" (the row's mean per fold).
     """
-    def key(row):  # Trivial rows carry a per-fold fitted parameter in the name.
+    def key(row):
+        if "variant" in row:
+            return (str(row["init"]), row["variant"])
+        # Tables written before rows carried their variant: trivial rows
+        # carry a per-fold fitted parameter in the name.
         return row["name"].split(" (")[0] if row.get("init") == "trivial" else row["name"]
 
     keys = [key(r) for r in tables[0]]
@@ -251,10 +291,12 @@ def merge_tables(tables):
     for k in common:
         parts = [next(r for r in t if key(r) == k) for t in tables]
         names = {p["name"] for p in parts}
-        name = names.pop() if len(names) == 1 else f"{k} (fitted per fold)"
+        name = (names.pop() if len(names) == 1 else
+                f"{parts[0]['name'].split(' (')[0]} (fitted per fold)")
         per_task = [x for p in parts for x in p["per_task"]]
         mean, ci = mean_ci95(per_task)
         row = {"name": name, "init": parts[0]["init"],
+               **({"variant": parts[0]["variant"]} if "variant" in parts[0] else {}),
                "steps": parts[0]["steps"],
                "mean_iou": mean, "ci95": ci, "per_task": per_task,
                "fold_means": [p["mean_iou"] for p in parts]}
@@ -266,11 +308,13 @@ def merge_tables(tables):
     return merged
 
 
-def split_row_name(row):
-    """(initialization, variant) of a comparison row: variant "" for the
-    init under the shared omega, else its suffix ("own omega", "mtl",
-    "no adaptation", ...); None for rows of no initialization (trivial
-    predictors, oracles)."""
+def row_key(row):
+    """(initialization, variant) of a comparison row (variant "" for the
+    init under the shared omega); None for rows of no initialization
+    (trivial predictors, oracles)."""
+    if "variant" in row:
+        return None if row["init"] in NO_INIT else (row["init"], row["variant"])
+    # Rows written before they carried their variant: read it off the name.
     init, name = row.get("init"), row["name"]
     if not isinstance(init, str) or not name.startswith(init):
         return None
@@ -307,7 +351,7 @@ def study_table(tables, reference, variants, minutes=None, clustering=False):
     inits = []
     for shots, rows in tables.items():
         for row in rows:
-            key = split_row_name(row)
+            key = row_key(row)
             if key is None:
                 continue
             indexed[(shots, *key)] = row

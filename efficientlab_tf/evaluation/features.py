@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from efficientlab_tf.model.efficientlab import HEAD_LAYER
 from efficientlab_tf.model.metrics import binary_iou
-from efficientlab_tf.model.metrics import mean_ci95
+from efficientlab_tf.evaluation.protocol import mean_ci95
 
 # PANet's scale of the cosine similarities before the softmax.
 PROTOTYPE_TEMPERATURE = 20.0

@@ -14,8 +14,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientlab_tf.model.metrics import mean_ci95
-from efficientlab_tf import io
+from efficientlab_tf.evaluation.protocol import mean_ci95
+from efficientlab_tf import storage
 
 
 def plan_shots(sizes, shots, iters, tasks, query):
@@ -92,7 +92,7 @@ def write_fpk(rows, out_dir, query=20):
     (`query`: test examples per task, for the axis label)."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "fpk.csv")
-    with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with storage.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["init", "k", "iterations", "mean_iou", "ci95"])
         for r in rows:
@@ -108,7 +108,7 @@ def write_fpk(rows, out_dir, query=20):
             f"{cell[(i, k)]['mean_iou']:.3f} ± {cell[(i, k)]['ci95']:.3f}"
             for i in inits) + " |")
     md = "\n".join(lines) + "\n"
-    io.write_text(os.path.join(out_dir, "fpk.md"), md)
+    storage.write_text(os.path.join(out_dir, "fpk.md"), md)
     try:
         import matplotlib
 
@@ -129,7 +129,7 @@ def write_fpk(rows, out_dir, query=20):
     ax.set_ylabel(f"mean IoU ({query} test examples per task)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with io.atomic_path(os.path.join(out_dir, "fpk.png")) as tmp:
+    with storage.atomic_path(os.path.join(out_dir, "fpk.png")) as tmp:
         fig.savefig(tmp)
     plt.close(fig)
     return md

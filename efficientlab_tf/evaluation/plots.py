@@ -5,7 +5,7 @@ needs matplotlib (`pip install efficientlab-tf[plot]`).
 
 
 import tensorflow as tf
-from efficientlab_tf import io
+from efficientlab_tf import storage
 
 
 def overlay(images, masks, probs):
@@ -40,7 +40,7 @@ def write_png(grid, path):
     """Writes a [H, W, 3] float grid in [0, 1] as a PNG, atomically."""
     data = tf.io.encode_png(tf.cast(tf.clip_by_value(grid, 0, 1) * 255 + 0.5,
                                     tf.uint8))
-    io.write_text(path, data.numpy())
+    storage.write_text(path, data.numpy())
 
 
 def lr_sweep_plot(rows, train_lr, path):
@@ -66,6 +66,6 @@ def lr_sweep_plot(rows, train_lr, path):
     fig.colorbar(points, ax=ax, label="early-stopped steps")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
+    with storage.atomic_path(path) as tmp:
         fig.savefig(tmp)
     plt.close(fig)

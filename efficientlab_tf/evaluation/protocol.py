@@ -18,14 +18,27 @@ strategy of several replicas the eval function is a `ReplicatedEval`, and
 import collections
 import concurrent.futures
 import itertools
+import math
 import time
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientlab_tf.model.metrics import mean_ci95
-from efficientlab_tf import io
+from efficientlab_tf import storage
+from efficientlab_tf.meta.evaluator import ReplicatedEval
+
+
+def mean_ci95(values):
+    """(mean, half-width) with half-width = 1.96 sigma / sqrt(n) (paper).
+
+    sigma is the population standard deviation of `values` (numpy's
+    default, ddof=0); n = len(values).
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        raise ValueError("mean_ci95 needs at least one value; got none.")
+    return float(values.mean()), float(1.96 * values.std() / math.sqrt(values.size))
 
 
 def materialize(dataset):
@@ -80,26 +93,6 @@ def ordered_map(fn, items, parallel):
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-class ReplicatedEval:
-    """An eval function that also adapts `replicas` tasks at once, one per
-    replica of a tf.distribute strategy (`MetaLearner.eval_fn` when the
-    strategy has several replicas).
-
-    Called, it scores one task like any eval function. `group(tasks, lr,
-    steps, seeds)` scores a list of exactly `replicas` TaskBatch (task r on
-    replica r, with seed `seeds[r]`) and returns their mean query IoUs, the
-    numbers the single-task call gives for the same task and seed.
-    """
-
-    def __init__(self, task_fn, group_fn, replicas):
-        self.task_fn = task_fn
-        self.group = group_fn
-        self.replicas = int(replicas)
-
-    def __call__(self, *args):
-        return self.task_fn(*args)
 
 
 def _grouped_scores(eval_fn, tasks, lr, steps, seed):
@@ -222,7 +215,7 @@ def write_per_class_csv(result, path):
     import csv
 
     draws = max(len(v) for v in result["per_class"].values())
-    with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with storage.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["class"] + [f"iou_draw{d + 1}" for d in range(draws)]
                         + ["mean_iou"])

@@ -23,14 +23,15 @@ evaluation and export take with `--omega_file`.
 """
 
 import csv
+import dataclasses
 import math
 import os
 
 import numpy as np
 from absl import logging
 
-from efficientlab_tf import io
-from efficientlab_tf.config import UHOConfig  # noqa: F401 (the search space)
+from efficientlab_tf import storage
+from efficientlab_tf.config import Omega
 
 FIELDS = ("round", "trial", "lr", "max_steps", "batch_size", "best_steps",
           "mean_iou")
@@ -99,9 +100,6 @@ def refine_search_space(trials, keep_fraction, steps_range):
             (max(steps_range[0], min(steps)), max(max(steps), steps_range[0])))
 
 
-shrink = refine_search_space  # The name of earlier releases.
-
-
 def _read_trials(path):
     if not os.path.exists(path):
         return {}
@@ -117,9 +115,8 @@ def _read_trials(path):
     return done
 
 
-def search(score_fn, config, workdir, summary_fn=None, batch_size=8,
-           optimizer="sgd", seed=0, scope="all"):
-    """Algorithm 1; returns the best trial (a dict) and writes omega.json.
+def search(score_fn, config, workdir, start=None, summary_fn=None, seed=0):
+    """Algorithm 1: the best omega found, also written to omega.json.
 
     Args:
         score_fn: `score_fn(lr, max_steps, batch_size, patience) -> (best
@@ -127,19 +124,24 @@ def search(score_fn, config, workdir, summary_fn=None, batch_size=8,
             stopping (e.g. `early_stopped_score` over adapted tasks).
         config: UHOConfig.
         workdir: Folder for uho_trials.csv and omega.json.
+        start: The Omega searched from (default `Omega()`): its batch size
+            is the one tried when `config.batch_sizes` is empty; its
+            optimizer and scope are kept.
         summary_fn: Optional `summary_fn(trial_dict)` (TensorBoard).
-        batch_size: The inner batch size when `config.batch_sizes` is empty.
-        optimizer: The inner optimizer recorded in omega.json.
-        scope: The adaptation scope recorded in omega.json.
         seed: Sampling seed when `config.seed` is None.
+
+    Returns:
+        The best `Omega`; omega.json also holds its mean IoU and the number
+        of trials.
     """
+    start = start or Omega()
     os.makedirs(workdir, exist_ok=True)
     csv_path = os.path.join(workdir, "uho_trials.csv")
     done = _read_trials(csv_path)
     if done:
         logging.info("UHO: resuming with %d trials from %s.", len(done), csv_path)
     rng = np.random.RandomState(seed if config.seed is None else config.seed)
-    batch_sizes = tuple(config.batch_sizes) or (batch_size,)
+    batch_sizes = tuple(config.batch_sizes) or (start.batch_size,)
     lr_range, steps_range = config.lr_range, config.steps_range
     trials, expected = [], -math.inf
     new_file = not os.path.exists(csv_path)
@@ -175,11 +177,10 @@ def search(score_fn, config, workdir, summary_fn=None, batch_size=8,
             lr_range, steps_range = refine_search_space(
                 trials, config.keep_fraction, config.steps_range)
     best = max(trials, key=lambda t: t["mean_iou"])
-    omega = {"lr": best["lr"], "steps": best["best_steps"],
-             "batch_size": best["batch_size"], "optimizer": optimizer, "scope": scope,
-             "mean_iou": best["mean_iou"], "trials": len(trials)}
-    path = io.write_json(os.path.join(workdir, "omega.json"), omega)
+    omega = dataclasses.replace(start, lr=best["lr"], steps=best["best_steps"],
+                                batch_size=best["batch_size"])
+    path = storage.write_json(os.path.join(workdir, "omega.json"), {
+        **omega.to_dict(), "mean_iou": best["mean_iou"], "trials": len(trials)})
     logging.info("UHO best: lr %.6f, %d steps, batch %d, mean IoU %.4f -> %s",
-                 omega["lr"], omega["steps"], omega["batch_size"],
-                 omega["mean_iou"], path)
-    return best
+                 omega.lr, omega.steps, omega.batch_size, best["mean_iou"], path)
+    return omega

@@ -32,7 +32,7 @@ import urllib.request
 import numpy as np
 from PIL import Image
 
-from efficientlab_tf import io
+from efficientlab_tf import storage
 
 SIGNATURES = ("serve_bytes", "serving_default", "few_shot")
 
@@ -249,7 +249,7 @@ def _mask_at(mask, height, width, path, expected=None):
 
 def write_mask_png(mask, path):
     """Writes a {0, 1} mask as a 0/255 PNG, atomically."""
-    with io.atomic_path(path) as tmp:
+    with storage.atomic_path(path) as tmp:
         Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255,
                         "L").save(tmp, format="PNG")
 

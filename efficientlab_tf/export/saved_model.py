@@ -50,14 +50,14 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from efficientlab_tf import io
+from efficientlab_tf import storage
 from efficientlab_tf.config import ExportConfig
 from efficientlab_tf.config import Omega
 from efficientlab_tf.data import decode
 from efficientlab_tf.model.efficientlab import foreground_probability
 
 _FEW_SHOT_SEED = (0, 0)  # Same request, same answer.
-EXPORT_TMP = ".tmp-export-"  # + io.temp_prefix's <host>.<pid>-
+EXPORT_TMP = ".tmp-export-"  # + storage.temp_prefix's <host>.<pid>-
 # Queue bound of the in-graph batching: beyond 64 waiting batches a request
 # fails at once (UNAVAILABLE) instead of waiting.
 MAX_ENQUEUED_BATCHES = 64
@@ -403,14 +403,14 @@ def export_saved_model(model, base_dir, image_size, version=None,
                 "exceeds the request limits set at export (--max_request_lr="
                 f"{limits.max_request_lr:g}, --max_request_steps="
                 f"{limits.max_request_steps}); raise them or lower the omega.")
-    io.check_writable(base_dir, "the SavedModel")
+    storage.check_writable(base_dir, "the SavedModel")
     # Versions of an export killed earlier on this host (kill -9 skips the
     # cleanup below); an export running now keeps its folder.
-    for name in io.remove_stale(base_dir, EXPORT_TMP):
+    for name in storage.remove_stale(base_dir, EXPORT_TMP):
         logging.info("Removed %s, left in %s by an interrupted export.",
                      name, base_dir)
-    with io.writing("the SavedModel", final):
-        tmp = tempfile.mkdtemp(prefix=io.temp_prefix(EXPORT_TMP), dir=base_dir)
+    with storage.writing("the SavedModel", final):
+        tmp = tempfile.mkdtemp(prefix=storage.temp_prefix(EXPORT_TMP), dir=base_dir)
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -442,12 +442,12 @@ def export_saved_model(model, base_dir, image_size, version=None,
                     tf.TensorSpec([None], tf.float32, name="lr"),
                     tf.TensorSpec([None], tf.int32, name="steps"),
                 ])
-        with io.writing("the SavedModel", final):
+        with storage.writing("the SavedModel", final):
             archive.write_out(tmp, verbose=False)
         if warmup:
             from efficientlab_tf.export import warmup as warmup_lib  # noqa: PLC0415
 
-            with io.writing("the TF Serving warmup requests", final):
+            with storage.writing("the TF Serving warmup requests", final):
                 warmup_lib.write_warmup(
                     tmp, warmup_lib.warmup_requests(
                         os.path.basename(os.path.normpath(base_dir)),
@@ -456,7 +456,7 @@ def export_saved_model(model, base_dir, image_size, version=None,
         # mkdtemp makes the folder 0700; give it the umask's usual mode.
         umask = os.umask(0)
         os.umask(umask)
-        with io.writing("the SavedModel", final):
+        with storage.writing("the SavedModel", final):
             os.chmod(tmp, 0o777 & ~umask)
             os.rename(tmp, final)
     except BaseException:

@@ -158,7 +158,7 @@ def _build(config, encoder):
 
 
 # What the update routine moves (`--adapt_scope`, Omega.scope). "prototype"
-# (evaluation only) moves nothing: see evaluation/prototype.py.
+# (evaluation only) moves nothing: see evaluation/features.py (prototype_eval_fn).
 ADAPT_SCOPES = ("all", "mtl", "decoder", "head")
 HEAD_LAYER = "head_logits"
 RATES_LAYER = "inner_rates"

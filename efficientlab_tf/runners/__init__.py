@@ -13,7 +13,7 @@ import importlib
 import os
 
 from efficientlab_tf import distribute
-from efficientlab_tf import io
+from efficientlab_tf import storage
 from efficientlab_tf import preflight
 from efficientlab_tf import workdir as workdir_lib
 
@@ -42,7 +42,7 @@ def record_suffix(mode):
 def write_config_record(config):
     """Writes <workdir>/config<suffix>.json (every field of the config)."""
     suffix = record_suffix(config.run.mode)
-    io.write_json(os.path.join(config.run.workdir, f"config{suffix}.json"),
+    storage.write_json(os.path.join(config.run.workdir, f"config{suffix}.json"),
                   dataclasses.asdict(config))
 
 

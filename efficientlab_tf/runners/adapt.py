@@ -5,7 +5,6 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from efficientlab_tf import segmentation
 from efficientlab_tf.data import fss1000
 from efficientlab_tf.experiment import Experiment
 from efficientlab_tf.experiment import load_model_weights
@@ -24,10 +23,7 @@ def run(config, record_fn, model=None):
     omega = config.eval_omega
     # The update routine, in place and without restore: the adapted weights
     # stay in the model that is exported.
-    adapter = segmentation.build_adapter(exp.model, config.meta,
-                                         batch_size=omega.batch_size,
-                                         optimizer=omega.optimizer,
-                                         scope=omega.scope)
+    adapter = exp.learner.evaluator.adapter(omega, in_place=True)
     _, loss = adapter.adapt(images, masks, omega.lr, omega.steps,
                             tf.constant([config.run.seed, 0], tf.int32),
                             restore=False)

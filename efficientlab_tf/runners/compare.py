@@ -7,13 +7,13 @@ from absl import logging
 import tensorflow as tf
 
 from efficientlab_tf import config as config_lib
-from efficientlab_tf import io
+from efficientlab_tf import storage
 from efficientlab_tf import summaries
 from efficientlab_tf.evaluation import compare
 from efficientlab_tf.evaluation import features
 from efficientlab_tf.experiment import Experiment
 from efficientlab_tf.experiment import resolve_checkpoints
-from efficientlab_tf.model.metrics import mean_ci95
+from efficientlab_tf.evaluation.protocol import mean_ci95
 
 
 def initializations(exp, config):
@@ -47,7 +47,7 @@ def class_agnostic_row(exp, config, shots, count):
     mean, ci = mean_ci95(scores)
     logging.info("class-agnostic predictor: mean IoU %.4f +- %.4f", mean, ci)
     return {"name": "class-agnostic (marks every object)",
-            "init": "oracle object masks", "steps": 0, "mean_iou": mean,
+            "init": "oracle object masks", "variant": "class-agnostic", "steps": 0, "mean_iou": mean,
             "ci95": ci, "per_task": scores}
 
 
@@ -64,10 +64,24 @@ def procedures(exp, config, omega):
     return out
 
 
+def rows_context(config):
+    """What a kept comparison row depends on besides its init, omega and
+    tasks: the task family (dataset, its folder, fold and split), the
+    network and its precision, evaluation augmentation and the loss."""
+    data = dataclasses.asdict(config.data)
+    for key in ("data_dir", "pascal_dir"):
+        if data[key]:
+            data[key] = os.path.abspath(data[key])
+    return {"data": data, "model": dataclasses.asdict(config.model),
+            "precision": config.run.precision,
+            "eval_augment": config.eval.augment,
+            "weight_decay": config.meta.weight_decay}
+
+
 def own_omegas(exp, config, names):
     """{row name: (eval_fn, Omega)} from --compare_omega_files."""
     out = {}
-    for name, path in config.compare.omega_files:
+    for name, path in config.compare.omega_file_rows:
         if name not in names:
             raise ValueError(f"--compare_omega_files names row {name!r}, which "
                              f"is not compared; rows: {sorted(names)}.")
@@ -105,7 +119,7 @@ def run(config, record_fn, model=None):
             # Each init's rows are kept as scored: a rerun resumes.
             cache_dir=os.path.join(config.compare.rows_dir or os.path.join(
                 config.run.workdir, "rows"), f"{shots}shot"),
-            identities=run_identities(config))
+            identities=run_identities(config), context=rows_context(config))
         if box is None:  # The box prior comes from meta-train classes.
             box = compare.fit_box_fraction(exp.eval_tasks("train", shots=shots))
         rows += compare.trivial_rows(tasks, box)
@@ -128,6 +142,6 @@ def run(config, record_fn, model=None):
             sections.append(f"### {shots}-shot, {len(tasks)} meta-test tasks\n\n"
                             + f.read())
     text = "\n".join(sections)
-    io.write_text(os.path.join(config.run.workdir, "compare.md"), text)
+    storage.write_text(os.path.join(config.run.workdir, "compare.md"), text)
     print(text)
     return tables

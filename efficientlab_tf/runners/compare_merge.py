@@ -14,7 +14,7 @@ import statistics
 from absl import logging
 import tensorflow as tf
 
-from efficientlab_tf import io
+from efficientlab_tf import storage
 from efficientlab_tf import summaries
 from efficientlab_tf.evaluation import compare
 from efficientlab_tf.model.efficientlab import ADAPT_SCOPES
@@ -89,7 +89,7 @@ def run(config, record_fn, model=None):
             sections.append(f"### {shots}-shot, {len(tables)} folds, {n} tasks\n\n"
                             + f.read())
     print("\n".join(sections))
-    io.write_text(os.path.join(config.run.workdir, "summary.md"),
+    storage.write_text(os.path.join(config.run.workdir, "summary.md"),
                   summary(merged, ref, median_minutes(config.compare.runs)))
     return merged
 
@@ -98,7 +98,7 @@ def summary(merged, reference_row, minutes):
     """The two pivot tables of `summary.md` (see the module docstring)."""
     first = merged[next(iter(merged))]
     ref_row = next(r for r in first if r["name"] == reference_row)
-    key = compare.split_row_name(ref_row)
+    key = compare.row_key(ref_row)
     reference = key[0] if key else reference_row
     clustering = any("clustering_ratio" in r for r in first)
     return (

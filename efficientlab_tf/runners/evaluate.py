@@ -12,7 +12,7 @@ import os
 
 from absl import logging
 
-from efficientlab_tf import io
+from efficientlab_tf import storage
 from efficientlab_tf.evaluation import plots
 from efficientlab_tf.evaluation import protocol
 from efficientlab_tf.runners.common import experiment_with_weights
@@ -47,7 +47,7 @@ def run(config, record_fn, model=None):
             parallel=config.eval.parallel)
         stem = os.path.join(out_dir, f"eval_{k}shot")
         protocol.write_per_class_csv(result, stem + ".csv")
-        io.write_json(stem + ".json", result)
+        storage.write_json(stem + ".json", result)
         summary[f"{k}-shot"] = {key: result[key] for key in
                                 ("mean_iou", "ci95", "tasks", "tasks_per_second")}
         logging.info("%d-shot: mean IoU %.4f +- %.4f over %d tasks (%d classes x "
@@ -63,6 +63,6 @@ def run(config, record_fn, model=None):
             logging.info("%d-shot PASCAL-5i (%d episodes): class-wise mIoU "
                          "%.4f, FB-IoU %.4f", k, config.eval.episodes,
                          report["miou"], report["fb_iou"])
-    io.write_json(os.path.join(out_dir, "summary.json"), summary)
+    storage.write_json(os.path.join(out_dir, "summary.json"), summary)
     print(json.dumps(summary, indent=2))
     return summary

@@ -4,7 +4,7 @@ import os
 
 import tensorflow as tf
 
-from efficientlab_tf import io
+from efficientlab_tf import storage
 from efficientlab_tf.evaluation import fpk
 from efficientlab_tf.experiment import Experiment
 from efficientlab_tf.runners.compare import initializations
@@ -38,6 +38,6 @@ def run(config, record_fn, model=None):
     rows = fpk.run_fpk(exp.eval_fn(omega), task_fn, initializations(exp, config),
                        shots, iters, f.tasks, f.repeats, omega.lr, seed=seed)
     md = fpk.write_fpk(rows, config.run.workdir, query=f.query)
-    io.write_json(os.path.join(config.run.workdir, "fpk.json"), rows)
+    storage.write_json(os.path.join(config.run.workdir, "fpk.json"), rows)
     print(md)
     return rows

@@ -2,8 +2,8 @@
 
 import os
 
-from efficientlab_tf import io
-from efficientlab_tf.pretrained import imagenet_check
+from efficientlab_tf import storage
+from efficientlab_tf.evaluation import imagenet_check
 from efficientlab_tf.pretrained import lite
 
 
@@ -39,5 +39,5 @@ def run(config, record_fn, model=None):
         "rows": [{"class": c, "file": f, "hit": h, "top5": t}
                  for c, f, h, t in result.rows],
     }
-    io.write_json(os.path.join(config.run.workdir, "imagenet_check.json"), summary)
+    storage.write_json(os.path.join(config.run.workdir, "imagenet_check.json"), summary)
     return summary

@@ -7,7 +7,7 @@ import os
 import numpy as np
 from absl import logging
 
-from efficientlab_tf import io
+from efficientlab_tf import storage
 from efficientlab_tf.evaluation import plots
 from efficientlab_tf.runners.common import experiment_with_weights
 from efficientlab_tf.runners.common import scoring_tasks
@@ -26,7 +26,7 @@ def run(config, record_fn, model=None):
         rows.append({"lr": float(lr), "mean_iou": iou, "best_steps": steps})
         logging.info("lr %.5f: mean IoU %.4f at %d steps", lr, iou, steps)
     path = os.path.join(config.run.workdir, "lr_sweep.csv")
-    with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with storage.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["lr", "mean_iou", "best_steps"])
         writer.writeheader()
         writer.writerows(rows)

@@ -1,5 +1,6 @@
 """--mode=uho: search the adaptation omega (paper appendix C), write omega.json."""
 
+import dataclasses
 import json
 import os
 
@@ -19,8 +20,8 @@ def score_fn(exp, tasks):
     seed = exp.config.eval.seed
 
     def score(lr, max_steps, batch_size, patience):
-        start_fn, advance_fn = exp.learner.stepper(
-            batch_size, exp.config.eval_omega.scope)
+        start_fn, advance_fn = exp.learner.stepper(dataclasses.replace(
+            exp.config.eval_omega, batch_size=batch_size))
         lr = tf.constant(lr, tf.float32)
         states, scores = [], []
         for task in tasks:
@@ -63,11 +64,13 @@ def run(config, record_fn, model=None):
              "batch_size": trial["batch_size"], "round": trial["round"]},
             {"uho/mean_iou": trial["mean_iou"], "uho/best_steps": trial["best_steps"]})
 
-    train = config.train_omega
-    best = uho.search(score_fn(exp, tasks), config.uho, config.run.workdir,
-                      summary_fn, batch_size=train.batch_size,
-                      optimizer=train.optimizer, seed=config.run.seed,
-                      scope=config.eval_omega.scope)
+    # Searched from the training omega's batch size, with the test-time scope.
+    start = dataclasses.replace(config.eval_omega,
+                                batch_size=config.train_omega.batch_size)
+    uho.search(score_fn(exp, tasks), config.uho, config.run.workdir, start,
+               summary_fn, seed=config.run.seed)
     writer.flush()
-    print(json.dumps(best, indent=2))
-    return best
+    with open(os.path.join(config.run.workdir, "omega.json")) as f:
+        result = json.load(f)
+    print(json.dumps(result, indent=2))
+    return result

@@ -156,3 +156,14 @@ def write_text(path, text):
 def write_json(path, obj):
     """Writes `obj` as indented, key-sorted JSON atomically."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def cache_dir():
+    """Where converted weights are cached: $EFFICIENTLAB_CACHE_DIR, else
+    $XDG_CACHE_HOME/efficientlab_tf, else ~/.cache/efficientlab_tf."""
+    if os.environ.get("EFFICIENTLAB_CACHE_DIR"):
+        return os.environ["EFFICIENTLAB_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache"
+    )
+    return os.path.join(base, "efficientlab_tf")
