@@ -39,7 +39,6 @@ from efficientlab_tf.config import RunConfig
 from efficientlab_tf.meta.evaluator import ReplicatedEval
 from efficientlab_tf.meta.learner import MetaLearner
 from tests import helpers
-from tests.test_training import tiny_config
 
 
 def learner(algo, meta_optimizer, strategy=None):
@@ -104,7 +103,7 @@ def worker(workdir, index, ports, meta_iters, delay):
     os.environ["TF_CONFIG"] = json.dumps({
         "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports.split(",")]},
         "task": {"type": "worker", "index": int(index)}})
-    config = tiny_config(workdir, meta_iters=int(meta_iters),
+    config = helpers.tiny_experiment(workdir, meta_iters=int(meta_iters),
                          checkpoint_every=1, strategy="multi_worker")
     strategy = distribute.get_strategy(config.run)
     with strategy.scope():

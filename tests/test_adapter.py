@@ -4,7 +4,6 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from efficientlab_tf.config import MetaConfig
 from efficientlab_tf.config import Omega
 from efficientlab_tf.segmentation import build_adapter
 from tests import helpers

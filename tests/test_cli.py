@@ -11,15 +11,9 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from efficientlab_tf import config as config_lib
+from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_meta(*args, timeout=600):
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "run_meta.py"), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def read_flagfile(path):
@@ -82,7 +76,7 @@ class SmokeRunTest(tf.test.TestCase):
 
     def test_smoke_flagfile_writes_flags_events_and_saved_model(self):
         workdir = tempfile.mkdtemp()
-        proc = run_meta("--flagfile=flags/synthetic_smoke.flags",
+        proc = helpers.run_meta("--flagfile=flags/synthetic_smoke.flags",
                         f"--workdir={workdir}")
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         flags = read_flagfile(os.path.join(workdir, "flags.txt"))
@@ -94,7 +88,7 @@ class SmokeRunTest(tf.test.TestCase):
         self.assertIn("step 2/2", proc.stderr)
         # The written flagfile repeats the run: it resumes at step 2 and
         # exports version 2.
-        proc = run_meta(f"--flagfile={workdir}/flags.txt")
+        proc = helpers.run_meta(f"--flagfile={workdir}/flags.txt")
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         self.assertIn("Resumed from", proc.stderr)
         self.assertTrue(os.path.exists(os.path.join(workdir, "saved_model", "2")))
@@ -104,7 +98,7 @@ class SmokeRunTest(tf.test.TestCase):
         omega = os.path.join(workdir, "omega.json")
         with open(omega, "w") as f:
             f.write('{"lr": 0.01, "steps": 3}')
-        proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=export",
+        proc = helpers.run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=export",
                         f"--workdir={workdir}", f"--export_dir={export_dir}",
                         f"--omega_file={omega}")
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
@@ -115,9 +109,8 @@ class SmokeRunTest(tf.test.TestCase):
                           "serving_default"])
 
         # Adapt to a user's class folder and export the adapted network.
-        from tests.test_fss1000 import make_tree
-        data = make_tree(classes=("mine",), pairs=3)
-        proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=adapt",
+        data = helpers.make_tree(classes=("mine",), pairs=3)
+        proc = helpers.run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=adapt",
                         f"--workdir={workdir}", f"--init_from={workdir}",
                         f"--adapt_data={os.path.join(data, 'mine')}",
                         f"--export_dir={export_dir}")
@@ -125,7 +118,7 @@ class SmokeRunTest(tf.test.TestCase):
         self.assertIn("Adapted on 3 examples", proc.stderr)
         self.assertTrue(os.path.exists(os.path.join(export_dir, "2")))
         # The FSS-1000 evaluation protocol and UHO on the trained run.
-        proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=evaluate",
+        proc = helpers.run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=evaluate",
                         f"--workdir={workdir}", "--eval_shots_list=1,2",
                         "--eval_draws=2", "--test_classes=4", "--eval_pictures=2")
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
@@ -136,7 +129,7 @@ class SmokeRunTest(tf.test.TestCase):
         self.assertEqual(len(rows), 4)  # one row per meta-test class
         with open(os.path.join(workdir, "eval", "summary.json")) as f:
             self.assertEqual(json.load(f)["2-shot"]["tasks"], 8)
-        proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=uho",
+        proc = helpers.run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=uho",
                         f"--workdir={workdir}", "--uho_samples=2", "--uho_rounds=2",
                         "--uho_steps_max=3", "--uho_tasks=2")
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
@@ -146,20 +139,20 @@ class SmokeRunTest(tf.test.TestCase):
         pictures = [f for f in os.listdir(os.path.join(workdir, "eval"))
                     if f.startswith("pictures_1shot")]
         self.assertEqual(len(pictures), 2)
-        proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=lr_sweep",
+        proc = helpers.run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=lr_sweep",
                         f"--workdir={workdir}", "--sweep_points=3",
                         "--uho_steps_max=2", "--uho_tasks=2")
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         with open(os.path.join(workdir, "lr_sweep.csv")) as f:
             self.assertEqual(len(list(csv.DictReader(f))), 3)
-        proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=fpk",
+        proc = helpers.run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=fpk",
                         f"--workdir={workdir}", f"--compare_runs={workdir}",
                         "--fpk_shots=1,2", "--fpk_iters=1,1", "--fpk_tasks=1",
                         "--fpk_repeats=2", "--fpk_query=2")
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         with open(os.path.join(workdir, "fpk.csv")) as f:
             self.assertEqual(len(list(csv.DictReader(f))), 4)  # 2 inits x 2 k
-        proc = run_meta("--mode=adapt", f"--workdir={workdir}",
+        proc = helpers.run_meta("--mode=adapt", f"--workdir={workdir}",
                         "--adapt_data=/no/such/class")
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn("/no/such/class", proc.stderr)
@@ -180,7 +173,7 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
           "--data_dir=/no/such/fss1000"], "/no/such/fss1000"),
     )
     def test_one_line_error_and_non_zero_exit(self, args, message):
-        proc = run_meta(*args, f"--workdir={tempfile.mkdtemp()}",
+        proc = helpers.run_meta(*args, f"--workdir={tempfile.mkdtemp()}",
                         "--meta_iters=1")
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn(message, proc.stderr)
@@ -188,7 +181,7 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_workdir_that_is_a_file(self):
         path = tempfile.mkstemp()[1]
-        proc = run_meta(f"--workdir={path}", "--meta_iters=1")
+        proc = helpers.run_meta(f"--workdir={path}", "--meta_iters=1")
         self.assertNotEqual(proc.returncode, 0)
         self.assertIn("is not a directory", proc.stderr)
         self.assertNotIn("Traceback", proc.stderr)
@@ -227,7 +220,7 @@ class KillResumeTest(tf.test.TestCase):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         self.assertFalse(os.path.exists(os.path.join(workdir, "results.json")))
-        done = run_meta(*args)
+        done = helpers.run_meta(*args)
         self.assertEqual(done.returncode, 0, done.stderr[-3000:])
         resumed = [line for line in done.stderr.splitlines() if "Resumed from" in line]
         self.assertTrue(resumed, done.stderr[-3000:])
@@ -241,18 +234,17 @@ class KillResumeTest(tf.test.TestCase):
 class FSS1000FlagfileTest(tf.test.TestCase):
 
     def test_paper_flagfile_runs_on_a_generated_fss1000_tree(self):
-        from tests.test_fss1000 import make_tree
 
-        root = make_tree(classes=("bus", "cat", "dog", "owl", "fox"), pairs=10)
+        root = helpers.make_tree(classes=("bus", "cat", "dog", "owl", "fox"), pairs=10)
         shards = os.path.join(tempfile.mkdtemp(), "shards")
-        proc = run_meta("--mode=convert", "--dataset=fss1000", f"--data_dir={root}",
+        proc = helpers.run_meta("--mode=convert", "--dataset=fss1000", f"--data_dir={root}",
                         f"--shard_dir={shards}", "--num_shards=2",
                         f"--workdir={tempfile.mkdtemp()}")
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         self.assertIn("50 examples, 5 classes", proc.stdout)
         for data_dir in (root, shards):  # folder tree and shards alike
             workdir = tempfile.mkdtemp()
-            proc = run_meta(
+            proc = helpers.run_meta(
                 "--flagfile=flags/fss1000_fomaml_5shot.flags", f"--data_dir={data_dir}",
                 "--encoder_weights=none", "--image_size=32", "--meta_iters=2",
                 "--meta_batch=2", "--inner_iters=2", "--val_classes=1",
@@ -269,20 +261,19 @@ class RealDataModesTest(tf.test.TestCase):
     """compare / compare_merge on class folds, PASCAL-5i training and FP-k data."""
 
     def test_fold_compare_with_trivial_rows_and_merge(self):
-        from tests.test_fss1000 import make_tree
 
-        root = make_tree(classes=("c1", "c2", "c3", "c4", "c5", "c6"), pairs=10)
+        root = helpers.make_tree(classes=("c1", "c2", "c3", "c4", "c5", "c6"), pairs=10)
         small = ["--image_size=32", "--meta_batch=2", "--inner_iters=2",
                  "--eval_tasks=2", "--val_classes=1", "--num_folds=3", "--fold=1",
                  "--encoder_weights=none", "--export=false", "--image_every=0"]
         workdir = tempfile.mkdtemp()
-        proc = run_meta("--flagfile=flags/fss1000_fomaml_5shot.flags",
+        proc = helpers.run_meta("--flagfile=flags/fss1000_fomaml_5shot.flags",
                         f"--data_dir={root}", "--meta_iters=1", *small,
                         f"--workdir={workdir}")
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         self.assertIn("3 meta-train, 1 meta-val, 2 meta-test", proc.stderr)
         out = tempfile.mkdtemp()
-        proc = run_meta("--flagfile=flags/fss1000_fomaml_5shot.flags",
+        proc = helpers.run_meta("--flagfile=flags/fss1000_fomaml_5shot.flags",
                         f"--data_dir={root}", "--mode=compare", *small,
                         f"--compare_runs={workdir}", "--eval_shots_list=1,2",
                         f"--workdir={out}")
@@ -295,7 +286,7 @@ class RealDataModesTest(tf.test.TestCase):
         self.assertIn(os.path.basename(workdir), names)
         self.assertIn("### 1-shot, 2 meta-test tasks", proc.stdout)
         merged = tempfile.mkdtemp()
-        proc = run_meta("--mode=compare_merge", f"--compare_runs={out},{out}",
+        proc = helpers.run_meta("--mode=compare_merge", f"--compare_runs={out},{out}",
                         "--eval_shots_list=2", f"--workdir={merged}")
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         with open(os.path.join(merged, "compare_merged_2shot.json")) as f:
@@ -306,13 +297,10 @@ class RealDataModesTest(tf.test.TestCase):
     def test_pascal5i_training_and_fpk_on_generated_trees(self):
         import pathlib
 
-        from tests.test_pascal import fpk_tree
-        from tests.test_pascal import voc_tree
-
         tmp = pathlib.Path(tempfile.mkdtemp())
-        voc, _ = voc_tree(tmp / "a")
+        voc, _ = helpers.voc_tree(tmp / "a")
         workdir = tempfile.mkdtemp()
-        proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--dataset=pascal5i",
+        proc = helpers.run_meta("--flagfile=flags/synthetic_smoke.flags", "--dataset=pascal5i",
                         f"--data_dir={voc}", "--fold=0", "--skip_bad_examples",
                         "--image_size=32", "--train_shots=2", "--foml_tail=1",
                         "--train_query_shots=0", "--eval_shots=1", "--query_shots=1",
@@ -321,8 +309,8 @@ class RealDataModesTest(tf.test.TestCase):
         self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
         self.assertIn("PASCAL-5i fold 0", proc.stderr)
         self.assertIn("step 1/1", proc.stderr)
-        fss, pascal_dir = fpk_tree(tmp / "b")
-        proc = run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=fpk",
+        fss, pascal_dir = helpers.fpk_tree(tmp / "b")
+        proc = helpers.run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=fpk",
                         "--dataset=fpk", f"--data_dir={fss}", f"--pascal_dir={pascal_dir}",
                         "--image_size=32", "--fpk_shots=1,2,50", "--fpk_iters=1,1,1",
                         "--fpk_tasks=5", "--fpk_repeats=1", "--fpk_query=2",

@@ -3,7 +3,6 @@
 docker-compose.yml and models.config."""
 
 import http.server
-import base64
 import json
 import os
 import socket
@@ -16,8 +15,8 @@ import tensorflow as tf
 from PIL import Image
 
 from efficientlab_tf.export import client
+from tests import helpers
 from tests import tf_serving_emulation as emulation
-from tests.test_export import export_tiny
 
 
 def write_photos(folder, count=2, size=(40, 32)):
@@ -34,10 +33,10 @@ class ClientTest(tf.test.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        _, _, base, _ = export_tiny()  # saved_models/efficientlab/1: "stable".
+        _, _, base, _ = helpers.export_tiny()  # saved_models/efficientlab/1: "stable".
         # .../2: the "canary" of models.config, and the newest version, so
         # the one a request without a version or label gets.
-        _, _, _, path = export_tiny(base=base)
+        _, _, _, path = helpers.export_tiny(base=base)
         cls.loaded = tf.saved_model.load(path)
         deployment = emulation.Deployment(os.path.dirname(base))
         cls.addClassCleanup(deployment.stop)
@@ -97,10 +96,9 @@ class ClientTest(tf.test.TestCase):
         self.assertFalse(np.array_equal(canary[paths[0]], stable[paths[0]]))
 
     def test_few_shot_from_the_client(self):
-        from tests.test_fss1000 import make_tree
 
         server = self._serve()
-        support = os.path.join(make_tree(classes=("cat",), pairs=2), "cat")
+        support = os.path.join(helpers.make_tree(classes=("cat",), pairs=2), "cat")
         folder = tempfile.mkdtemp()
         paths = write_photos(folder, size=(32, 32))
         images, masks = client.read_support(support)

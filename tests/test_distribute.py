@@ -24,7 +24,6 @@ from efficientlab_tf import distribute
 from efficientlab_tf import runners
 from efficientlab_tf.experiment import load_model_weights
 from tests import helpers
-from tests.test_training import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT,
@@ -113,7 +112,7 @@ class MultiWorkerTest(tf.test.TestCase):
         meta_iters = 6
         reference = tempfile.mkdtemp()
         keras.utils.set_random_seed(0)
-        runners.run(tiny_config(reference, meta_iters=meta_iters,
+        runners.run(helpers.tiny_experiment(reference, meta_iters=meta_iters,
                                 checkpoint_every=1),
                     model=helpers.tiny_efficientlab(bn_mode="batch"))
 

@@ -8,26 +8,12 @@ import numpy as np
 import tensorflow as tf
 import pytest
 
-from efficientlab_tf.config import MetaConfig
 from efficientlab_tf.config import Omega
 from efficientlab_tf.export.saved_model import export_saved_model
 from efficientlab_tf.export.saved_model import next_version
 from efficientlab_tf.segmentation import build_adapter
 from efficientlab_tf.model.efficientlab import foreground_probability
 from tests import helpers
-
-OMEGA = Omega(lr=0.05, steps=3)
-
-
-def export_tiny(bn_mode="batch", base=None):
-    """A tiny model's export as the next version of `base` (default: a new
-    `<tmp>/efficientlab`): (model, adapter, base, version path)."""
-    model = helpers.tiny_efficientlab(bn_mode=bn_mode)
-    base = base or os.path.join(tempfile.mkdtemp(), "efficientlab")
-    adapter = build_adapter(model, Omega(batch_size=2))
-    path = export_saved_model(model, base, image_size=32,
-                              few_shot_adapter=adapter, omega=OMEGA)
-    return model, adapter, base, path
 
 
 def per_image(model, images):
@@ -46,7 +32,7 @@ class ExportTest(tf.test.TestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.model, cls.adapter, cls.base, cls.path = export_tiny()
+        cls.model, cls.adapter, cls.base, cls.path = helpers.export_tiny()
         cls.loaded = tf.saved_model.load(cls.path)
 
     def test_versions_and_no_temporary_folder_left(self):
@@ -93,7 +79,7 @@ class ExportTest(tf.test.TestCase):
         # The same update routine, called directly on the Keras model.
         state, _ = self.adapter.adapt(
             tf.cast(support, tf.float32),
-            tf.cast(masks[..., None] > 0, tf.float32), OMEGA.lr, OMEGA.steps,
+            tf.cast(masks[..., None] > 0, tf.float32), helpers.OMEGA.lr, helpers.OMEGA.steps,
             tf.constant([0, 0]))
         expected = self.adapter.predict(state, tf.cast(query, tf.float32))
         self.assertAllClose(out["probabilities"], expected, atol=1e-4)
@@ -243,7 +229,7 @@ class ExportTest(tf.test.TestCase):
         self.assertAllClose(out["probabilities"], expected, atol=1e-4)
         # ... and the exported omega gives few_shot's answer.
         same = sig(support_images=support, support_masks=masks, query_images=query,
-                   lr=tf.constant([OMEGA.lr]), steps=tf.constant([OMEGA.steps]))
+                   lr=tf.constant([helpers.OMEGA.lr]), steps=tf.constant([helpers.OMEGA.steps]))
         self.assertAllClose(same["probabilities"],
                             self.few_shot(support, masks, query)["probabilities"])
         for lr, steps, message in ((5.0, 3, "lr must be <= 1"),
@@ -258,7 +244,7 @@ class ExportTest(tf.test.TestCase):
         adapter = build_adapter(self.model, Omega(), in_place=True)
         with self.assertRaisesRegex(ValueError, "in_place=False"):
             export_saved_model(self.model, tempfile.mkdtemp(), 32,
-                               few_shot_adapter=adapter, omega=OMEGA)
+                               few_shot_adapter=adapter, omega=helpers.OMEGA)
 
 
 FRESH_PROCESS_SCRIPT = r"""
@@ -285,7 +271,7 @@ class FreshProcessTest(tf.test.TestCase):
         import subprocess
         import sys
 
-        model, adapter, _, path = export_tiny()
+        model, adapter, _, path = helpers.export_tiny()
         folder = tempfile.mkdtemp()
         support, query = uint8((2, 32, 32, 3), 5), uint8((2, 32, 32, 3), 6)
         masks = tf.constant(
@@ -303,7 +289,7 @@ class FreshProcessTest(tf.test.TestCase):
         self.assertAllClose(got["default"], per_image(model, query), atol=1e-5)
         state, _ = adapter.adapt(tf.cast(support, tf.float32),
                                  tf.cast(masks[..., None] > 0, tf.float32),
-                                 OMEGA.lr, OMEGA.steps, tf.constant([0, 0]))
+                                 helpers.OMEGA.lr, helpers.OMEGA.steps, tf.constant([0, 0]))
         self.assertAllClose(got["few_shot"],
                             adapter.predict(state, tf.cast(query, tf.float32)),
                             atol=1e-4)

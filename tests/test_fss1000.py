@@ -11,28 +11,10 @@ from PIL import Image
 from efficientlab_tf.config import DataConfig
 from efficientlab_tf.data import fss1000
 from efficientlab_tf.data.decode import decode_mask
+from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REALFSS = os.path.join(ROOT, "..", "shared", "data", "realfss-train")
-
-
-def write_pair(folder, n, size=32, seed=0, mask_values=(0, 255)):
-    rng = np.random.RandomState(seed)
-    os.makedirs(folder, exist_ok=True)
-    image = rng.randint(0, 256, (size, size, 3)).astype(np.uint8)
-    mask = np.where(rng.uniform(size=(size, size)) > 0.5, *mask_values[::-1])
-    Image.fromarray(image).save(os.path.join(folder, f"{n}.jpg"), quality=95)
-    Image.fromarray(mask.astype(np.uint8), "L").save(os.path.join(folder, f"{n}.png"))
-
-
-def make_tree(classes=("cat", "dog", "bus"), pairs=4, root=None):
-    root = root or tempfile.mkdtemp()
-    for c, name in enumerate(classes):
-        for n in range(1, pairs + 1):
-            write_pair(os.path.join(root, name), n, seed=10 * c + n)
-    with open(os.path.join(root, "README.md"), "w") as f:
-        f.write("not a class\n")
-    return root
 
 
 def source(root, **kwargs):
@@ -45,7 +27,7 @@ def source(root, **kwargs):
 class FSS1000Test(tf.test.TestCase):
 
     def test_splits_official_test_classes_and_files(self):
-        src = source(make_tree())
+        src = source(helpers.make_tree())
         # "bus" is an official FSS-1000 test class; the rest split by seed.
         self.assertEqual(src.classes("test"), ["bus"])
         self.assertEqual(sorted(src.classes("train") + src.classes("val")),
@@ -75,12 +57,12 @@ class FSS1000Test(tf.test.TestCase):
 
     def test_fewshot_data_subfolder_is_found(self):
         outer = tempfile.mkdtemp()
-        make_tree(root=os.path.join(outer, "fewshot_data"))
+        helpers.make_tree(root=os.path.join(outer, "fewshot_data"))
         self.assertEqual(fss1000.resolve_root(outer),
                          os.path.join(outer, "fewshot_data"))
 
     def test_task_pixels_match_an_independent_decoder(self):
-        root = make_tree(pairs=3)
+        root = helpers.make_tree(pairs=3)
         src = source(root)
         task = next(iter(src.tasks("test", 2, 1, seed=0)))
         images = np.concatenate([task.support_images, task.query_images])
@@ -106,7 +88,7 @@ class FSS1000Test(tf.test.TestCase):
         np.testing.assert_array_equal(out, expected)
 
     def test_every_bad_file_is_listed(self):
-        root = make_tree(pairs=3)
+        root = helpers.make_tree(pairs=3)
         os.remove(os.path.join(root, "cat", "2.png"))
         os.remove(os.path.join(root, "dog", "3.jpg"))
         os.makedirs(os.path.join(root, "empty"))
@@ -123,7 +105,7 @@ class FSS1000Test(tf.test.TestCase):
         self.assertNotIn("empty", pairs)
 
     def test_class_too_small_for_a_task(self):
-        src = source(make_tree(pairs=3))
+        src = source(helpers.make_tree(pairs=3))
         # Not "bad examples": the shot flags ask for more than the class holds.
         with self.assertRaisesRegex(
                 ValueError, r"test tasks need 6 image/mask pairs per class "
@@ -135,9 +117,9 @@ class FSS1000Test(tf.test.TestCase):
         # 0/1 masks (common in other tools) and 0/255 masks: one rule.
         root = tempfile.mkdtemp()
         for n in (1, 2, 3):
-            write_pair(os.path.join(root, "bus"), n, seed=n, mask_values=(0, 1))
-            write_pair(os.path.join(root, "cat"), n, seed=n, mask_values=(0, 255))
-            write_pair(os.path.join(root, "dog"), n, seed=n)
+            helpers.write_pair(os.path.join(root, "bus"), n, seed=n, mask_values=(0, 1))
+            helpers.write_pair(os.path.join(root, "cat"), n, seed=n, mask_values=(0, 255))
+            helpers.write_pair(os.path.join(root, "dog"), n, seed=n)
         for name in ("bus", "cat"):
             png = open(os.path.join(root, name, "1.png"), "rb").read()
             raw = np.asarray(Image.open(os.path.join(root, name, "1.png")))
@@ -150,16 +132,16 @@ class FSS1000Test(tf.test.TestCase):
         self.assertGreater(float(tf.reduce_mean(bus)), 0.3)
 
     def test_all_background_class_is_reported(self):
-        root = make_tree(pairs=3)
+        root = helpers.make_tree(pairs=3)
         for n in (1, 2, 3):
-            write_pair(os.path.join(root, "dog"), n, mask_values=(0, 0))
+            helpers.write_pair(os.path.join(root, "dog"), n, mask_values=(0, 0))
         with self.assertRaisesRegex(fss1000.BadExamplesError,
                                     "every mask of class 'dog' is all background"):
             fss1000.scan(root)
         self.assertNotIn("dog", fss1000.scan(root, skip_bad=True))
 
     def test_undecodable_rgb_and_resized_files_are_listed_at_scan_time(self):
-        root = make_tree(pairs=4)
+        root = helpers.make_tree(pairs=4)
         jpg = os.path.join(root, "cat", "1.jpg")
         data = open(jpg, "rb").read()
         open(jpg, "wb").write(data[:len(data) // 3])  # Truncated JPEG.
@@ -194,7 +176,7 @@ class FSS1000Test(tf.test.TestCase):
         TensorFlow's decoder rescales the first to empty masks and refuses
         the second; the scan decodes as the pipeline does, so a class of
         16-bit masks can no longer train to a silent IoU of 1.0."""
-        root = make_tree(pairs=3)
+        root = helpers.make_tree(pairs=3)
         for n in (1, 2, 3):  # dog: every mask 16-bit, values 0/255 or 0/1.
             rng = np.random.RandomState(n)
             mask = np.where(rng.uniform(size=(32, 32)) > 0.5,
@@ -226,7 +208,7 @@ class FSS1000Test(tf.test.TestCase):
     def test_checks_are_cached_by_size_and_mtime(self):
         from efficientlab_tf.data import validate
 
-        root = make_tree(pairs=2)
+        root = helpers.make_tree(pairs=2)
         fss1000.scan(root)
         calls = []
         real = validate.check_pair

@@ -13,8 +13,6 @@ from efficientlab_tf.config import MetaConfig
 from efficientlab_tf.hard_tasks import HardTaskPool
 from efficientlab_tf.hard_tasks import hard_count
 from tests import helpers
-from tests.test_training import prepared_run
-from tests.test_training import tiny_config
 
 
 class PoolTest(tf.test.TestCase):
@@ -59,13 +57,13 @@ class PoolTest(tf.test.TestCase):
 class HardTaskTrainingTest(tf.test.TestCase):
 
     def config(self, workdir):
-        base = tiny_config(workdir, meta_iters=5)
+        base = helpers.tiny_experiment(workdir, meta_iters=5)
         return dataclasses.replace(
             base, meta=dataclasses.replace(base.meta, hard_task_fraction=0.5,
                                            hard_task_pool=3))
 
     def train(self, config, crash_at=None):
-        return prepared_run(config, crash_at)[0]
+        return helpers.prepared_run(config, crash_at)[0]
 
     @pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
     def test_killed_run_resumes_with_the_same_pool_and_weights(self):

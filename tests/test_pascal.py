@@ -11,63 +11,12 @@ from efficientlab_tf.config import DataConfig
 from efficientlab_tf.data import fss1000
 from efficientlab_tf.data import pascal
 from efficientlab_tf.model.metrics import binary_iou
-
-from tests.test_fss1000 import write_pair
-
-SIZE = 32
-PALETTE = sum(([(37 * i) % 256, (91 * i) % 256, (53 * i) % 256] for i in range(256)), [])
-
-
-def label_map(labels, seed, size=SIZE):
-    """[size, size] uint8: one square per label, each with a 255 border."""
-    rng = np.random.RandomState(seed)
-    out = np.zeros((size, size), np.uint8)
-    side = max(10, size // 3)
-    for label in labels:
-        y, x = rng.randint(2, size - side - 2, 2)
-        out[y - 1:y + side + 1, x - 1:x + side + 1] = 255
-        out[y:y + side, x:x + side] = label
-    return out
-
-
-def write_voc(root, train, val, aug=None, size=SIZE):
-    """train/val/aug: {image id: [labels]}. Returns {id: label map}."""
-    maps = {}
-    for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassAug",
-                "ImageSets/Segmentation", "ImageSets/SegmentationAug"):
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
-    everything = {**train, **val, **(aug or {})}
-    for n, (image_id, labels) in enumerate(sorted(everything.items())):
-        rng = np.random.RandomState(100 + n)
-        image = rng.randint(0, 256, (size, size, 3)).astype(np.uint8)
-        Image.fromarray(image).save(os.path.join(root, "JPEGImages", f"{image_id}.jpg"),
-                                    quality=95)
-        labels_map = label_map(labels, seed=n, size=size)
-        maps[image_id] = labels_map
-        palette = Image.fromarray(labels_map, "P")
-        palette.putpalette(PALETTE)
-        palette.save(os.path.join(root, "SegmentationClass", f"{image_id}.png"))
-        Image.fromarray(labels_map, "L").save(
-            os.path.join(root, "SegmentationClassAug", f"{image_id}.png"))
-    for name, ids in (("Segmentation/train.txt", train), ("Segmentation/val.txt", val),
-                      ("SegmentationAug/train_aug.txt", {**train, **(aug or {})})):
-        with open(os.path.join(root, "ImageSets", name), "w") as f:
-            f.write("".join(f"{i}\n" for i in ids))
-    return maps
-
-
-def voc_tree(tmp_path):
-    # Fold 0 test classes: aeroplane(1) .. boat(4) and bottle(5).
-    train = {f"2007_{i:06d}": [6 + i % 3, 1] for i in range(6)}  # bus/car/cat + aeroplane
-    val = {f"2008_{i:06d}": [1 + i % 2] for i in range(6)}  # aeroplane, bicycle
-    root = str(tmp_path / "VOCdevkit" / "VOC2012")
-    maps = write_voc(root, train, val, aug={"2009_000000": [6], "2008_000000": [1]})
-    return str(tmp_path / "VOCdevkit"), maps
+from tests import helpers
 
 
 def source(data_dir, **kwargs):
     config = DataConfig(dataset="pascal5i", data_dir=data_dir, fold=0, **kwargs)
-    return pascal.pascal_source(config, SIZE, skip_bad=config.skip_bad_examples)
+    return pascal.pascal_source(config, helpers.SIZE, skip_bad=config.skip_bad_examples)
 
 
 def test_folds_are_the_standard_class_groups():
@@ -79,7 +28,7 @@ def test_folds_are_the_standard_class_groups():
 
 
 def test_splits_and_masks_pixel_by_pixel(tmp_path):
-    data_dir, maps = voc_tree(tmp_path)
+    data_dir, maps = helpers.voc_tree(tmp_path)
     with pytest.raises(ValueError, match=r"need 3 image/mask pairs per class.*bird \(0 pairs\)"):
         source(data_dir).task_of_class("test", 0, 1, 2, tf.constant([0, 0]))
     src = source(data_dir, skip_bad_examples=True)
@@ -109,7 +58,7 @@ def test_splits_and_masks_pixel_by_pixel(tmp_path):
 
 
 def test_training_masks_make_other_classes_background(tmp_path):
-    data_dir, maps = voc_tree(tmp_path)
+    data_dir, maps = helpers.voc_tree(tmp_path)
     src = source(data_dir, skip_bad_examples=True)
     position = src.class_names("train", 2).index("bus")
     task = src.task_of_class("train", position, 1, 1, tf.constant([1, 2]))
@@ -122,7 +71,7 @@ def test_training_masks_make_other_classes_background(tmp_path):
 
 
 def test_ignored_border_does_not_count_in_iou(tmp_path):
-    data_dir, maps = voc_tree(tmp_path)
+    data_dir, maps = helpers.voc_tree(tmp_path)
     task = source(data_dir, skip_bad_examples=True).task_of_class(
         "test", 0, 1, 1, tf.constant([0, 0]))
     masks = task.query_masks
@@ -132,7 +81,7 @@ def test_ignored_border_does_not_count_in_iou(tmp_path):
 
 
 def test_sbd_aug_masks_and_list(tmp_path):
-    data_dir, _ = voc_tree(tmp_path)
+    data_dir, _ = helpers.voc_tree(tmp_path)
     src = source(data_dir, pascal_aug=True)
     # train_aug lists 2009_000000 (bus) and 2008_000000, a val image: dropped.
     assert len(src.pairs["bus"]) == 3
@@ -141,14 +90,14 @@ def test_sbd_aug_masks_and_list(tmp_path):
 
 
 def test_every_bad_file_is_listed(tmp_path):
-    data_dir, _ = voc_tree(tmp_path)
+    data_dir, _ = helpers.voc_tree(tmp_path)
     root = os.path.join(data_dir, "VOC2012")
     os.remove(os.path.join(root, "SegmentationClass", "2008_000001.png"))
-    Image.new("RGB", (SIZE, SIZE)).save(
+    Image.new("RGB", (helpers.SIZE, helpers.SIZE)).save(
         os.path.join(root, "SegmentationClass", "2008_000002.png"))
-    Image.fromarray(np.full((SIZE, SIZE), 37, np.uint8), "L").save(
+    Image.fromarray(np.full((helpers.SIZE, helpers.SIZE), 37, np.uint8), "L").save(
         os.path.join(root, "SegmentationClass", "2008_000003.png"))
-    Image.fromarray(np.zeros((SIZE, SIZE + 4), np.uint8), "L").save(
+    Image.fromarray(np.zeros((helpers.SIZE, helpers.SIZE + 4), np.uint8), "L").save(
         os.path.join(root, "SegmentationClass", "2008_000004.png"))
     with open(os.path.join(root, "SegmentationClass", "2008_000005.png"), "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n broken")
@@ -167,28 +116,16 @@ def test_every_bad_file_is_listed(tmp_path):
 def test_missing_lists_and_roots_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="no JPEGImages"):
         source(str(tmp_path))
-    data_dir, _ = voc_tree(tmp_path)
+    data_dir, _ = helpers.voc_tree(tmp_path)
     os.remove(os.path.join(data_dir, "VOC2012", "ImageSets", "Segmentation", "val.txt"))
     with pytest.raises(FileNotFoundError, match="val.txt"):
         source(data_dir)
 
 
-def fpk_tree(tmp_path, pairs=3):
-    fss = tmp_path / "fss"
-    for c, name in enumerate(pascal.FPK_ANALOGS):
-        for n in range(1, pairs + 1):
-            write_pair(str(fss / name), n, seed=10 * c + n)
-    analogs = [pascal.voc_index(v) for v in pascal.FPK_ANALOGS.values()]
-    train = {f"2007_{i:06d}": [analogs[i % 5]] for i in range(10)}
-    val = {f"2008_{i:06d}": [analogs[i % 5], 15] for i in range(5)}
-    write_voc(str(tmp_path / "voc"), train, val)
-    return str(fss), str(tmp_path / "voc")
-
-
 def test_fpk_joins_fss1000_and_pascal_analogs(tmp_path):
-    fss, voc = fpk_tree(tmp_path)
+    fss, voc = helpers.fpk_tree(tmp_path)
     config = DataConfig(dataset="fpk", data_dir=fss, pascal_dir=voc)
-    src = pascal.fpk_source(config, SIZE)
+    src = pascal.fpk_source(config, helpers.SIZE)
     assert src.classes("test") == ["airliner", "bus", "motorbike", "potted_plant",
                                    "television"]
     # 3 FSS-1000 pairs + 2 train + 1 val PASCAL images per class.
@@ -199,22 +136,22 @@ def test_fpk_joins_fss1000_and_pascal_analogs(tmp_path):
     # FSS-1000 ones are binary.
     with_border = [(m == 255).any() for m in masks]
     assert sum(with_border) == 3
-    only_fss = pascal.fpk_source(DataConfig(dataset="fpk", data_dir=fss), SIZE)
+    only_fss = pascal.fpk_source(DataConfig(dataset="fpk", data_dir=fss), helpers.SIZE)
     assert only_fss.class_sizes("test")["bus"] == 3
 
 
 def test_pascal_and_fpk_shards_serve_the_same_tasks_as_folders(tmp_path):
     from efficientlab_tf.data import tfrecords
 
-    data_dir, _ = voc_tree(tmp_path / "p")
+    data_dir, _ = helpers.voc_tree(tmp_path / "p")
     config = DataConfig(dataset="pascal5i", data_dir=data_dir, fold=0,
                         skip_bad_examples=True)
     shard_dir = str(tmp_path / "pascal_shards")
     index = pascal.write_shards(config, shard_dir, num_shards=2)
     assert index["dataset"] == "pascal5i"
-    folder = pascal.pascal_source(config, SIZE, skip_bad=True)
+    folder = pascal.pascal_source(config, helpers.SIZE, skip_bad=True)
     shards = pascal.pascal_source(
-        DataConfig(dataset="pascal5i", data_dir=shard_dir, fold=0), SIZE, skip_bad=True)
+        DataConfig(dataset="pascal5i", data_dir=shard_dir, fold=0), helpers.SIZE, skip_bad=True)
     assert {k: len(v) for k, v in folder.pairs.items()} == \
         {k: len(v) for k, v in shards.pairs.items()}
     for split, shots in (("train", 1), ("test", 1)):
@@ -225,12 +162,12 @@ def test_pascal_and_fpk_shards_serve_the_same_tasks_as_folders(tmp_path):
     with pytest.raises(ValueError, match="holds 'pascal5i' shards"):
         tfrecords.read_shards(shard_dir)
 
-    fss, voc = fpk_tree(tmp_path / "f")
+    fss, voc = helpers.fpk_tree(tmp_path / "f")
     fconfig = DataConfig(dataset="fpk", data_dir=fss, pascal_dir=voc)
     fshards = str(tmp_path / "fpk_shards")
     assert pascal.write_shards(fconfig, fshards, num_shards=3)["examples"] == 30
-    a = pascal.fpk_source(fconfig, SIZE)
-    b = pascal.fpk_source(DataConfig(dataset="fpk", data_dir=fshards), SIZE)
+    a = pascal.fpk_source(fconfig, helpers.SIZE)
+    b = pascal.fpk_source(DataConfig(dataset="fpk", data_dir=fshards), helpers.SIZE)
     assert a.class_sizes("test") == b.class_sizes("test")
     ta = a.task_of_class("test", 2, 3, 2, tf.constant([1, 1]))
     tb = b.task_of_class("test", 2, 3, 2, tf.constant([1, 1]))

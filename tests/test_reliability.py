@@ -11,7 +11,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -23,14 +22,11 @@ from efficientlab_tf import preflight
 from efficientlab_tf import training
 from efficientlab_tf import workdir as workdir_lib
 from efficientlab_tf.config import ExportConfig
-from efficientlab_tf.config import MetaConfig
 from efficientlab_tf.config import Omega
 from efficientlab_tf.data import tfrecords
 from efficientlab_tf.export import saved_model
 from efficientlab_tf.segmentation import build_adapter
 from tests import helpers
-from tests.test_fss1000 import make_tree
-from tests.test_training import tiny_config
 
 
 @contextlib.contextmanager
@@ -76,7 +72,7 @@ def test_shards_are_written_under_unpredictable_names(tmp_path):
     """The old `.tmp-shard-00000-of-00002.tfrecord` names could be planted
     as symlinks (TFRecordWriter follows them): every predictable name now
     stays untouched, and the planted link's target too."""
-    root = make_tree(classes=("cat", "dog"), pairs=2)
+    root = helpers.make_tree(classes=("cat", "dog"), pairs=2)
     target = tmp_path / "precious.bin"
     target.write_bytes(b"keep me")
     out = tmp_path / "shards"
@@ -132,7 +128,7 @@ def test_image_size_is_bounded(size):
 # --- 6: write failures ---------------------------------------------------------------
 
 def test_a_full_disk_during_convert_is_one_line_and_leaves_nothing(tmp_path):
-    root = make_tree(classes=("cat", "dog"), pairs=3)
+    root = helpers.make_tree(classes=("cat", "dog"), pairs=3)
     out = tmp_path / "shards"
     with file_size_limit(600):  # Each shard needs several KiB.
         with pytest.raises(storage.WriteError, match=f"cannot write TFRecord shards to "
@@ -157,7 +153,7 @@ def test_unwritable_output_folders_are_found_at_second_0(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "checkpoints").write_text("a file, not a folder")
-    config = tiny_config(str(workdir))
+    config = helpers.tiny_experiment(str(workdir))
     with pytest.raises(storage.WriteError, match="cannot write checkpoints to "
                        f"'{workdir}/checkpoints'.*checked before starting"):
         preflight.check_outputs(config, "train")
@@ -173,7 +169,7 @@ def test_unwritable_output_folders_are_found_at_second_0(tmp_path):
 def test_a_checkpoint_that_cannot_be_written_is_one_line(tmp_path):
     """The checkpoint folder disappears after the run started (a full or
     unmounted disk): the save fails with the path and what was written."""
-    config = tiny_config(str(tmp_path / "run"), meta_iters=2)
+    config = helpers.tiny_experiment(str(tmp_path / "run"), meta_iters=2)
     prepared = training.prepare(config, helpers.tiny_efficientlab(bn_mode="batch"))
     folder = os.path.join(config.run.workdir, "checkpoints")
     shutil.rmtree(folder, ignore_errors=True)
@@ -224,13 +220,13 @@ def test_litter_of_killed_runs_is_removed_at_the_next_start(tmp_path):
     shards.mkdir()
     stale_shard = shards / f"{tfrecords.SHARD_TMP}{host}.{dead}-q.tfrecord"
     stale_shard.write_bytes(b"half")
-    tfrecords.write_entries(_entries(make_tree(pairs=2)), str(shards), num_shards=1)
+    tfrecords.write_entries(_entries(helpers.make_tree(pairs=2)), str(shards), num_shards=1)
     assert not stale_shard.exists()
 
     checkpoints = tmp_path / "run" / "checkpoints"
     (checkpoints / "ckpt-3_temp").mkdir(parents=True)
     (checkpoints / "ckpt-3_temp" / "part-0").write_bytes(b"half")
-    training.prepare(tiny_config(str(tmp_path / "run")),
+    training.prepare(helpers.tiny_experiment(str(tmp_path / "run")),
                      helpers.tiny_efficientlab(bn_mode="batch"))
     assert not (checkpoints / "ckpt-3_temp").exists()
 
@@ -240,7 +236,7 @@ def test_scan_and_training_see_the_same_decoded_mask():
     from efficientlab_tf.data import decode
     from efficientlab_tf.data import validate
 
-    root = make_tree(classes=("cat",), pairs=1)
+    root = helpers.make_tree(classes=("cat",), pairs=1)
     image, mask = os.path.join(root, "cat", "1.jpg"), os.path.join(root, "cat", "1.png")
     _, target = validate.check_pair(image, mask)
     decoded = decode.decode_mask(tf.io.read_file(mask), 32)

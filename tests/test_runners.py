@@ -17,19 +17,10 @@ from efficientlab_tf.evaluation import features
 from efficientlab_tf.experiment import Experiment
 from efficientlab_tf.experiment import load_model_weights
 from tests import helpers
-from tests.test_fss1000 import make_tree
-from tests.test_training import tiny_config
 
 
 def model():
     return helpers.tiny_efficientlab(bn_mode="batch")
-
-
-def with_(config, **sections):
-    """`config` with fields replaced per section: with_(c, run={"mode": ..})."""
-    return dataclasses.replace(config, **{
-        name: dataclasses.replace(getattr(config, name), **fields)
-        for name, fields in sections.items()})
 
 
 @pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
@@ -39,13 +30,13 @@ class RunnersTest(tf.test.TestCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.run_dir = tempfile.mkdtemp()
-        cls.base = with_(tiny_config(cls.run_dir, meta_iters=2),
+        cls.base = helpers.with_(helpers.tiny_experiment(cls.run_dir, meta_iters=2),
                          eval={"shots_list": (1, 2), "draws": 1})
         cls.results = runners.run(cls.base, model=model())
 
     def mode(self, mode, **sections):
         run = {"mode": mode, "workdir": tempfile.mkdtemp(), **sections.pop("run", {})}
-        return with_(self.base, run=run, **sections)
+        return helpers.with_(self.base, run=run, **sections)
 
     def test_train_writes_results_and_the_whole_config(self):
         self.assertEqual(self.results["step"], 2)
@@ -161,7 +152,7 @@ class RunnersTest(tf.test.TestCase):
         self.assertIn("R_FC", open(os.path.join(config.run.workdir,
                                                 "compare_2shot.md")).read())
         with self.assertRaisesRegex(ValueError, "not compared"):
-            runners.run(with_(config, compare={"omega_files": (("x", omega_file),)}),
+            runners.run(helpers.with_(config, compare={"omega_files": (("x", omega_file),)}),
                         model=model())
 
     def test_uho_without_weights_says_which_flag_to_pass(self):
@@ -204,7 +195,7 @@ class RunnersTest(tf.test.TestCase):
                                     export={"export_dir": export_dir}),
                           model=model())
         self.assertEqual(out["saved_model"], os.path.join(export_dir, "1"))
-        folder = os.path.join(make_tree(classes=("cat",), pairs=3), "cat")
+        folder = os.path.join(helpers.make_tree(classes=("cat",), pairs=3), "cat")
         adapted = runners.run(self.mode("adapt", run={"init_from": self.run_dir},
                                         export={"export_dir": export_dir,
                                                 "adapt_data": folder}),
@@ -215,7 +206,7 @@ class RunnersTest(tf.test.TestCase):
         self.assertIn("few_shot", loaded.signatures)
 
     def test_convert(self):
-        root = make_tree(pairs=3)
+        root = helpers.make_tree(pairs=3)
         shards = os.path.join(tempfile.mkdtemp(), "shards")
         config = self.mode("convert",
                            data={"dataset": "fss1000", "data_dir": root},

@@ -19,7 +19,6 @@ import pytest
 import tensorflow as tf
 
 from efficientlab_tf.config import ExportConfig
-from efficientlab_tf.config import MetaConfig
 from efficientlab_tf.config import Omega
 from efficientlab_tf.export import client
 from efficientlab_tf.export import warmup

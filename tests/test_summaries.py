@@ -13,8 +13,6 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from efficientlab_tf import runners
 from efficientlab_tf import summaries
 from tests import helpers
-from tests.test_runners import with_
-from tests.test_training import tiny_config
 
 
 def read_events(folder):
@@ -43,7 +41,7 @@ class SummariesTest(tf.test.TestCase):
     @pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
     def test_training_run_events_and_hparams(self):
         workdir = tempfile.mkdtemp()
-        config = with_(tiny_config(workdir, meta_iters=2), eval={"every": 1})
+        config = helpers.with_(helpers.tiny_experiment(workdir, meta_iters=2), eval={"every": 1})
         results = runners.run(config, model=helpers.tiny_efficientlab(bn_mode="batch"))
         events = read_events(os.path.join(workdir, "hparams"))
         hparams = [e[2] for e in events if e[0] == "_hparams_"]
@@ -71,9 +69,9 @@ class SummariesTest(tf.test.TestCase):
     @pytest.mark.slow  # Over 7 s on the 2-core VM: not in the fast tier.
     def test_compare_rows_are_sessions(self):
         run_dir = tempfile.mkdtemp()
-        base = tiny_config(run_dir, meta_iters=1)
+        base = helpers.tiny_experiment(run_dir, meta_iters=1)
         runners.run(base, model=helpers.tiny_efficientlab(bn_mode="batch"))
-        config = with_(base, run={"mode": "compare", "workdir": tempfile.mkdtemp()},
+        config = helpers.with_(base, run={"mode": "compare", "workdir": tempfile.mkdtemp()},
                        compare={"runs": (run_dir,)}, eval={"shots_list": (2,)})
         tables = runners.run(config, model=helpers.tiny_efficientlab(bn_mode="batch"))
         sessions = sorted(os.listdir(os.path.join(config.run.workdir, "hparams")))

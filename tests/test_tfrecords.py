@@ -11,8 +11,7 @@ from efficientlab_tf.config import DataConfig
 from efficientlab_tf.data import fss1000
 from efficientlab_tf.data import tfrecords
 from efficientlab_tf.data import validate
-from tests.test_fss1000 import make_tree
-from tests.test_fss1000 import write_pair
+from tests import helpers
 
 
 def config(root):
@@ -23,7 +22,7 @@ def config(root):
 class ShardTest(tf.test.TestCase):
 
     def test_shards_serve_the_same_tasks_as_the_folder(self):
-        root = make_tree(pairs=4)
+        root = helpers.make_tree(pairs=4)
         shard_dir = os.path.join(tempfile.mkdtemp(), "shards")
         index = tfrecords.write_shards(root, shard_dir, num_shards=3)
         self.assertEqual(index["examples"], 12)
@@ -45,7 +44,7 @@ class ShardTest(tf.test.TestCase):
             self.assertEqual(pairs["cat"][1][0], f.read())
 
     def test_every_bad_file_is_listed(self):
-        root = make_tree(pairs=3)
+        root = helpers.make_tree(pairs=3)
         with open(os.path.join(root, "cat", "1.jpg"), "wb") as f:
             f.write(b"\xff\xd8\xff\xe0 truncated jpeg")
         Image.fromarray(np.zeros((16, 16), np.uint8), "L").save(
@@ -67,7 +66,7 @@ class ShardTest(tf.test.TestCase):
         self.assertEqual(index["classes"], {"bus": 2, "cat": 2, "dog": 2})
 
     def test_missing_shard_is_reported(self):
-        root = make_tree(pairs=2)
+        root = helpers.make_tree(pairs=2)
         out = os.path.join(tempfile.mkdtemp(), "shards")
         tfrecords.write_shards(root, out, num_shards=2)
         os.remove(os.path.join(out, "shard-00001-of-00002.tfrecord"))
@@ -75,7 +74,7 @@ class ShardTest(tf.test.TestCase):
             tfrecords.read_shards(out)
 
     def test_interrupted_conversion_leaves_no_temporary_shards(self):
-        root = make_tree(pairs=3)
+        root = helpers.make_tree(pairs=3)
         out = os.path.join(tempfile.mkdtemp(), "shards")
 
         def entries():
@@ -90,7 +89,7 @@ class ShardTest(tf.test.TestCase):
 
     def test_one_more_pair_writer_sanity(self):
         folder = tempfile.mkdtemp()
-        write_pair(folder, 1)
+        helpers.write_pair(folder, 1)
         problems, target = validate.check_pair(os.path.join(folder, "1.jpg"),
                                                 os.path.join(folder, "1.png"))
         self.assertEqual(problems, [])

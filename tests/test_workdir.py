@@ -18,8 +18,6 @@ from efficientlab_tf import preflight
 from efficientlab_tf import training
 from efficientlab_tf import workdir as workdir_lib
 from tests import helpers
-from tests.test_training import run_training
-from tests.test_training import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,14 +104,13 @@ class RecordTest(tf.test.TestCase):
 
     @pytest.mark.slow
     def test_refused_rerun_keeps_the_record(self):
-        from tests.test_cli import run_meta
 
         workdir, _ = self._stored_run()
         record = "--image_size=64\n--workdir=" + workdir + "\n"
         with open(os.path.join(workdir, "flags.txt"), "w") as f:
             f.write(record)
         config_before = open(os.path.join(workdir, "config.json")).read()
-        proc = run_meta("--flagfile=flags/synthetic_smoke.flags",
+        proc = helpers.run_meta("--flagfile=flags/synthetic_smoke.flags",
                         f"--workdir={workdir}", "--image_size=128", timeout=120)
         self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
         last = proc.stderr.strip().splitlines()[-1]
@@ -128,7 +125,7 @@ class CorruptCheckpointTest(tf.test.TestCase):
 
     def test_truncated_newest_checkpoint_falls_back_to_the_previous(self):
         workdir = tempfile.mkdtemp()
-        run_training(tiny_config(workdir, meta_iters=4))  # ckpt-2, ckpt-4
+        helpers.run_training(helpers.tiny_experiment(workdir, meta_iters=4))  # ckpt-2, ckpt-4
         folder = os.path.join(workdir, "checkpoints")
         data = [f for f in os.listdir(folder) if f.startswith("ckpt-4.data")]
         path = os.path.join(folder, data[0])
@@ -136,7 +133,7 @@ class CorruptCheckpointTest(tf.test.TestCase):
             f.truncate(os.path.getsize(path) // 2)
         model = helpers.tiny_efficientlab(bn_mode="batch")
         with self.assertLogs("absl", "WARNING") as logs:
-            prepared = training.prepare(tiny_config(workdir, meta_iters=6), model)
+            prepared = training.prepare(helpers.tiny_experiment(workdir, meta_iters=6), model)
         self.assertEqual(int(prepared.step), 2)
         text = "\n".join(logs.output)
         self.assertIn("ckpt-4", text)
@@ -151,14 +148,14 @@ class CorruptCheckpointTest(tf.test.TestCase):
 
     def test_every_checkpoint_corrupt_is_one_clear_error(self):
         workdir = tempfile.mkdtemp()
-        run_training(tiny_config(workdir, meta_iters=2))
+        helpers.run_training(helpers.tiny_experiment(workdir, meta_iters=2))
         folder = os.path.join(workdir, "checkpoints")
         for f in os.listdir(folder):
             if ".data" in f:
                 open(os.path.join(folder, f), "wb").close()
         with self.assertRaisesRegex(workdir_lib.CheckpointError,
                                     "no checkpoint could be restored.*ckpt-2"):
-            training.prepare(tiny_config(workdir),
+            training.prepare(helpers.tiny_experiment(workdir),
                              helpers.tiny_efficientlab(bn_mode="batch"))
 
 
@@ -166,13 +163,13 @@ class NonFiniteTest(tf.test.TestCase):
 
     def test_nan_stops_training_and_keeps_the_last_finite_checkpoint(self):
         workdir = tempfile.mkdtemp()
-        config = tiny_config(workdir, meta_iters=20, checkpoint_every=1,
+        config = helpers.tiny_experiment(workdir, meta_iters=20, checkpoint_every=1,
                              export=True)
         config = dataclasses.replace(config, meta=dataclasses.replace(
             config.meta, inner_lr=1e6))
         with self.assertRaisesRegex(training.NonFiniteError,
                                     r"meta-iteration (\d+): .*NaN/Inf") as e:
-            run_training(config)
+            helpers.run_training(config)
         failed_at = int(e.exception.args[0].split()[1].rstrip(":"))
         self.assertLess(failed_at, 20)
         self.assertFalse(os.path.exists(os.path.join(workdir, "results.json")))
@@ -189,11 +186,11 @@ class NonFiniteTest(tf.test.TestCase):
                 f"ckpt-{failed_at - 1}"))
 
     def test_joint_training_nan_is_detected_too(self):
-        config = tiny_config(tempfile.mkdtemp(), algo="joint", meta_iters=20)
+        config = helpers.tiny_experiment(tempfile.mkdtemp(), algo="joint", meta_iters=20)
         config = dataclasses.replace(config, meta=dataclasses.replace(
             config.meta, inner_lr=1e6))
         with self.assertRaises(training.NonFiniteError):
-            run_training(config)
+            helpers.run_training(config)
 
     def test_non_finite_weights_are_never_saved(self):
         model = helpers.tiny_efficientlab()
@@ -207,11 +204,11 @@ class NonFiniteTest(tf.test.TestCase):
 class NoValClassesTest(tf.test.TestCase):
 
     def test_val_classes_zero_trains_on_train_without_meta_val(self):
-        config = tiny_config(tempfile.mkdtemp(), meta_iters=2)
+        config = helpers.tiny_experiment(tempfile.mkdtemp(), meta_iters=2)
         config = dataclasses.replace(config, data=dataclasses.replace(
             config.data, val_classes=0),
             eval=dataclasses.replace(config.eval, every=1))
-        _, results = run_training(config)
+        _, results = helpers.run_training(config)
         self.assertNotIn("meta_val", results)
         self.assertEqual(results["meta_test"]["tasks"], 2)
 

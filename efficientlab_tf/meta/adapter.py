@@ -106,7 +106,7 @@ class Adapter:
             steps with lr * exp(rates[i]). None: omega's lr for all.
     """
 
-    def __init__(self, model, loss_fn, optimizer, batch_size=8, in_place=True,
+    def __init__(self, model, loss_fn, optimizer, batch_size=8, in_place=False,
                  predict_fn=None, variables=None, consensus=0.0, rates=None):
         if batch_size <= 0:
             raise ValueError(f"`batch_size` must be positive; got {batch_size}.")
