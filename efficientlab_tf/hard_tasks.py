@@ -1,16 +1,18 @@
 """Hard-task meta-batches (HT; Sun et al., "Meta-Transfer Learning for
 Few-Shot Learning", CVPR 2019, section 4.2).
 
-MTL re-samples the tasks a meta-learner failed on. Here a task is named by
-its index in the seeded training stream (`data/source.py`): the index fixes
-its class, its examples and its augmentation (all derived from (run seed,
-index)), so a pool of indices replays exactly the same tasks, and the pool
-is small enough to live in the checkpoint. After every meta-iteration each
+MTL re-samples *new* tasks of the classes a meta-learner failed on (its
+"hard classes"). Here a task is named by its index in the seeded training
+stream (`data/source.py`), which fixes its class; the pool of indices is
+small enough to live in the checkpoint. After every meta-iteration each
 task of the meta-batch is scored by its post-adaptation query IoU (the
 support IoU when training tasks have no queries); the pool keeps the
 `size` lowest-scoring tasks among those scored in the last
 `RECENT_ITERATIONS` meta-iterations (a task scored again keeps its newest
-score). A fraction of every meta-batch is then re-drawn from the pool.
+score). A fraction of every meta-batch is then drawn from the pool, and each
+pick becomes a new task of its class with fresh examples
+(`source.resampled_tasks`, seeded by the index and the meta-iteration, so a
+resumed run draws the same ones).
 """
 
 import numpy as np

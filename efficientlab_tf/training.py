@@ -21,7 +21,7 @@ from efficientlab_tf import storage
 from efficientlab_tf import summaries
 from efficientlab_tf import workdir as workdir_lib
 from efficientlab_tf.data.source import meta_batches
-from efficientlab_tf.data.source import tasks_by_index
+from efficientlab_tf.data.source import resampled_tasks
 from efficientlab_tf.evaluation import plots
 from efficientlab_tf.experiment import Experiment
 from efficientlab_tf.experiment import load_model_weights
@@ -224,12 +224,13 @@ class _Loop:
 
     def with_hard_tasks(self, tasks, s):
         """(meta-batch, stream indices of its tasks, hard picks): the last
-        `hard` tasks re-drawn from the hard-task pool."""
+        `hard` tasks are new tasks of the classes of tasks drawn from the
+        hard-task pool (`resampled_tasks`)."""
         m, hard = self.meta_batch, self.hard
         ids = list(range(s * m, (s + 1) * m))
         picks = self.p.pool.sample(hard, (self.cfg.run.seed, s)) if hard else []
         if picks:
-            extra = tasks_by_index(self.exp.source, self.cfg, picks)
+            extra = resampled_tasks(self.exp.source, self.cfg, picks, s)
             tasks = tf.nest.map_structure(
                 lambda a, b: tf.concat([a[:m - hard], b], 0), tasks, extra)
             ids = ids[:m - hard] + picks

@@ -1,15 +1,20 @@
-"""Hard-task meta-batches: the pool after known scores, seeded re-draws, and a
-resumed run that replays the same hard tasks."""
+"""Hard-task meta-batches: the pool after known scores, seeded re-draws, new
+tasks of the hard classes, and a resumed run that draws the same ones."""
 
 import dataclasses
+import os
 import tempfile
 
 import numpy as np
 import tensorflow as tf
 import pytest
+from PIL import Image
 
 from efficientlab_tf import training
+from efficientlab_tf.config import ExperimentConfig
 from efficientlab_tf.config import MetaConfig
+from efficientlab_tf.data.source import build_task_source
+from efficientlab_tf.data.source import resampled_tasks
 from efficientlab_tf.hard_tasks import HardTaskPool
 from efficientlab_tf.hard_tasks import hard_count
 from tests import helpers
@@ -52,6 +57,65 @@ class PoolTest(tf.test.TestCase):
             MetaConfig(hard_task_fraction=1.0)
         with self.assertRaisesRegex(ValueError, "hard_task_fraction"):
             MetaConfig(algo="joint", foml_tail=None, hard_task_fraction=0.2)
+
+
+def labelled_tree(classes=6, pairs=6, size=32):
+    """An FSS-1000 tree whose pixels say where they came from: class c's
+    images are grey level 30 * (c + 1), with an 8x8 corner of 20 * n for
+    example n (1..pairs); masks are the top half."""
+    root = tempfile.mkdtemp()
+    for c in range(classes):
+        folder = os.path.join(root, f"class{c}")
+        os.makedirs(folder)
+        for n in range(1, pairs + 1):
+            image = np.full((size, size, 3), 30 * (c + 1), np.uint8)
+            image[:8, :8] = 20 * n
+            Image.fromarray(image).save(os.path.join(folder, f"{n}.png"))
+            # PNG bytes under the .jpg name: lossless, and the one decoder
+            # reads images by content.
+            os.rename(os.path.join(folder, f"{n}.png"), os.path.join(folder, f"{n}.jpg"))
+            mask = np.zeros((size, size), np.uint8)
+            mask[: size // 2] = 255
+            Image.fromarray(mask, "L").save(os.path.join(folder, f"{n}.png"))
+    return root
+
+
+def provenance(task):
+    """[(class, example)] of a task's support images, read off the pixels."""
+    images = task.support_images.numpy()
+    return [(int(round(img[20, 20, 0] / 30)) - 1, int(round(img[2, 2, 0] / 20)))
+            for img in images]
+
+
+class ResampledTest(tf.test.TestCase):
+
+    def test_new_tasks_of_the_hard_classes(self):
+        # Issue 24.2 (MTL's HT re-samples the classes it failed on): each
+        # re-drawn task is of the class of the hard task, with other examples
+        # than the hard task had, different at the next meta-iteration, and
+        # the same when drawn again with the same seed (resume).
+        config = ExperimentConfig.build(
+            "smoke", dataset="fss1000", data_dir=labelled_tree(), image_size=32,
+            train_shots=3, foml_tail=1, train_query_shots=0, val_classes=1,
+            test_classes=1)
+        source = build_task_source(config)
+        indices = list(range(8))
+        stream = list(source.tasks("train", 3, 0, config.run.seed, count=8))
+        drawn = resampled_tasks(source, config, indices, step=4)
+        again = resampled_tasks(source, config, indices, step=4)
+        later = resampled_tasks(source, config, indices, step=5)
+        changed = 0
+        for i in indices:
+            old = provenance(stream[i])
+            new = provenance(tf.nest.map_structure(lambda x: x[i], drawn))
+            self.assertEqual({c for c, _ in new}, {c for c, _ in old})
+            self.assertLen({c for c, _ in new}, 1)
+            changed += sorted(new) != sorted(old)
+            self.assertEqual(new, provenance(
+                tf.nest.map_structure(lambda x: x[i], again)))
+        # 3 of 6 examples: the same set by chance with probability 1/20.
+        self.assertGreaterEqual(changed, 6)
+        self.assertNotAllClose(drawn.support_images, later.support_images)
 
 
 class HardTaskTrainingTest(tf.test.TestCase):

@@ -123,6 +123,33 @@ class EfficientNetEncoderTest(tf.test.TestCase):
         # Figure quoted in README.md ("Architecture").
         self.assertEqual(model.count_params(), EXPECTED_B0_PARAMS)
 
+    def test_stochastic_depth_follows_the_reference_schedule(self):
+        # Issue 24.3: block b of B drops rate * b / B (Keras's EfficientNet,
+        # the EfficientNet reference and lite0.py), not `rate` everywhere.
+        def drop_rates(model):
+            return {l.name: l.rate for l in model.layers
+                    if isinstance(l, keras.layers.Dropout) and l.name.endswith("_drop")}
+
+        keras_b0 = drop_rates(keras.applications.EfficientNetB0(
+            include_top=False, weights=None, input_shape=(32, 32, 3)))
+        for rate in (0.2, 0.3):
+            ours = drop_rates(encoder_lib.build_encoder(ModelConfig(
+                image_size=32, cut_stage=8, drop_connect_rate=rate)))
+            self.assertEqual(sorted(ours), sorted(keras_b0))
+            for name, keras_rate in keras_b0.items():
+                self.assertAllClose(ours[name], keras_rate * rate / 0.2)
+        # By hand: B0 has 16 blocks; block2b is block 2 (0.2 * 2 / 16), the
+        # last one, block7a, has no residual and so no drop.
+        self.assertAllClose(keras_b0["block2b_drop"], 0.025)
+        self.assertAllClose(keras_b0["block6d_drop"], 0.2 * 14 / 16)
+        # Lite0: the same schedule over its 16 blocks.
+        lite = drop_rates(encoder_lib.build_encoder(ModelConfig(
+            encoder="efficientnet_lite0", image_size=32, cut_stage=8,
+            drop_connect_rate=0.3)))
+        self.assertAllClose(lite["block2b_drop"], 0.3 * 2 / 16)
+        self.assertAllClose(lite["block6d_drop"], 0.3 * 14 / 16)
+        self.assertLen(lite, len(keras_b0))
+
     def test_v2_encoder_endpoints(self):
         config = ModelConfig(encoder="efficientnet_v2_b0", image_size=64)
         model = build_efficientlab(config)

@@ -14,6 +14,7 @@ from efficientlab_tf import runners
 from efficientlab_tf import summaries
 from efficientlab_tf.config import Omega
 from efficientlab_tf.evaluation import features
+from efficientlab_tf.evaluation import uho as uho_lib
 from efficientlab_tf.experiment import Experiment
 from efficientlab_tf.experiment import load_model_weights
 from tests import helpers
@@ -172,7 +173,10 @@ class RunnersTest(tf.test.TestCase):
             top = max(csv.DictReader(f), key=lambda r: float(r["mean_iou"]))
         self.assertEqual(best, omega)
         self.assertEqual(omega["steps"], int(top["best_steps"]))
-        self.assertEqual(omega["batch_size"], 2)  # The training batch.
+        # UHO searched the batch size among those that fit the shots.
+        self.assertEqual(omega["batch_size"], int(top["batch_size"]))
+        self.assertIn(omega["batch_size"],
+                      uho_lib.candidate_batch_sizes(config.eval.shots))
         sweep = self.mode("lr_sweep", run={"init_from": self.run_dir}, uho=uho)
         rows = runners.run(sweep, model=model())
         self.assertAllClose([r["lr"] for r in rows], [0.005, 0.5])

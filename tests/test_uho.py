@@ -29,11 +29,20 @@ class EarlyStopTest(tf.test.TestCase):
         self.assertEqual(uho.early_stop([0.3], patience=3), (0.3, 0))
 
     def test_shrink_keeps_the_best_fraction(self):
-        trials = [{"lr": lr, "best_steps": s, "mean_iou": iou} for lr, s, iou in
-                  [(0.01, 3, 0.2), (0.04, 5, 0.7), (0.06, 7, 0.8), (0.3, 9, 0.1)]]
-        lr_range, steps_range = uho.refine_search_space(trials, 0.5, (1, 20))
+        trials = [{"lr": lr, "best_steps": s, "batch_size": b, "mean_iou": iou}
+                  for lr, s, b, iou in [(0.01, 3, 1, 0.2), (0.04, 5, 2, 0.7),
+                                        (0.06, 7, 4, 0.8), (0.3, 9, 8, 0.1)]]
+        lr_range, steps_range, batches = uho.refine_search_space(
+            trials, 0.5, (1, 20), (1, 2, 4, 5, 8))
         self.assertEqual(lr_range, (0.04, 0.06))
         self.assertEqual(steps_range, (5, 7))
+        self.assertEqual(batches, (2, 4))  # The top half used 2 and 4.
+
+    def test_candidate_batch_sizes_fit_the_shots(self):
+        self.assertEqual(uho.candidate_batch_sizes(1), (1,))
+        self.assertEqual(uho.candidate_batch_sizes(5), (1, 2, 4, 5))
+        self.assertEqual(uho.candidate_batch_sizes(8), (1, 2, 4, 8))
+        self.assertEqual(uho.candidate_batch_sizes(10), (1, 2, 4, 8, 10))
 
 
 def fake_score(lr, max_steps, batch_size, patience, log=None):
@@ -114,7 +123,7 @@ class SearchTest(tf.test.TestCase):
         real = uho.sample_configs
 
         def recording(rng, n, lr_range, steps_range, batch_sizes):
-            ranges.append((lr_range, steps_range))
+            ranges.append((lr_range, steps_range, batch_sizes))
             return real(rng, n, lr_range, steps_range, batch_sizes)
 
         # A surface that improves every round (the score grows with the
@@ -136,15 +145,50 @@ class SearchTest(tf.test.TestCase):
                        "mean_iou": float(r["mean_iou"]), "round": int(r["round"])}
                       for r in csv.DictReader(f)]
         self.assertLen(ranges, 4)
-        self.assertEqual(ranges[0], ((0.005, 0.5), (2, 12)))
+        self.assertEqual(ranges[0], ((0.005, 0.5), (2, 12), (8,)))
+        for t in trials:
+            t["batch_size"] = 8
         for r in range(1, 4):
             earlier = [t for t in trials if t["round"] < r]
-            self.assertEqual(ranges[r], uho.refine_search_space(earlier, 0.4, (2, 12)))
+            self.assertEqual(ranges[r],
+                             uho.refine_search_space(earlier, 0.4, (2, 12), (8,)))
             # ... which differs from refining on the last round alone.
             last = [t for t in trials if t["round"] == r - 1]
             if r > 1:
                 self.assertNotEqual(
-                    ranges[r], uho.refine_search_space(last, 0.4, (2, 12)))
+                    ranges[r], uho.refine_search_space(last, 0.4, (2, 12), (8,)))
+
+    def test_batch_size_is_searched_and_refined(self):
+        # Issue 24.4: with 5 shots UHO tries batch sizes 1, 2, 4, 5 by
+        # default; on a surface whose best batch is 2 it returns 2, and the
+        # candidates narrow round after round.
+        config = UHOConfig(lr_min=0.005, lr_max=0.5, steps_min=2, steps_max=12,
+                           samples=8, rounds=4, keep_fraction=0.25, seed=5)
+        seen = []
+        real = uho.sample_configs
+
+        def recording(rng, n, lr_range, steps_range, batch_sizes):
+            seen.append(batch_sizes)
+            return real(rng, n, lr_range, steps_range, batch_sizes)
+
+        count = [0]
+
+        def surface(lr, cap, batch, patience):
+            # Peak at batch 2 (0.3 below it per halving/doubling), and a
+            # tiny rise per call so that every round improves.
+            count[0] += 1
+            quality = 1.0 - 0.3 * abs(math.log2(batch / 2))
+            return quality * fake_score(lr, cap, batch, patience)[0] + 1e-4 * count[0], 6
+
+        uho.sample_configs = recording
+        try:
+            best = uho.search(surface, config, tempfile.mkdtemp(), shots=5)
+        finally:
+            uho.sample_configs = real
+        self.assertEqual(seen[0], (1, 2, 4, 5))
+        self.assertEqual(best.batch_size, 2)
+        self.assertLess(len(seen[-1]), len(seen[0]))
+        self.assertIn(2, seen[-1])
 
     def test_stops_when_a_round_does_not_improve(self):
         config = UHOConfig(samples=4, rounds=6, seed=0)

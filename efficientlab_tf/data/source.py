@@ -13,6 +13,8 @@ import tensorflow as tf
 
 from efficientlab_tf.data import synthetic
 from efficientlab_tf.data.augment import augment_task
+from efficientlab_tf.data.tasks import draw_class
+from efficientlab_tf.data.tasks import task_seed
 
 
 class TaskSource(Protocol):
@@ -35,7 +37,12 @@ class TaskSource(Protocol):
 
     def task_of_class(self, split: str, position: int, shots: int,
                       query_shots: int, seed, min_pairs: int = 0):
-        """One TaskBatch of the class at `position` (FP-k)."""
+        """One TaskBatch of the class at `position` (FP-k, hard tasks)."""
+
+    def task_class(self, split: str, shots: int, query_shots: int, seed: int,
+                   index: int) -> int:
+        """Position (as `task_of_class` takes it) of the class of task
+        `index` of `tasks(split, shots, query_shots, seed)`."""
 
     def class_sizes(self, split: str) -> Optional[dict]:
         """{class: examples}, or None when classes have unlimited examples."""
@@ -81,6 +88,11 @@ class SyntheticSource:
         del split
         return None
 
+    def task_class(self, split, shots, query_shots, seed, index):
+        """Position of the class of task `index` of `tasks(split, ...)`."""
+        del shots, query_shots  # Every class serves every task size.
+        return int(draw_class(seed, index, len(self.classes(split)))[0])
+
     def task_of_class(self, split, position, shots, query_shots, seed,
                       min_pairs=0):
         """One TaskBatch of the class at `position` of `split` (FP-k)."""
@@ -123,6 +135,13 @@ def build_task_source(config):
     raise ValueError(f"unknown dataset {config.data.dataset!r}.")
 
 
+def _augmented(config, task, seed):
+    """`task` with its support and query augmented as meta-training tasks
+    are (`data.augment`), seeded by `seed`."""
+    return augment_task(task, tf.random.experimental.stateless_fold_in(seed, 1),
+                        config.data.augment)
+
+
 def training_tasks(source, config, first, count=None):
     """Meta-training tasks first, first + 1, ... of the seeded stream.
 
@@ -137,9 +156,7 @@ def training_tasks(source, config, first, count=None):
     aug = config.data.augment
     if aug.enabled:
         def augment(index, task):
-            seed = tf.random.experimental.stateless_fold_in(
-                synthetic.task_seed(config.run.seed, index), 1)
-            return augment_task(task, seed, aug)
+            return _augmented(config, task, task_seed(config.run.seed, index))
 
         ds = tf.data.Dataset.zip(
             (tf.data.Dataset.range(first, 2**62), ds)).map(
@@ -147,11 +164,31 @@ def training_tasks(source, config, first, count=None):
     return ds
 
 
-def tasks_by_index(source, config, indices):
-    """The training tasks at stream `indices`, stacked into one TaskBatch
-    with a leading axis (the hard tasks of a meta-batch)."""
-    tasks = [next(iter(training_tasks(source, config, int(i), 1)))
-             for i in indices]
+# Tag of the seeds of re-sampled hard tasks (any constant works; it keeps
+# them apart from the stream's own task seeds).
+HARD_TASK_SEED_TAG = 104729
+
+
+def resampled_tasks(source, config, indices, step):
+    """New tasks of the classes of training tasks `indices` (MTL's hard-task
+    meta-batch re-samples the classes a meta-learner failed on): for each
+    index i, a task of the class of stream task i with examples (and
+    augmentation) seeded by (run seed, i, meta-iteration `step`), so a class
+    re-drawn twice gets other examples each time, and a resumed run the
+    same ones. Stacked into one TaskBatch with a leading axis."""
+    meta, query = config.meta, config.data.train_query_shots
+    tasks = []
+    for i in indices:
+        position = source.task_class("train", meta.train_shots, query,
+                                     config.run.seed, int(i))
+        seed = tf.random.experimental.stateless_fold_in(
+            tf.random.experimental.stateless_fold_in(
+                task_seed(config.run.seed, int(i)), HARD_TASK_SEED_TAG), step)
+        task = source.task_of_class("train", position, meta.train_shots,
+                                    query, seed)
+        if config.data.augment.enabled:
+            task = _augmented(config, task, seed)
+        tasks.append(task)
     return tf.nest.map_structure(lambda *xs: tf.stack(xs), *tasks)
 
 

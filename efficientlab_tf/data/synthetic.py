@@ -20,6 +20,8 @@ import numpy as np
 import tensorflow as tf
 
 from efficientlab_tf.data.tasks import TaskBatch
+from efficientlab_tf.data.tasks import draw_class
+from efficientlab_tf.data.tasks import task_seed
 
 NUM_SHAPES = 8
 NUM_TEXTURES = 4
@@ -167,10 +169,8 @@ class SyntheticFamily:
         the one seed chain every task of the family follows."""
         class_ids = tf.constant(class_ids, tf.int32) if not isinstance(
             class_ids, tf.Tensor) else class_ids
-        seeds = tf.random.experimental.stateless_split(seed, 2)
-        pick = tf.random.stateless_uniform(
-            [], seeds[0], 0, tf.shape(class_ids)[0], dtype=tf.int32)
-        return tf.gather(class_ids, pick), seeds[1]
+        pick, image_seed = draw_class(seed[0], seed[1], tf.shape(class_ids)[0])
+        return tf.gather(class_ids, pick), image_seed
 
     @staticmethod
     def image_plan(target, class_ids, total, seed):
@@ -198,11 +198,6 @@ class SyntheticFamily:
         )
         return TaskBatch(images[:shots], masks[:shots],
                          images[shots:], masks[shots:])
-
-
-def task_seed(seed, index):
-    """int32 [2] seed of task `index` of a stream seeded by `seed`."""
-    return tf.stack([tf.cast(seed, tf.int32), tf.cast(index, tf.int32)])
 
 
 def task_dataset(family, class_ids, shots, query_shots, seed, start=0,

@@ -18,6 +18,7 @@ from absl import logging
 
 from efficientlab_tf.data import decode
 from efficientlab_tf.data.tasks import TaskBatch
+from efficientlab_tf.data.tasks import draw_class
 
 
 @dataclasses.dataclass
@@ -167,15 +168,17 @@ class TableSource:
         task_of_class, num_classes = self._task_fn(split, shots, query_shots)
 
         def make(index):
-            task_seed = tf.stack([tf.cast(seed, tf.int32), tf.cast(index, tf.int32)])
-            seeds = tf.random.experimental.stateless_split(task_seed, 2)
-            c = tf.random.stateless_uniform(
-                [], seeds[0], 0, num_classes, dtype=tf.int32)
-            return task_of_class(c, seeds[1])
+            return task_of_class(*draw_class(seed, index, num_classes))
 
         stop = 2**62 if count is None else start + count
         return tf.data.Dataset.range(start, stop).map(
             make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def task_class(self, split, shots, query_shots, seed, index):
+        """Position (as `task_of_class` takes it) of the class of task
+        `index` of `tasks(split, shots, query_shots, seed)`."""
+        n = len(self.usable_classes(split, shots + query_shots))
+        return int(draw_class(seed, index, n)[0])
 
     def class_tasks(self, split, shots, query_shots, seed, draws):
         """(class position, TaskBatch) for every class of `split`, `draws` each.

@@ -23,3 +23,17 @@ class TaskBatch(NamedTuple):
     query_images: tf.Tensor
     query_masks: tf.Tensor
 
+
+def task_seed(seed, index):
+    """int32 [2] seed of task `index` of a stream seeded by `seed`."""
+    return tf.stack([tf.cast(seed, tf.int32), tf.cast(index, tf.int32)])
+
+
+def draw_class(seed, index, num_classes):
+    """(class position in [0, num_classes), seed of its examples) of task
+    `index` of a stream seeded by `seed`: the one seed chain every source
+    follows, so `TaskSource.task_class` names the class of a stream task."""
+    seeds = tf.random.experimental.stateless_split(task_seed(seed, index), 2)
+    position = tf.random.stateless_uniform([], seeds[0], 0, num_classes,
+                                           dtype=tf.int32)
+    return position, seeds[1]

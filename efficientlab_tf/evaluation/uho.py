@@ -1,10 +1,12 @@
 """Update hyperparameter optimization (UHO; paper appendix C, Algorithms 1-2).
 
-Random search over omega's inner learning rate and number of steps (and, by
-flag, the inner batch size), numbered as the paper numbers it:
+Random search over omega's inner learning rate, number of steps and inner
+batch size (the paper's omega), numbered as the paper numbers it:
 
 * **Algorithm 1** (`search`): sample `samples` configurations in the current
-  ranges (learning rate log-uniform, step cap uniform); score each on tasks
+  ranges (learning rate log-uniform, step cap uniform, batch size uniform
+  over the candidates: `--uho_batch_sizes`, else `candidate_batch_sizes` of
+  the shot count); score each on tasks
   from T_tr u T_val with early stopping (`early_stop`: adapt step by step,
   stop once `patience` steps in a row bring no improvement of the mean query
   IoU, return the best IoU and the step count that reached it; the scoring
@@ -13,7 +15,9 @@ flag, the inner batch size), numbered as the paper numbers it:
   IoU seen so far), at most `rounds` rounds; return the best configuration
   seen.
 * **Algorithm 2** (`refine_search_space`): the new ranges span the best
-  `keep_fraction` of *all trials so far* (not only the last round's).
+  `keep_fraction` of *all trials so far* (not only the last round's); the
+  batch-size candidates shrink to those between the smallest and largest
+  batch size of those trials.
 
 Every trial is appended to `<workdir>/uho_trials.csv` (and TensorBoard); the
 sampling is seeded, so an interrupted search resumes by replaying the same
@@ -89,15 +93,28 @@ def sample_configs(rng, n, lr_range, steps_range, batch_sizes):
             for _ in range(n)]
 
 
-def refine_search_space(trials, keep_fraction, steps_range):
+def candidate_batch_sizes(shots):
+    """Inner batch sizes worth trying on `shots` support examples: the
+    powers of two below it, and all of it (a larger batch is the whole
+    support set too). 5 shots: (1, 2, 4, 5); 1 shot: (1,)."""
+    return tuple(sorted({min(2 ** i, shots)
+                         for i in range(int(math.log2(shots)) + 2)}))
+
+
+def refine_search_space(trials, keep_fraction, steps_range, batch_sizes=None):
     """Algorithm 2: ranges spanned by the best `keep_fraction` of `trials`
-    (all trials so far)."""
+    (all trials so far): (lr range, steps range, batch-size candidates among
+    `batch_sizes` between the top trials' smallest and largest)."""
     ranked = sorted(trials, key=lambda t: -t["mean_iou"])
     top = ranked[:max(1, int(math.ceil(keep_fraction * len(ranked))))]
     lrs = [t["lr"] for t in top]
     steps = [max(t["best_steps"], 1) for t in top]
+    batches = [t["batch_size"] for t in top]
+    kept = tuple(b for b in batch_sizes or ()
+                 if min(batches) <= b <= max(batches))
     return ((min(lrs), max(lrs)),
-            (max(steps_range[0], min(steps)), max(max(steps), steps_range[0])))
+            (max(steps_range[0], min(steps)), max(max(steps), steps_range[0])),
+            kept)
 
 
 def _read_trials(path):
@@ -115,7 +132,8 @@ def _read_trials(path):
     return done
 
 
-def search(score_fn, config, workdir, start=None, summary_fn=None, seed=0):
+def search(score_fn, config, workdir, start=None, summary_fn=None, seed=0,
+           shots=None):
     """Algorithm 1: the best omega found, also written to omega.json.
 
     Args:
@@ -124,11 +142,13 @@ def search(score_fn, config, workdir, start=None, summary_fn=None, seed=0):
             stopping (e.g. `early_stopped_score` over adapted tasks).
         config: UHOConfig.
         workdir: Folder for uho_trials.csv and omega.json.
-        start: The Omega searched from (default `Omega()`): its batch size
-            is the one tried when `config.batch_sizes` is empty; its
-            optimizer and scope are kept.
+        start: The Omega searched from (default `Omega()`): its optimizer
+            and scope are kept.
         summary_fn: Optional `summary_fn(trial_dict)` (TensorBoard).
         seed: Sampling seed when `config.seed` is None.
+        shots: Support examples per task: the batch sizes searched are
+            `config.batch_sizes`, else `candidate_batch_sizes(shots)`, else
+            (without `shots`) `start.batch_size` alone.
 
     Returns:
         The best `Omega`; omega.json also holds its mean IoU and the number
@@ -141,7 +161,9 @@ def search(score_fn, config, workdir, start=None, summary_fn=None, seed=0):
     if done:
         logging.info("UHO: resuming with %d trials from %s.", len(done), csv_path)
     rng = np.random.RandomState(seed if config.seed is None else config.seed)
-    batch_sizes = tuple(config.batch_sizes) or (start.batch_size,)
+    batch_sizes = (tuple(config.batch_sizes)
+                   or (candidate_batch_sizes(shots) if shots else (start.batch_size,)))
+    logging.info("UHO: batch sizes %s.", ", ".join(map(str, batch_sizes)))
     lr_range, steps_range = config.lr_range, config.steps_range
     trials, expected = [], -math.inf
     new_file = not os.path.exists(csv_path)
@@ -174,8 +196,8 @@ def search(score_fn, config, workdir, start=None, summary_fn=None, seed=0):
                              "%.4f; stopping.", r, expected)
                 break
             expected = best_so_far
-            lr_range, steps_range = refine_search_space(
-                trials, config.keep_fraction, config.steps_range)
+            lr_range, steps_range, batch_sizes = refine_search_space(
+                trials, config.keep_fraction, config.steps_range, batch_sizes)
     best = max(trials, key=lambda t: t["mean_iou"])
     omega = dataclasses.replace(start, lr=best["lr"], steps=best["best_steps"],
                                 batch_size=best["batch_size"])

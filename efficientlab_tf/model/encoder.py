@@ -61,15 +61,23 @@ def stage_layer_name(model, stage):
     return names[-1]
 
 
+# The drop-connect rate the base encoders are built with: Keras's
+# EfficientNet/V2 and `lite0.efficientnet_lite0` all default to 0.2, scaled
+# linearly with the block index (block b of B drops 0.2 * b / B).
+BASE_DROP_CONNECT_RATE = 0.2
+
+
 def _replace_layers(batch_stats, drop_connect_rate):
-    """clone_model hook: our BatchNorm policy and the drop-connect rate."""
+    """clone_model hook: our BatchNorm policy, and the stochastic-depth
+    schedule rescaled to `drop_connect_rate` (block b of B drops
+    drop_connect_rate * b / B, as in Keras and the EfficientNet reference)."""
 
     def clone(layer):
         config = layer.get_config()
         if isinstance(layer, keras.layers.BatchNormalization):
             return BatchNorm(batch_stats=batch_stats, **config)
         if isinstance(layer, keras.layers.Dropout) and layer.name.endswith("_drop"):
-            config["rate"] = drop_connect_rate
+            config["rate"] = layer.rate * drop_connect_rate / BASE_DROP_CONNECT_RATE
             return keras.layers.Dropout.from_config(config)
         return layer.__class__.from_config(config)
 

@@ -64,11 +64,11 @@ def run(config, record_fn, model=None):
              "batch_size": trial["batch_size"], "round": trial["round"]},
             {"uho/mean_iou": trial["mean_iou"], "uho/best_steps": trial["best_steps"]})
 
-    # Searched from the training omega's batch size, with the test-time scope.
+    # The test-time optimizer and scope; lr, steps and batch size are searched.
     start = dataclasses.replace(config.eval_omega,
                                 batch_size=config.train_omega.batch_size)
     uho.search(score_fn(exp, tasks), config.uho, config.run.workdir, start,
-               summary_fn, seed=config.run.seed)
+               summary_fn, seed=config.run.seed, shots=config.eval.shots)
     writer.flush()
     with open(os.path.join(config.run.workdir, "omega.json")) as f:
         result = json.load(f)
