@@ -1,10 +1,10 @@
 """Meta-iteration time of training variants side by side, in one process.
 
     python bench/bench_variants.py --flagfile=flags/synthetic_demo.flags \
-        --variants=all,mtl,decoder,clustering,consensus --repeats=5
+        --variants=all,bn_affine,decoder,clustering,consensus --repeats=5
 
 Each variant is the flags' configuration with one change: an adaptation
-scope (`all`, `mtl`, `decoder`, `head`), `clustering` (--clustering_weight
+scope (`all`, `bn_affine`, `decoder`, `head`; `mtl` needs --mtl), `clustering` (--clustering_weight
 0.1), `consensus` (--consensus_weight 0.1), `reptile` or `maml` (second order,
 FOMAML's D_tr / D_val split). Peak memory is not separable in one process:
 bench_k_memory.py measures it per configuration. Repeats interleave
@@ -30,7 +30,7 @@ from efficientlab_tf.data.source import meta_batches  # noqa: E402
 from efficientlab_tf.experiment import Experiment  # noqa: E402
 
 flags.DEFINE_integer("repeats", 5, "Timed meta-steps per variant (median).")
-flags.DEFINE_list("variants", ["all", "mtl", "decoder"], "Variants to time.")
+flags.DEFINE_list("variants", ["all", "bn_affine", "decoder"], "Variants to time.")
 
 EXTRA = {"clustering": {"clustering_weight": 0.1},
          "consensus": {"consensus": 0.1},

@@ -47,7 +47,7 @@ RUNS=(
   # MTL meta-transfers a pre-trained encoder: from the longer-trained joint
   # model, with hard tasks (the "MTL (+HT)"; an ablation without HT
   # would cost 4 more runs, their UHO and a comparison row).
-  "mtl_ht_jointlong|--algo=fomaml --adapt_scope=mtl --hard_task_fraction=0.4 --hard_task_pool=10 --meta_iters=100 --eval_every=100 --image_every=100 --init_from=@/joint_joint"
+  "mtl_ht_jointlong|--algo=fomaml --adapt_scope=bn_affine --hard_task_fraction=0.4 --hard_task_pool=10 --meta_iters=100 --eval_every=100 --image_every=100 --init_from=@/joint_joint"
   "fomaml_clust_imagenet|--algo=fomaml --encoder_weights=imagenet --clustering_weight=0.1"
   "joint_clust_imagenet|--algo=joint --encoder_weights=imagenet --clustering_weight=0.1"
   "metasgd_imagenet|--algo=fomaml --encoder_weights=imagenet --learned_lr"
@@ -82,7 +82,7 @@ uho_jobs() {
       # MTL adapts at test time as it was trained: its omega is tuned for
       # the mtl scope (the omega file records it, so compare's own-omega
       # row adapts that scope too).
-      [[ $name == mtl* ]] && extra="--eval_adapt_scope=mtl"
+      [[ $name == mtl* ]] && extra="--eval_adapt_scope=bn_affine"
       if [ "$name" = imagenet ]; then
         # The model as built: the ImageNet encoder and a random decoder.
         jobs+=("@/uho_imagenet|omega.json||$COMMON --fold=$f $UHO --init_from=random --encoder_weights=imagenet")
@@ -102,7 +102,7 @@ compare_jobs() {  # compare_jobs SUFFIX RUN_ENTRY...
       needs+=",@/$name/results.json,@/uho_$name/omega.json"
     done
     for k in 5 1; do
-      jobs+=("@/compare_${k}shot$suffix|compare_${k}shot.json|$needs|$COMMON --fold=$f --mode=compare --learned_lr --compare_imagenet --eval_shots_list=$k --eval_tasks=40 --compare_clustering --compare_procedures=mtl,decoder,head,prototype --random_steps_factor=0 --compare_reference=joint_imagenet --compare_rows_dir=@/compare_${k}shot/rows --compare_runs=$runs --compare_omega_files=$omegas")
+      jobs+=("@/compare_${k}shot$suffix|compare_${k}shot.json|$needs|$COMMON --fold=$f --mode=compare --learned_lr --compare_imagenet --eval_shots_list=$k --eval_tasks=40 --compare_clustering --compare_procedures=bn_affine,decoder,head,prototype --random_steps_factor=0 --compare_reference=joint_imagenet --compare_rows_dir=@/compare_${k}shot/rows --compare_runs=$runs --compare_omega_files=$omegas")
     done
   done
 }

@@ -45,7 +45,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 INNER_OPTIMIZERS = ("sgd", "adam")
 META_OPTIMIZERS = ("interpolate", "adam")
 # What the update routine moves (model/efficientlab.py scope_variables).
-ADAPT_SCOPES = ("all", "mtl", "decoder", "head")
+ADAPT_SCOPES = ("all", "bn_affine", "mtl", "decoder", "head")
 # Adaptation procedures of --mode=compare: the scopes and the prototype head.
 PROCEDURES = ADAPT_SCOPES + ("prototype",)
 ENCODERS = tuple(f"efficientnet_b{i}" for i in range(8)) + tuple(
@@ -179,8 +179,8 @@ class Omega:
         steps: Inner steps.
         batch_size: Inner minibatch size (a smaller support set is used whole).
         optimizer: "sgd" or "adam" (beta1 = 0).
-        scope: Which weights U moves (`ADAPT_SCOPES`): all, mtl (frozen
-            encoder kernels), decoder, head.
+        scope: Which weights U moves (`ADAPT_SCOPES`; see
+            `model/efficientlab.py:scope_variables`).
     """
 
     lr: float = 0.005
@@ -259,6 +259,11 @@ class ModelConfig(_Section):
         "(transductive).", choices=BN_MODES)
     num_classes: int = knob(2, "Output channels (background, target).",
                             check="positive", cli=False)
+    mtl: bool = knob(
+        False, "The encoder's convolutions carry meta-transfer learning's "
+        "scaling (one per kernel) and shifting (one per output channel), "
+        "initialised to 1 and 0 (Sun et al. 2019); --adapt_scope=mtl "
+        "meta-learns them.")
     learned_lr: bool = knob(
         False, "The network carries one learned multiplier of the inner "
         "learning rate per weight tensor (Meta-SGD / MAML++ LSLR), "
@@ -389,9 +394,12 @@ class MetaConfig(_Section):
                                check="non-negative")
     adapt_scope: str = knob(
         "all", "Weights the inner loop adapts and meta-training moves: all; "
-        "mtl (meta-transfer learning: encoder convolution kernels frozen, "
-        "their per-channel scale/shift = the batch norms' gamma/beta "
-        "adapted); decoder (encoder frozen); head (last 1x1 convolution).",
+        "bn_affine (encoder kernels frozen, its batch norms' gamma/beta and "
+        "biases adapted with the decoder); mtl (Sun et al.'s meta-transfer "
+        "learning, needs --mtl and --algo=fomaml: the inner loop adapts the "
+        "decoder, the outer loop also learns a per-kernel scale and "
+        "per-channel shift of every frozen encoder convolution); decoder "
+        "(encoder frozen); head (last 1x1 convolution).",
         choices=ADAPT_SCOPES)
     clustering_weight: float = knob(
         0.0, "Weight of the feature-clustering regulariser R_FC (Goldblum et "
@@ -742,6 +750,16 @@ class ExperimentConfig:
                 f"(or joint, which leaves them at 1) and --inner_optimizer=sgd; "
                 f"got --algo={self.meta.algo} --inner_optimizer="
                 f"{self.meta.inner_optimizer}.")
+        if "mtl" in (self.meta.adapt_scope, self.eval.adapt_scope) and not self.model.mtl:
+            raise ValueError("--adapt_scope=mtl (or --eval_adapt_scope=mtl) "
+                             "needs --mtl: the encoder must carry MTL's "
+                             "scaling and shifting.")
+        if self.meta.adapt_scope == "mtl" and self.meta.algo != "fomaml":
+            raise ValueError(
+                "--adapt_scope=mtl learns MTL's scaling and shifting from the "
+                "query loss at the adapted weights, a first-order outer "
+                f"gradient that FOMAML computes: use --algo=fomaml, not "
+                f"--algo={self.meta.algo}.")
         if self.run.strategy != "default" and self.meta.algo == "joint":
             raise ValueError(
                 f"--strategy={self.run.strategy} spreads the meta-batch of "

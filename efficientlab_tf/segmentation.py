@@ -19,6 +19,7 @@ from efficientlab_tf.meta.contract import pool_support
 from efficientlab_tf.meta.learner import MetaLearner
 from efficientlab_tf.model.efficientlab import foreground_probability
 from efficientlab_tf.model.efficientlab import inner_rates
+from efficientlab_tf.model.efficientlab import outer_variables
 from efficientlab_tf.model.efficientlab import scope_variables
 from efficientlab_tf.model.losses import segmentation_loss
 from efficientlab_tf.model.metrics import binary_iou
@@ -107,4 +108,5 @@ def build_learner(model, config, strategy=None):
                        in_place=config.run.adapt_in_place,
                        strategy=strategy, scope_fn=scope_variables,
                        train_model=train_model, train_task=train_task,
-                       consensus=meta.consensus_weight, rates=inner_rates(model))
+                       consensus=meta.consensus_weight, rates=inner_rates(model),
+                       outer_fn=outer_variables)

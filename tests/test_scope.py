@@ -1,6 +1,6 @@
 """Adaptation scopes (--adapt_scope): what U moves and what stays frozen.
 
-Meta-transfer learning (mtl), decoder-only and last-layer adaptation are the
+BN-affine adaptation (bn_affine; MTL proper is tests/test_mtl.py), decoder-only and last-layer adaptation are the
 one update routine restricted to a subset of the weights; these tests pin
 down the subsets, check one step by hand against a plain gradient, and check
 that frozen weights are unchanged bit for bit after meta-training.
@@ -41,7 +41,7 @@ class ScopeVariablesTest(tf.test.TestCase):
         self.assertEqual(paths(scope_variables(model, "all")), sorted(every))
         self.assertEqual(paths(scope_variables(model, "decoder")),
                          sorted(every - enc))
-        self.assertEqual(paths(scope_variables(model, "mtl")),
+        self.assertEqual(paths(scope_variables(model, "bn_affine")),
                          sorted(every - kernels))
         self.assertEqual(paths(scope_variables(model, "head")),
                          ["head_logits/bias", "head_logits/kernel"])
@@ -85,8 +85,8 @@ class ScopedStepTest(tf.test.TestCase):
 
 class FrozenWeightsTest(tf.test.TestCase, parameterized.TestCase):
 
-    @parameterized.parameters(("fomaml", "mtl"), ("reptile", "mtl"),
-                              ("fomaml", "decoder"), ("joint", "mtl"))
+    @parameterized.parameters(("fomaml", "bn_affine"), ("reptile", "bn_affine"),
+                              ("fomaml", "decoder"), ("joint", "bn_affine"))
     def test_meta_training_leaves_frozen_weights_bit_for_bit(self, algo, scope):
         model = helpers.tiny_efficientlab(bn_mode="batch")
         config = MetaConfig(algo=algo, train_shots=4,

@@ -104,10 +104,15 @@ class Adapter:
             learning-rate multiplier per trainable variable (in
             `model.trainable_variables` order; Meta-SGD/LSLR): variable i
             steps with lr * exp(rates[i]). None: omega's lr for all.
+        outer_variables: Trainable variables outside `variables` that
+            meta-training moves but the inner loop leaves frozen (MTL's
+            scaling and shifting): `outer_gradient` differentiates the loss
+            with respect to them.
     """
 
     def __init__(self, model, loss_fn, optimizer, batch_size=8, in_place=False,
-                 predict_fn=None, variables=None, consensus=0.0, rates=None):
+                 predict_fn=None, variables=None, consensus=0.0, rates=None,
+                 outer_variables=()):
         if batch_size <= 0:
             raise ValueError(f"`batch_size` must be positive; got {batch_size}.")
         self.model = model
@@ -139,6 +144,11 @@ class Adapter:
                 raise ValueError("`variables` is empty: nothing to adapt.")
         adapted = set(self._adapted_idx)
         self._frozen_idx = [i for i in range(len(trainable)) if i not in adapted]
+        position = {id(v): i for i, v in enumerate(trainable)}
+        self._outer_idx = [position.get(id(v)) for v in outer_variables]
+        if None in self._outer_idx or adapted & set(self._outer_idx):
+            raise ValueError("`outer_variables` must be trainable variables of "
+                             "the model outside the adapted `variables`.")
         non_trainable = model.non_trainable_variables
         self._seed_idx = [
             i for i, v in enumerate(non_trainable) if _is_seed_state(v)
@@ -163,14 +173,27 @@ class Adapter:
         return list(self._adapted_idx)
 
     @property
+    def outer_variables(self):
+        """Variables meta-training moves that the inner loop leaves frozen."""
+        trainable = self.model.trainable_variables
+        return [trainable[i] for i in self._outer_idx]
+
+    @property
+    def meta_variables(self):
+        """What the outer update moves: `trainable_variables`, then
+        `outer_variables` (the order of a meta-direction)."""
+        return self.trainable_variables + self.outer_variables
+
+    @property
     def frozen_variables(self):
         """Trainable variables of the model outside the scope (constants)."""
         trainable = self.model.trainable_variables
         return [trainable[i] for i in self._frozen_idx]
 
-    def _full_trainable(self, adapted):
+    def _full_trainable(self, adapted, outer=None):
         """The model's whole trainable list for stateless_call: the adapted
-        tensors in their places, the frozen variables' current values."""
+        tensors in their places, the frozen variables' current values (or
+        `outer`, tensors for the outer variables, in their places)."""
         if not self._frozen_idx:
             return list(adapted)
         values = [None] * (len(self._adapted_idx) + len(self._frozen_idx))
@@ -178,6 +201,8 @@ class Adapter:
             values[i] = x
         for i, v in zip(self._frozen_idx, self.frozen_variables, strict=True):
             values[i] = v.value
+        for i, x in zip(self._outer_idx, outer or [], strict=outer is not None):
+            values[i] = x
         return values
 
     @property
@@ -259,6 +284,23 @@ class Adapter:
             return lr
         multipliers = tf.exp(tf.gather(self.rates, self._adapted_idx))
         return tf.unstack(lr * multipliers, num=len(self._adapted_idx))
+
+    def outer_gradient(self, state, images, masks, seed):
+        """d loss / d `outer_variables` on `images` at `state` (training
+        mode): MTL's first-order outer gradient of the scaling and shifting
+        at the adapted base learner."""
+        outer = [v.value for v in self.outer_variables]
+        non_trainable = self._non_trainable_values(state.stats, seed)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(outer)
+            logits, _ = self.model.stateless_call(
+                self._full_trainable(state.trainable, outer), non_trainable,
+                images, training=True)
+            loss = self.loss_fn(masks, logits, list(state.trainable))
+            scaled = loss * self.loss_scale if self.loss_scale != 1.0 else loss
+        grads = tape.gradient(scaled, outer)
+        return [tf.zeros_like(x) if g is None else g / self.loss_scale
+                for x, g in zip(outer, grads)]
 
     def loss(self, state, images, masks, seed):
         """The training-mode loss of `images` under `state`, no update

@@ -52,17 +52,25 @@ def all_variables(model, scope):
     return None
 
 
+def no_outer_variables(model, scope):
+    """Default outer resolver: the inner loop's scope is all meta-training moves."""
+    del model, scope
+    return []
+
+
 def make_adapter(model, task, omega, scope_fn=all_variables, in_place=False,
-                 consensus=0.0, rates=None):
+                 consensus=0.0, rates=None, outer_fn=no_outer_variables):
     """The update routine U(.; ., omega) of `model` for `task` (TaskFns).
 
     omega (`config.Omega`) fixes what a built Adapter cannot change: the
     batch size, the inner optimizer and the scope (`scope_fn(model, scope) ->
-    variables or None`); its lr and steps are passed to every call.
+    variables or None`, `outer_fn(model, scope) -> variables` the outer loop
+    alone moves); its lr and steps are passed to every call.
     """
     return Adapter(model, task.loss_fn,
                    inner_opt.get_inner_optimizer(omega.optimizer),
                    batch_size=omega.batch_size, in_place=in_place,
                    predict_fn=task.predict_fn,
                    variables=scope_fn(model, omega.scope),
-                   consensus=consensus, rates=rates)
+                   consensus=consensus, rates=rates,
+                   outer_variables=outer_fn(model, omega.scope))

@@ -28,8 +28,8 @@ def meta_gradient(adapter, images, masks, lr, steps, tail, seed, start):
         start: AdaptState of theta.
 
     Returns:
-        (trainable direction, stats direction, theta_val AdaptState, loss of
-        the D_val step evaluated at theta_tr).
+        (direction of `adapter.meta_variables`, stats direction, theta_val
+        AdaptState, loss of the D_val step evaluated at theta_tr).
     """
     n = images.shape[0]
     steps = tf.cast(steps, tf.int32)
@@ -47,8 +47,15 @@ def meta_gradient(adapter, images, masks, lr, steps, tail, seed, start):
         start=theta_tr, first_step=steps - 1,
         anchor=start.trainable if adapter.consensus else None,
     )
+    # MTL: variables the inner loop leaves frozen get the first-order outer
+    # gradient of the D_val loss at theta_tr, on the same -lr * g scale as
+    # theta_val - theta_tr (the tail step's -lr * g_val).
+    outer = [-lr * g for g in adapter.outer_gradient(
+        theta_tr, images[n - tail:], masks[n - tail:],
+        tf.random.experimental.stateless_fold_in(seed, D_VAL_SEED_TAG))
+    ] if adapter.outer_variables else []
     return (
-        weights_lib.subtract(theta_val.trainable, theta_tr.trainable),
+        weights_lib.subtract(theta_val.trainable, theta_tr.trainable) + outer,
         weights_lib.subtract(theta_val.stats, start.stats),
         theta_val,
         tail_loss,

@@ -30,6 +30,7 @@ from efficientlab_tf.meta import reptile
 from efficientlab_tf.meta.compiling import compiler
 from efficientlab_tf.meta.contract import all_variables
 from efficientlab_tf.meta.contract import make_adapter
+from efficientlab_tf.meta.contract import no_outer_variables
 from efficientlab_tf.meta.contract import pool_support
 from efficientlab_tf.meta.evaluator import Evaluator
 
@@ -49,7 +50,8 @@ class TaskSums(NamedTuple):
     """What a meta-step sums over its tasks (and all-reduces across replicas).
 
     Attributes:
-        direction: Meta-directions of the adapted variables.
+        direction: Meta-directions of `adapter.meta_variables` (the adapted
+            variables, then the outer-only ones).
         stats: Directions of the batch-norm statistics.
         loss: Training losses.
         pre, post: Query scores before / after adaptation (0 unless logged).
@@ -102,12 +104,15 @@ class MetaLearner:
         rates: The model's learned log inner learning rates (Meta-SGD /
             LSLR; `Adapter`'s `rates`), used by every adaptation and, with
             FOMAML, meta-learned (`meta_sgd.py`); None: omega's lr for all.
+        outer_fn: `outer_fn(model, scope) -> variables` the outer loop moves
+            but the inner loop leaves frozen (MTL's scaling and shifting;
+            FOMAML only: their direction is the first-order outer gradient).
     """
 
     def __init__(self, model, meta_config, task, bn_mode="running",
                  jit_compile=False, in_place=False, strategy=None,
                  scope_fn=all_variables, train_model=None, train_task=None,
-                 consensus=0.0, rates=None):
+                 consensus=0.0, rates=None, outer_fn=no_outer_variables):
         self.model = model
         self.config = meta_config
         self.omega = meta_config.omega
@@ -135,12 +140,17 @@ class MetaLearner:
         # The training U: omega, plus the training-only loss terms (if any).
         self.adapter = make_adapter(train_model or model, train_task or task,
                                     self.omega, lambda _, s: scope_fn(model, s),
-                                    self.in_place, consensus, rates)
+                                    self.in_place, consensus, rates,
+                                    lambda _, s: outer_fn(model, s))
+        if self.adapter.outer_variables and meta_config.algo != "fomaml":
+            raise ValueError(f"--adapt_scope={self.omega.scope} learns variables "
+                             "outside the inner loop from FOMAML's first-order "
+                             "outer gradient: use --algo=fomaml.")
         self.meta_optimizer = None
         if meta_config.meta_optimizer == "adam":
             with self.strategy.scope():
                 self.meta_optimizer = keras.optimizers.Adam(meta_config.meta_step)
-                self.meta_optimizer.build(self.adapter.trainable_variables)
+                self.meta_optimizer.build(self.adapter.meta_variables)
         if replicas > 1:
             self._replicated_step = self._compile(self._replicated_step_impl)
             self.meta_step = self._sharded_meta_step
@@ -203,15 +213,17 @@ class MetaLearner:
             pre, post = tf.cond(tf.convert_to_tensor(log), scores,
                                 lambda: (0.0, 0.0))
             rates = (meta_sgd.rate_gradient(
-                         self.rates, adapter.adapted_indices, start, direction,
-                         adapted, self.omega.lr)
+                         self.rates, adapter.adapted_indices, start,
+                         direction[:len(start.trainable)], adapted,
+                         self.omega.lr)
                      if use_rates else tf.zeros([0]))
             return i + 1, sums + TaskSums(
                 direction, stats_dir, task_loss, pre, post,
                 post * tf.one_hot(first_task + i, total_tasks), rates)
 
         zeros = TaskSums(
-            [tf.zeros_like(w) for w in start.trainable],
+            [tf.zeros_like(w) for w in start.trainable]
+            + [tf.zeros_like(v) for v in adapter.outer_variables],
             [tf.zeros_like(w) for w in start.stats], 0.0, 0.0, 0.0,
             tf.zeros([total_tasks]),
             tf.zeros([len(start.trainable) if use_rates else 0]))
@@ -229,12 +241,12 @@ class MetaLearner:
         # meta-direction stops training before anything is saved.
         finite = _all_finite([sums.loss] + direction + list(sums.stats))
         if self.meta_optimizer is None:
-            for v, d in zip(adapter.trainable_variables, direction):
+            for v, d in zip(adapter.meta_variables, direction, strict=True):
                 v.assign_add(meta_lr * d)
         else:
             self.meta_optimizer.learning_rate.assign(meta_lr)
             self.meta_optimizer.apply([-d for d in direction],
-                                      adapter.trainable_variables)
+                                      adapter.meta_variables)
         if self.bn_mode == "running":
             for v, d in zip(adapter.stat_variables, sums.stats):
                 v.assign_add(meta_lr * d * scale)

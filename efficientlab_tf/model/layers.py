@@ -1,10 +1,12 @@
 """Decoder building blocks of EfficientLab (paper section 4, Figure 1).
 
-`BatchNorm` makes the batch-norm policy a property of the layer, and
-`ResidualSkipDecoder` (RSD) is the paper's decoder block.
+`BatchNorm` makes the batch-norm policy a property of the layer,
+`ResidualSkipDecoder` (RSD) is the paper's decoder block, and the MTL
+convolutions carry meta-transfer learning's scaling and shifting.
 """
 
 import keras
+from keras import ops
 
 _PACKAGE = "efficientlab_tf"
 
@@ -242,3 +244,67 @@ class InnerRates(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "count": self.count}
+
+
+def _mtl_shift_and_activate(layer, outputs):
+    """outputs + (b + Phi_S2), then the layer's activation (channels last)."""
+    shift = layer.mtl_shift + layer.bias if layer.use_bias else layer.mtl_shift
+    outputs = ops.add(outputs, ops.reshape(shift, (1, 1, 1, -1)))
+    return outputs if layer.activation is None else layer.activation(outputs)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MTLConv2D(keras.layers.Conv2D):
+    """A convolution with meta-transfer learning's scaling and shifting
+    (Sun et al., "Meta-Transfer Learning for Few-Shot Learning", CVPR 2019;
+    the authors' `_ConvNdMtl`): y = (W (.) Phi_S1) * x + (b + Phi_S2), with
+    one scale per kernel, Phi_S1 of shape [1, 1, in, out] against the kernel
+    [kh, kw, in, out], and one shift per output channel, Phi_S2 [out];
+    initialised to 1 and 0, so the layer starts as the plain convolution.
+    Its weights are [kernel, (bias,) mtl_scale, mtl_shift]."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.mtl_scale = self.add_weight(
+            shape=(1, 1) + tuple(self.kernel.shape[2:]), initializer="ones",
+            name="mtl_scale")
+        self.mtl_shift = self.add_weight(shape=(self.filters,),
+                                         initializer="zeros", name="mtl_shift")
+
+    def call(self, inputs):
+        return _mtl_shift_and_activate(
+            self, self.convolution_op(inputs, self.kernel * self.mtl_scale))
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MTLDepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """`MTLConv2D` for a depthwise convolution: its kernel [kh, kw, in, m]
+    holds one kernel per channel, so Phi_S1 [1, 1, in, m] is one scale per
+    channel, and Phi_S2 one shift per output channel [in * m]."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.mtl_scale = self.add_weight(
+            shape=(1, 1) + tuple(self.kernel.shape[2:]), initializer="ones",
+            name="mtl_scale")
+        self.mtl_shift = self.add_weight(
+            shape=(int(self.kernel.shape[2] * self.kernel.shape[3]),),
+            initializer="zeros", name="mtl_shift")
+
+    def call(self, inputs):
+        outputs = ops.depthwise_conv(
+            inputs, self.kernel * self.mtl_scale, strides=self.strides,
+            padding=self.padding, dilation_rate=self.dilation_rate,
+            data_format=self.data_format)
+        return _mtl_shift_and_activate(self, outputs)
+
+
+MTL_LAYERS = {keras.layers.Conv2D: MTLConv2D,
+              keras.layers.DepthwiseConv2D: MTLDepthwiseConv2D}
+
+
+def mtl_variables(layer):
+    """Phi_S1 and Phi_S2 of every MTL convolution in `layer` (a model)."""
+    return [v for sub in layer._flatten_layers(include_self=True, recursive=True)
+            if isinstance(sub, tuple(MTL_LAYERS.values()))
+            for v in (sub.mtl_scale, sub.mtl_shift)]
