@@ -760,6 +760,11 @@ class ExperimentConfig:
                 "query loss at the adapted weights, a first-order outer "
                 f"gradient that FOMAML computes: use --algo=fomaml, not "
                 f"--algo={self.meta.algo}.")
+        if self.meta.algo == "maml" and self.run.precision == "mixed_float16":
+            raise ValueError(
+                "--algo=maml differentiates through the inner loop, where "
+                "float16's loss scaling retries steps: use "
+                "--precision=mixed_bfloat16 or float32 with it.")
         if self.run.strategy != "default" and self.meta.algo == "joint":
             raise ValueError(
                 f"--strategy={self.run.strategy} spreads the meta-batch of "

@@ -111,3 +111,67 @@ class PrecisionTest(tf.test.TestCase, parameterized.TestCase):
         ref = tf.nn.softmax(tf.cast(tiny("float32", self.weights)(
             tf.cast(images, tf.float32)), tf.float32))[..., 1]
         self.assertAllClose(probs, ref, atol=0.05)
+
+
+class Float16OverflowTest(tf.test.TestCase):
+    """Issue 24.6: float16 gradients that overflow at the loss scale are not
+    applied; the scale halves and the step is taken again (Keras
+    LossScaleOptimizer's skip-and-halve, per step), instead of a NaN that
+    stops training or, in evaluation and serving, passes silently."""
+
+    def setUp(self):
+        super().setUp()
+        from efficientlab_tf.meta import inner_opt
+        from efficientlab_tf.meta.adapter import Adapter
+
+        def build(precision):
+            keras.utils.set_random_seed(0)
+            with dtype_policy(precision):
+                x = keras.Input((4,))
+                model = keras.Model(x, keras.layers.Dense(1, name="d")(x))
+            model.get_layer("d").set_weights(
+                [np.full((4, 1), 0.1, np.float32), np.zeros(1, np.float32)])
+            return model
+
+        # dL/dlogits = 100 per example: x 1024 it is 102,400 in the float16
+        # backward pass, above float16's largest value (65,504): inf. At
+        # scale 512 it is 51,200: finite.
+        def loss(targets, logits, weights):
+            del targets, weights
+            return 100.0 * tf.reduce_sum(tf.cast(logits, tf.float32))
+
+        self.adapters = {p: Adapter(build(p), loss, inner_opt.SGD(), batch_size=2)
+                         for p in ("float32", "mixed_float16")}
+        self.x = tf.constant([[1.0, 2.0, 3.0, 4.0], [0.5, 0.5, 0.5, 0.5]])
+        self.y = tf.zeros([2, 1])
+
+    def test_overflowing_step_is_retried_at_half_the_scale(self):
+        fp16 = self.adapters["mixed_float16"]
+        start = fp16.initial_state()
+        seed = tf.constant([0, 0])
+        # The old static scale: the step's gradients are inf.
+        (_, _), finite = fp16._step_at(start, self.x, self.y, 0.001, 0, seed,
+                                       None, tf.constant(1024.0))
+        self.assertFalse(bool(finite))
+        state, loss = fp16.step(start, self.x, self.y, 0.001, 0, seed)
+        ref_start = self.adapters["float32"].initial_state()
+        ref, ref_loss = self.adapters["float32"].step(
+            ref_start, self.x, self.y, 0.001, 0, seed)
+        # By hand: dL/dW = 100 * sum of the inputs = [150, 250, 350, 450].
+        self.assertAllClose(ref.trainable[0][:, 0],
+                            0.1 - 0.001 * np.array([150, 250, 350, 450]))
+        for got, want in zip(state.trainable, ref.trainable):
+            self.assertTrue(bool(tf.reduce_all(tf.math.is_finite(got))))
+            self.assertAllClose(got, want, rtol=1e-3, atol=1e-4)
+        self.assertAllClose(loss, ref_loss, rtol=1e-2)
+        # A whole adaptation takes all its steps and stays finite.
+        adapted, _ = tf.function(lambda: fp16.adapt(
+            self.x, self.y, 0.001, 3, seed))()
+        reference, _ = self.adapters["float32"].adapt(self.x, self.y, 0.001, 3, seed)
+        self.assertAllClose(adapted.trainable[0], reference.trainable[0], rtol=1e-3)
+
+    def test_maml_refuses_float16(self):
+        from efficientlab_tf.config import ExperimentConfig
+
+        with self.assertRaisesRegex(ValueError, "--algo=maml .* --precision=mixed_bfloat16"):
+            ExperimentConfig.build("demo", algo="maml", precision="mixed_float16")

@@ -269,7 +269,9 @@ def _adapt_and_predict_fn(adapter, size):
     def adapt_and_predict(images, masks, queries, lr, steps):
         adapted, _ = adapter.adapt(images, masks, lr, steps,
                                    tf.constant(_FEW_SHOT_SEED, tf.int32))
-        return adapter.predict(adapted, queries)
+        return tf.debugging.check_numerics(
+            adapter.predict(adapted, queries),
+            "few_shot: the adapted network predicts NaN/Inf (lower lr)")
 
     return adapt_and_predict
 

@@ -63,11 +63,20 @@ def _is_float(variable):
     return tf.as_dtype(variable.dtype).is_floating
 
 
-# Static loss scale of the inner step when the network computes in float16
+# Loss scale of a gradient when the network computes in float16
 # (`--precision=mixed_float16`): small gradients survive the float16
-# backward pass, the float32 update divides the scale out again. An overflow
-# makes the step non-finite, which training reports (and stops on).
+# backward pass, the float32 update divides the scale out again. Dynamic, as
+# Keras's LossScaleOptimizer (skip and halve on non-finite gradients), per
+# step: a step whose gradients overflow is not applied, the scale is halved
+# and the step computed again, at most FLOAT16_HALVINGS times (down to 1),
+# so an inner loop of k steps still takes k steps. Each step starts at 1024,
+# where no growth is needed: an inner loop is 1-200 steps, and 1024 kept
+# small gradients of EfficientLab alive (tests/test_precision.py). A step
+# still non-finite at scale 1 is a real overflow of the forward pass; it
+# stays non-finite, and training stops on it, evaluation and `few_shot`
+# refuse it (check_numerics).
 FLOAT16_LOSS_SCALE = 1024.0
+FLOAT16_HALVINGS = 10
 
 
 def seeded_permutation(n, seed):
@@ -239,7 +248,7 @@ class Adapter:
             images: float32 [b, S, S, 3]; masks: [b, S, S, 1]. The weights
                 and the update are float32 whatever the network computes in
                 (a mixed policy's layers cast them; gradients come back in
-                float32; float16 scales the loss by `loss_scale`).
+                float32; float16 scales the loss, `FLOAT16_LOSS_SCALE`).
             lr: Scalar learning rate alpha.
             step: Scalar int step index (for optimizer bias correction).
             seed: int32 [2] seed of this step's dropout noise.
@@ -249,11 +258,36 @@ class Adapter:
         Returns:
             (AdaptState after the step, loss before the step).
         """
+        return self._loss_scaled(lambda scale: self._step_at(
+            state, images, masks, lr, step, seed, anchor, scale))
+
+    def _loss_scaled(self, fn):
+        """`fn(scale) -> (outputs, finite)` at the float16 loss scale, halved
+        and computed again while the gradients are not finite (see
+        `FLOAT16_LOSS_SCALE`); other precisions call `fn(None)` once."""
+        if self.loss_scale == 1.0:
+            return fn(None)[0]
+        scale = tf.constant(self.loss_scale, tf.float32)
+        outputs, finite = fn(scale)  # The common case, outside the loop.
+
+        def again(k, scale, outputs, finite):
+            del outputs, finite
+            return (k + 1, scale / 2.0) + tuple(fn(scale / 2.0))
+
+        _, _, outputs, _ = tf.while_loop(
+            lambda k, s, o, finite: tf.logical_and(
+                tf.logical_not(finite), k < FLOAT16_HALVINGS),
+            again, (tf.constant(0), scale, outputs, finite))
+        return outputs
+
+    def _step_at(self, state, images, masks, lr, step, seed, anchor, scale):
+        """`step` with loss scale `scale` (None: unscaled): ((AdaptState,
+        loss), whether every gradient is finite)."""
         non_trainable = self._non_trainable_values(state.stats, seed)
         trainable = list(state.trainable)
         # Only the adapted tensors are watched: frozen variables are read
         # inside the tape, and auto-watching them would make the backward
-        # pass compute their (unused) kernel gradients: --adapt_scope=mtl
+        # pass compute their (unused) kernel gradients: --adapt_scope=bn_affine
         # measured 1.12x the full step with it, 0.86x without (Lite0 96 px).
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(trainable)
@@ -266,17 +300,20 @@ class Adapter:
                 loss += 0.5 * self.consensus * tf.add_n(
                     [tf.reduce_sum(tf.square(p - a))
                      for p, a in zip(trainable, anchor, strict=True)])
-            scaled = loss * self.loss_scale if self.loss_scale != 1.0 else loss
+            scaled = loss if scale is None else loss * scale
         grads = tape.gradient(scaled, trainable)
         grads = [tf.zeros_like(p) if g is None else g
                  for p, g in zip(trainable, grads)]
-        if self.loss_scale != 1.0:
-            grads = [g / self.loss_scale for g in grads]
+        finite = tf.constant(True)
+        if scale is not None:
+            grads = [g / scale for g in grads]
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
+                                    for g in grads])
         new_trainable, new_opt = self.optimizer.update(
             trainable, grads, state.opt, self.learning_rates(lr), step
         )
         new_stats = [new_non_trainable[i] for i in self._stat_idx]
-        return AdaptState(new_trainable, new_stats, new_opt), loss
+        return (AdaptState(new_trainable, new_stats, new_opt), loss), finite
 
     def learning_rates(self, lr):
         """omega's lr, or one per adapted variable: lr * exp(learned rate)."""
@@ -288,19 +325,27 @@ class Adapter:
     def outer_gradient(self, state, images, masks, seed):
         """d loss / d `outer_variables` on `images` at `state` (training
         mode): MTL's first-order outer gradient of the scaling and shifting
-        at the adapted base learner."""
+        at the adapted base learner (float16: loss-scaled as `step`)."""
         outer = [v.value for v in self.outer_variables]
         non_trainable = self._non_trainable_values(state.stats, seed)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(outer)
-            logits, _ = self.model.stateless_call(
-                self._full_trainable(state.trainable, outer), non_trainable,
-                images, training=True)
-            loss = self.loss_fn(masks, logits, list(state.trainable))
-            scaled = loss * self.loss_scale if self.loss_scale != 1.0 else loss
-        grads = tape.gradient(scaled, outer)
-        return [tf.zeros_like(x) if g is None else g / self.loss_scale
-                for x, g in zip(outer, grads)]
+
+        def at(scale):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(outer)
+                logits, _ = self.model.stateless_call(
+                    self._full_trainable(state.trainable, outer), non_trainable,
+                    images, training=True)
+                loss = self.loss_fn(masks, logits, list(state.trainable))
+                scaled = loss if scale is None else loss * scale
+            grads = [tf.zeros_like(x) if g is None else g for x, g in
+                     zip(outer, tape.gradient(scaled, outer))]
+            if scale is None:
+                return grads, tf.constant(True)
+            grads = [g / scale for g in grads]
+            return grads, tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
+                                         for g in grads])
+
+        return self._loss_scaled(at)
 
     def loss(self, state, images, masks, seed):
         """The training-mode loss of `images` under `state`, no update

@@ -89,7 +89,11 @@ class Evaluator:
                       query_masks, lr, steps, seed):
             adapted, _ = adapter.adapt(support_images, support_masks, lr,
                                        steps, seed)
-            probs = adapter.predict(adapted, query_images)
+            # A NaN/Inf adaptation fails loudly instead of scoring IoU 0.
+            probs = tf.debugging.check_numerics(
+                adapter.predict(adapted, query_images),
+                "evaluation: the adapted network predicts NaN/Inf (lower the "
+                "omega lr, or use float32)")
             return metric(query_masks, probs), probs
 
         task_fn = self._compile(eval_task)
