@@ -259,6 +259,11 @@ class ModelConfig(_Section):
         "(transductive).", choices=BN_MODES)
     num_classes: int = knob(2, "Output channels (background, target).",
                             check="positive", cli=False)
+    float32_layers: tuple[str, ...] = knob(
+        (), "Encoder layer types that compute in float32 under a mixed "
+        "--precision, e.g. DepthwiseConv2D (depthwise convolutions in float16 "
+        "were up to 50x slower than float32 on GPUs, tensorflow#41715).",
+        choices=("DepthwiseConv2D", "Conv2D", "BatchNormalization"))
     mtl: bool = knob(
         False, "The encoder's convolutions carry meta-transfer learning's "
         "scaling (one per kernel) and shifting (one per output channel), "

@@ -68,13 +68,18 @@ def stage_layer_name(model, stage):
 BASE_DROP_CONNECT_RATE = 0.2
 
 
-def _replace_layers(batch_stats, drop_connect_rate):
-    """clone_model hook: our BatchNorm policy, and the stochastic-depth
-    schedule rescaled to `drop_connect_rate` (block b of B drops
-    drop_connect_rate * b / B, as in Keras and the EfficientNet reference)."""
+def _replace_layers(batch_stats, drop_connect_rate, float32_layers=()):
+    """clone_model hook: our BatchNorm policy, the stochastic-depth schedule
+    rescaled to `drop_connect_rate` (block b of B drops drop_connect_rate *
+    b / B, as in Keras and the EfficientNet reference), and the float32 dtype
+    policy for the layer types named in `float32_layers` (their inputs are
+    cast up, their outputs used as they are by the next mixed layer)."""
+    kept = tuple(getattr(keras.layers, name) for name in float32_layers)
 
     def clone(layer):
         config = layer.get_config()
+        if kept and isinstance(layer, kept):
+            config["dtype"] = "float32"
         if isinstance(layer, keras.layers.BatchNormalization):
             return BatchNorm(batch_stats=batch_stats, **config)
         if isinstance(layer, keras.layers.Dropout) and layer.name.endswith("_drop"):
@@ -196,8 +201,8 @@ def build_encoder(config):
     clone = keras.models.clone_model(
         base,
         clone_function=_replace_layers(
-            config.bn_mode == "batch", config.drop_connect_rate
-        ),
+            config.bn_mode == "batch", config.drop_connect_rate,
+            config.float32_layers),
     )
     outputs = {
         endpoint_name(s): clone.get_layer(names[s]).output for s in stages
