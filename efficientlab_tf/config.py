@@ -52,7 +52,7 @@ ENCODERS = tuple(f"efficientnet_b{i}" for i in range(8)) + tuple(
     f"efficientnet_v2_{v}" for v in ("b0", "b1", "b2", "b3", "s")) + (
     "efficientnet_lite0",)
 MODES = ("train", "compare", "export", "adapt", "evaluate", "uho", "lr_sweep",
-         "convert", "fpk", "imagenet_check", "compare_merge")
+         "convert", "fpk", "imagenet_check", "compare_merge", "segment")
 
 # Largest image (height x width) serve_bytes decodes, 16.8 megapixels
 # (4096 x 4096): a small PNG can declare 10000 x 10000 pixels (1.4 GiB once
@@ -510,7 +510,8 @@ class RunConfig(_Section):
         "against the inner lr (paper Figure 2); fpk: the FP-k benchmark; "
         "export: SavedModel of a run; adapt: fine-tune on --adapt_data and "
         "export; convert: TFRecord shards; imagenet_check: top-5 check of "
-        "Lite0.", choices=MODES)
+        "Lite0; segment: adapt an export to --segment_support and write masks "
+        "and overlays of --segment_images.", choices=MODES)
     workdir: str = knob("runs/demo", "Checkpoints, TensorBoard events, "
                         "results and SavedModel.")
     seed: int = knob(0, "Global seed; tasks and inner-loop shuffles derive "
@@ -723,6 +724,23 @@ class ExportConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class SegmentConfig(_Section):
+    """segment mode: your own photos, without a model server."""
+
+    PREFIX = "segment_"
+    model: str = knob(
+        "", "segment: an exported SavedModel (<dir>/<version>), an export "
+        "folder (its newest version) or a training run folder (its "
+        "saved_model/).")
+    support: str = knob("", "segment: folder of <n>.jpg + <n>.png support "
+                        "pairs (the loaders' mask rule).")
+    images: tuple[str, ...] = knob(
+        (), "segment: query photos: files, folders (their images) or globs.")
+    out_dir: str = knob("segmented", "segment: folder of <name>_mask.png, "
+                        "<name>_overlay.png and contact_sheet.png.")
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one `run_meta.py` invocation needs (`build` makes one)."""
 
@@ -736,6 +754,7 @@ class ExperimentConfig:
     fpk: FPKConfig = dataclasses.field(default_factory=FPKConfig)
     convert: ConvertConfig = dataclasses.field(default_factory=ConvertConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    segment: SegmentConfig = dataclasses.field(default_factory=SegmentConfig)
 
     def __post_init__(self):
         if self.meta.algo != "joint" and self.meta.train_shots < 2:

@@ -65,6 +65,8 @@ def output_folders(config, mode):
         folders.append((config.export.export_dir, "the SavedModel"))
     if mode == "convert" and config.convert.shard_dir:
         folders.append((config.convert.shard_dir, "TFRecord shards"))
+    if mode == "segment":
+        folders.append((config.segment.out_dir, "masks and overlays"))
     return folders
 
 

@@ -56,7 +56,7 @@ def _image_summary(exp, task, step):
                      "bottom: query, prediction red, ground truth green")
 
 
-def _format_eta(seconds):
+def format_eta(seconds):
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -270,7 +270,7 @@ class _Loop:
             "step %d/%d | loss %.4f | query IoU pre %.3f post %.3f | "
             "%.2f s/it | ETA %s", s, self.total, values["meta_train_loss"],
             values["pre_adapt_query_iou"], values["post_adapt_query_iou"],
-            rate, _format_eta(rate * (self.total - s)))
+            rate, format_eta(rate * (self.total - s)))
 
     def validate(self, s):
         result = self.exp.evaluate(self.val_tasks, name="meta_val")

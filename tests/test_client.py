@@ -37,6 +37,7 @@ class ClientTest(tf.test.TestCase):
         # .../2: the "canary" of models.config, and the newest version, so
         # the one a request without a version or label gets.
         _, _, _, path = helpers.export_tiny(base=base)
+        cls.loaded_path = path
         cls.loaded = tf.saved_model.load(path)
         deployment = emulation.Deployment(os.path.dirname(base))
         cls.addClassCleanup(deployment.stop)
@@ -119,6 +120,69 @@ class ClientTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, "needs --support"):
             client.run_client(server, "efficientlab", paths, folder,
                               signature="few_shot")
+
+    def test_segment_mode_equals_the_served_few_shot(self):
+        # Issue 25: `efficientlab segment` (protocol "local") writes, per
+        # photo, the mask the served few_shot answers over REST for the same
+        # photo (one request each, at its own size), with --omega_file's lr
+        # and steps through few_shot_omega; an unreadable photo is listed.
+        import json as json_lib
+
+        from efficientlab_tf import runners
+        from efficientlab_tf.config import ExperimentConfig
+
+        server = self._serve()
+        support = os.path.join(helpers.make_tree(classes=("cat",), pairs=3), "cat")
+        folder = tempfile.mkdtemp()
+        paths = write_photos(folder, count=2, size=(40, 32))
+        tall = os.path.join(tempfile.mkdtemp(), "tall.png")
+        os.rename(write_photos(os.path.dirname(tall), count=1, size=(24, 56))[0], tall)
+        paths.append(tall)
+        with open(os.path.join(folder, "broken.jpg"), "w") as f:
+            f.write("not a photo")
+        omega_file = os.path.join(folder, "omega.json")
+        with open(omega_file, "w") as f:
+            json_lib.dump({"lr": 0.2, "steps": 2}, f)
+        base = os.path.dirname(self.loaded_path)
+        for lr, steps, extra in ((None, None, {}), (0.2, 2, {"omega_file": omega_file})):
+            out_dir = tempfile.mkdtemp()
+            result = runners.run(ExperimentConfig.build(
+                "paper", mode="segment", segment_model=base,
+                segment_support=support, segment_images=[folder, paths[2]],
+                segment_out_dir=out_dir, **extra))
+            self.assertEqual(result["saved_model"], self.loaded_path)
+            self.assertLen(result["masks"], 3)
+            self.assertLen(result["bad_files"], 1)
+            for path in paths:
+                # One request per photo over REST, as segment sends them.
+                one = client.segment(server, "efficientlab", [path],
+                                     signature="few_shot", support=support,
+                                     lr=lr, steps=steps)[path]
+                stem = os.path.splitext(os.path.basename(path))[0]
+                got = np.asarray(Image.open(os.path.join(out_dir, f"{stem}_mask.png")))
+                np.testing.assert_array_equal(got, one * 255)
+                image = np.asarray(Image.open(path))
+                overlay = np.asarray(Image.open(os.path.join(out_dir, f"{stem}_overlay.png")))
+                self.assertEqual(overlay.shape, image.shape)
+            self.assertTrue(os.path.isfile(os.path.join(out_dir, "contact_sheet.png")))
+            self.assertIn("broken.jpg", open(os.path.join(out_dir, "bad_files.txt")).read())
+
+    def test_python_api_segmenter_equals_the_served_few_shot(self):
+        import efficientlab_tf as el
+
+        server = self._serve()
+        support = os.path.join(helpers.make_tree(classes=("cat",), pairs=2), "cat")
+        images, masks = client.read_support(support)
+        paths = write_photos(tempfile.mkdtemp(), count=2, size=(40, 32))
+        queries = [np.asarray(Image.open(p)) for p in paths]
+        segmenter = el.load(os.path.dirname(self.loaded_path))
+        got = segmenter.segment(list(images), list(masks), queries)
+        for path, mask in zip(paths, got):
+            want = client.segment(server, "efficientlab", [path],
+                                  signature="few_shot", support=support)[path]
+            np.testing.assert_array_equal(mask, want)
+        with self.assertRaisesRegex(TypeError, "query_images\\[i\\] must be uint8"):
+            segmenter.segment(list(images), list(masks), [queries[0].astype(np.float32)])
 
     def test_grpc_end_to_end(self):
         folder = tempfile.mkdtemp()

@@ -15,8 +15,8 @@ FLOORS = [
     {"data"},                          # (reads model's constants: IGNORE_LABEL)
     {"evaluation", "export", "segmentation", "distribute", "hard_tasks",
      "summaries"},
-    {"experiment", "training", "preflight", "api"},
-    {"runners"},
+    {"experiment", "training", "preflight"},
+    {"runners", "api"},
     {"cli"},
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}

@@ -32,9 +32,13 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
                preflight.MissingDependencyError, storage.WriteError)
 
 
-def fail(message, program="run_meta.py"):
+# The program name errors start with (`entry` makes it "efficientlab").
+PROGRAM = ["run_meta.py"]
+
+
+def fail(message, program=None):
     """One line on stderr and exit status 2 (no stack trace)."""
-    sys.stderr.write(f"{program}: error: {message}\n")
+    sys.stderr.write(f"{program or PROGRAM[0]}: error: {message}\n")
     sys.exit(2)
 
 
@@ -66,3 +70,33 @@ def main(argv):
     except USER_ERRORS as e:
         logging.debug("%s", traceback.format_exc())
         fail(str(e))
+
+
+def entry(argv=None):
+    """The `efficientlab` command: `efficientlab <mode> [--flags]` runs a mode
+    (`efficientlab train --recipe=synthetic_smoke`, `efficientlab segment
+    ...`), `efficientlab recipes` lists the recipes, `efficientlab --flags`
+    is `run_meta.py --flags`. `--recipe=NAME` / `--flagfile=@NAME` read a
+    shipped recipe (`cli/recipes.py`)."""
+    from absl import app
+
+    from efficientlab_tf import config as config_lib
+    from efficientlab_tf.cli import flags as cli_flags
+    from efficientlab_tf.cli import recipes
+
+    argv = list(sys.argv if argv is None else argv)
+    program = PROGRAM[0] = "efficientlab"
+    if len(argv) > 1 and argv[1] == "recipes":
+        print(recipes.listing(), end="")
+        return
+    if len(argv) > 1 and argv[1] in config_lib.MODES:
+        argv = [argv[0], f"--mode={argv[1]}"] + argv[2:]
+    elif len(argv) > 1 and not argv[1].startswith("-"):
+        fail(f"unknown command {argv[1]!r}; commands: recipes, "
+             f"{', '.join(config_lib.MODES)} (or --flags alone).", program)
+    try:
+        argv = recipes.expand_argv(argv)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e), program)
+    cli_flags.define_flags()
+    app.run(main, argv=argv)

@@ -119,6 +119,31 @@ def few_shot_body(support_images, support_masks, query_images, lr=None,
     return {"signature_name": signature, "inputs": inputs}
 
 
+def few_shot_masks(protocol, server, model, support, queries, lr=None,
+                   steps=None, label=None, names=None):
+    """One few_shot (few_shot_omega with lr and steps) request: masks uint8
+    [H, W] of `queries` (uint8 [H, W, 3] arrays, sent resized to the first
+    one's size), each at its own size. `support`: (images [K, H, W, 3], masks
+    [K, H, W]) as `read_support` gives."""
+    support_images, support_masks = support
+    size = queries[0].shape[:2]
+    batch = np.stack([np.asarray(Image.fromarray(q).resize(
+        (size[1], size[0]), Image.BILINEAR)) for q in queries])
+    body = few_shot_body(support_images, support_masks, batch, lr, steps)
+    dtypes = {"lr": np.float32, "steps": np.int32}
+    inputs = {k: np.asarray(v, dtypes.get(k, np.uint8))
+              for k, v in body["inputs"].items()}
+    out = _call(protocol, server, model, body["signature_name"], inputs, body,
+                label)
+    answered = np.asarray(out["masks"])
+    if answered.ndim != 3 or len(answered) != len(queries):
+        raise ValueError(f"TF Serving returned masks of shape {answered.shape} "
+                         f"for {len(queries)} query images.")
+    names = names or [f"query {i}" for i in range(len(queries))]
+    return [_mask_at(mask, *query.shape[:2], name, batch.shape[1:3])
+            for name, query, mask in zip(names, queries, answered)]
+
+
 def outputs_of(response):
     """The "outputs" dict of a REST response (clear error otherwise)."""
     outputs = response.get("outputs") if isinstance(response, dict) else None
@@ -224,7 +249,16 @@ def predict_grpc(server, model, image, timeout=60):
 
 
 def _call(protocol, server, model, signature, inputs, rest_body, label):
-    """{output: array} of one request over REST (`rest_body`) or gRPC."""
+    """{output: array} of one request over REST (`rest_body`), gRPC, or
+    "local": `server` is a loaded SavedModel whose signature is called in
+    this process (`efficientlab segment`), the request served as TF Serving
+    would, without one."""
+    if protocol == "local":
+        import tensorflow as tf
+
+        outputs = server.signatures[signature](
+            **{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in outputs.items()}
     if protocol == "grpc":
         return post_grpc(server, grpc_request(inputs, model, signature, label))
     outputs = outputs_of(post_rest(server, model, rest_body, label))
@@ -256,34 +290,24 @@ def write_mask_png(mask, path):
 
 def segment(server, model, image_paths, protocol="rest", signature="serve_bytes",
             support=None, lr=None, steps=None, label=None):
-    """{image path: mask uint8 [H, W] at the image's size}."""
+    """{image path: mask uint8 [H, W] at the image's size}. `protocol` is
+    "rest", "grpc" or "local" (`server`: a loaded SavedModel)."""
     if signature not in SIGNATURES:
         raise ValueError(f"--signature must be one of {list(SIGNATURES)}; got "
                          f"{signature!r}.")
-    check_server(server)
+    if protocol != "local":
+        check_server(server)
     masks = {}
     if signature == "few_shot":
-        if not support:
+        if support is None or (isinstance(support, str) and not support):
             raise ValueError("--signature=few_shot needs --support=<folder of "
                              "<n>.jpg + <n>.png pairs>.")
-        support_images, support_masks = read_support(support)
+        # A folder, or its (images, masks) already read (`read_support`).
+        support = read_support(support) if isinstance(support, str) else support
         queries = [load_image(p) for p in image_paths]
-        size = queries[0].shape[:2]
-        batch = np.stack([np.asarray(Image.fromarray(q).resize(
-            (size[1], size[0]), Image.BILINEAR)) for q in queries])
-        body = few_shot_body(support_images, support_masks, batch, lr, steps)
-        dtypes = {"lr": np.float32, "steps": np.int32}
-        inputs = {k: np.asarray(v, dtypes.get(k, np.uint8))
-                  for k, v in body["inputs"].items()}
-        out = _call(protocol, server, model, body["signature_name"], inputs, body,
-                    label)
-        answered = np.asarray(out["masks"])
-        if answered.ndim != 3 or len(answered) != len(queries):
-            raise ValueError(f"TF Serving returned masks of shape {answered.shape} "
-                             f"for {len(queries)} query images.")
-        for path, query, mask in zip(image_paths, queries, answered):
-            masks[path] = _mask_at(mask, *query.shape[:2], path, batch.shape[1:3])
-        return masks
+        answered = few_shot_masks(protocol, server, model, support, queries, lr,
+                                  steps, label, image_paths)
+        return dict(zip(image_paths, answered))
     for path in image_paths:
         if signature == "serve_bytes":
             image = load_image(path)  # Its own size, never the server's.

@@ -30,6 +30,7 @@ MODULES = {
     "export": "export",
     "convert": "convert",
     "imagenet_check": "imagenet_check",
+    "segment": "segment",
 }
 
 
@@ -65,6 +66,9 @@ def run(config, record_fn=None, model=None):
     module = importlib.import_module(
         f"efficientlab_tf.runners.{MODULES[config.run.mode]}")
     record_fn = record_fn or write_config_record
+    if config.run.mode == "segment":  # Its folder is where it writes.
+        config = dataclasses.replace(config, run=dataclasses.replace(
+            config.run, workdir=config.segment.out_dir))
     folder = config.run.workdir
     if not distribute.is_chief(config.run):
         # A non-chief worker writes nothing of the run's; it locks its own

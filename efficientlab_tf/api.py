@@ -1,0 +1,138 @@
+"""The Python API (`import efficientlab_tf as el`): docs/python_api.md.
+
+* `el.config(preset="demo", recipe=None, flagfile=None, **knobs)`: an
+  `ExperimentConfig`; knobs by flag name (`meta_iters=50`), after the
+  recipe's or flagfile's values, which come after the preset's.
+* `el.train(config)`, `el.evaluate(config)`, `el.compare(config)`,
+  `el.export(config)`, `el.run(config)`: the modes of `efficientlab`,
+  returning their results dicts.
+* `el.load(path) -> Segmenter`: an exported model (a SavedModel, an export
+  folder or a training run folder); `Segmenter.segment(support_images,
+  support_masks, query_images)` adapts inside the model's `few_shot`
+  signature, as TF Serving would serve it, and returns one mask per query
+  at the query's own size; `Segmenter.segment_folder(...)` is
+  `efficientlab segment`.
+* The meta-learning core for any Keras model: `TaskFns` (the contract: a
+  loss, a prediction and a per-example metric), `MetaLearner`
+  (`meta_step`, `joint_step`, `eval_fn(omega)`), `MetaConfig`, `Omega`,
+  `TaskBatch`, `make_adapter`.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from efficientlab_tf import config as config_lib
+from efficientlab_tf.config import ExperimentConfig  # noqa: F401
+from efficientlab_tf.config import MetaConfig  # noqa: F401
+from efficientlab_tf.config import Omega  # noqa: F401
+from efficientlab_tf.data.tasks import TaskBatch  # noqa: F401
+from efficientlab_tf.meta.contract import TaskFns  # noqa: F401
+from efficientlab_tf.meta.contract import make_adapter  # noqa: F401
+from efficientlab_tf.meta.learner import MetaLearner  # noqa: F401
+
+
+def config(preset="demo", recipe=None, flagfile=None, **knobs):
+    """An ExperimentConfig: the preset ("paper", "demo", "smoke"), then a
+    recipe (`efficientlab recipes`) or flagfile, then `knobs` by flag name.
+
+    Raises:
+        ValueError: an unknown knob, recipe or flag value (naming it).
+    """
+    values = {}
+    if recipe or flagfile:
+        from absl import flags
+
+        from efficientlab_tf.cli import flags as cli_flags
+        from efficientlab_tf.cli import parse
+        from efficientlab_tf.cli import recipes
+
+        parsed = flags.FlagValues()
+        cli_flags.define_flags(parsed)
+        args = recipes.expand(recipe) if recipe else []
+        args += [f"--flagfile={flagfile}"] if flagfile else []
+        try:
+            parsed(["efficientlab"] + args)
+        except flags.Error as e:
+            raise ValueError(str(e)) from None
+        values = {k.name: parse._value(k, parsed[k.name])
+                  for k in config_lib.knobs() if parsed[k.name].present}
+    return ExperimentConfig.build(preset, **{**values, **knobs})
+
+
+def run(config, model=None):
+    """Runs `config.run.mode` (`runners.run`); returns its results."""
+    from efficientlab_tf import runners
+
+    return runners.run(config, model=model)
+
+
+def _mode(mode):
+    def run_mode(config, model=None):
+        return run(dataclasses.replace(
+            config, run=dataclasses.replace(config.run, mode=mode)), model)
+    run_mode.__name__ = mode
+    run_mode.__doc__ = f"Runs `config` in mode {mode!r}; returns its results."
+    return run_mode
+
+
+train, evaluate, compare, export = (_mode(m) for m in
+                                    ("train", "evaluate", "compare", "export"))
+
+
+def load(path):
+    """A `Segmenter` of the SavedModel `path` names (itself, an export
+    folder's newest version, or a training run's)."""
+    return Segmenter(path)
+
+
+class Segmenter:
+    """An exported EfficientLab, called in this process as TF Serving would
+    serve it (`few_shot`: adapt to the support set inside the request)."""
+
+    def __init__(self, path):
+        import tensorflow as tf
+
+        from efficientlab_tf.runners.segment import saved_model_path
+
+        self.path = saved_model_path(path)
+        self._model = tf.saved_model.load(self.path)
+
+    def segment(self, support_images, support_masks, query_images, lr=None,
+                steps=None):
+        """Masks (uint8 {0, 1}, [H, W] at each query's size) of
+        `query_images`, after adapting to the support set with the exported
+        omega (or `lr` and `steps`, within the export's limits).
+
+        Args:
+            support_images: uint8 [H, W, 3] images (any sizes: sent resized
+                to the first one's, as `efficientlab-client` does).
+            support_masks: their masks, [H, W], 0/1 or 0/255.
+            query_images: uint8 [H, W, 3] images, each its own request.
+        """
+        from efficientlab_tf.export import client
+        from PIL import Image
+
+        if len(support_images) != len(support_masks) or not len(support_images):
+            raise ValueError(f"support_images and support_masks must be as many "
+                             f"and not none; got {len(support_images)} and "
+                             f"{len(support_masks)}.")
+        height, width = np.asarray(support_images[0]).shape[:2]
+        images = np.stack([np.asarray(Image.fromarray(np.asarray(i, np.uint8))
+                                      .resize((width, height), Image.BILINEAR))
+                           for i in support_images])
+        masks = np.stack([np.asarray(Image.fromarray(np.asarray(m, np.uint8))
+                                     .resize((width, height), Image.NEAREST))
+                          for m in support_masks])
+        return [client.few_shot_masks("local", self._model, None, (images, masks),
+                                      [client.check_image(q, "query_images[i]")],
+                                      lr, steps)[0]
+                for q in query_images]
+
+    def segment_folder(self, support, images, out_dir="segmented"):
+        """`efficientlab segment`: masks, overlays and a contact sheet of
+        `images` (files, folders, globs) in `out_dir`; returns its results."""
+        return run(ExperimentConfig.build(
+            "paper", mode="segment", segment_model=self.path,
+            segment_support=support, segment_images=list(images),
+            segment_out_dir=out_dir))
