@@ -3,7 +3,7 @@
 A TensorFlow 2 / Keras 3 reimplementation of "Meta-Learning Initializations
 for Image Segmentation" (Hendryx, Leach, Hein, Morrison): the EfficientLab
 network, FOMAML and Reptile meta-training around one update routine, and the
-evaluation that goes with them. `import efficientlab_tf as el`: el.config,
+evaluation that goes with them. `import efficientlab_tf as el`: el.configure,
 el.train, el.load(...).segment(...), el.MetaLearner (docs/python_api.md).
 """
 
@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 # The Python API (`efficientlab_tf/api.py`, docs/python_api.md), imported on
 # first use so that `import efficientlab_tf` stays light.
-__all__ = ["config", "run", "train", "evaluate", "compare", "export", "load",
+__all__ = ["configure", "run", "train", "evaluate", "compare", "export_model", "load",
            "Segmenter", "ExperimentConfig", "MetaConfig", "Omega", "TaskBatch",
            "TaskFns", "MetaLearner", "make_adapter"]
 

@@ -1,11 +1,12 @@
 """The Python API (`import efficientlab_tf as el`): docs/python_api.md.
 
-* `el.config(preset="demo", recipe=None, flagfile=None, **knobs)`: an
+* `el.configure(preset="demo", recipe=None, flagfile=None, **knobs)`: an
   `ExperimentConfig`; knobs by flag name (`meta_iters=50`), after the
   recipe's or flagfile's values, which come after the preset's.
 * `el.train(config)`, `el.evaluate(config)`, `el.compare(config)`,
-  `el.export(config)`, `el.run(config)`: the modes of `efficientlab`,
-  returning their results dicts.
+  `el.export_model(config)`, `el.run(config)`: the modes of `efficientlab`,
+  returning their results dicts. (Not `el.config` or `el.export`: those
+  names are the package's modules.)
 * `el.load(path) -> Segmenter`: an exported model (a SavedModel, an export
   folder or a training run folder); `Segmenter.segment(support_images,
   support_masks, query_images)` adapts inside the model's `few_shot`
@@ -32,7 +33,7 @@ from efficientlab_tf.meta.contract import make_adapter  # noqa: F401
 from efficientlab_tf.meta.learner import MetaLearner  # noqa: F401
 
 
-def config(preset="demo", recipe=None, flagfile=None, **knobs):
+def configure(preset="demo", recipe=None, flagfile=None, **knobs):
     """An ExperimentConfig: the preset ("paper", "demo", "smoke"), then a
     recipe (`efficientlab recipes`) or flagfile, then `knobs` by flag name.
 
@@ -76,8 +77,8 @@ def _mode(mode):
     return run_mode
 
 
-train, evaluate, compare, export = (_mode(m) for m in
-                                    ("train", "evaluate", "compare", "export"))
+train, evaluate, compare, export_model = (
+    _mode(m) for m in ("train", "evaluate", "compare", "export"))
 
 
 def load(path):
