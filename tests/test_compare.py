@@ -87,22 +87,27 @@ class TrivialRowsTest(tf.test.TestCase):
         self.assertAllClose(rows[0]["per_task"], [0.3, 0.5])
 
 
+def counting_model():
+    """(v, a model of the one weight v, the calls, a fake U scoring every
+    query v + 0.01 * steps): the calls say what was (re)computed."""
+    import types
+
+    v = tf.Variable(0.0)
+    calls = []
+
+    def eval_fn(si, sm, qi, qm, lr, steps, seed):
+        calls.append(int(steps))
+        return tf.fill([qi.shape[0]], v + 0.01 * tf.cast(steps, tf.float32)), None
+
+    return v, types.SimpleNamespace(variables=[v]), calls, eval_fn
+
+
 class ResumeTest(tf.test.TestCase):
 
     def test_an_interrupted_comparison_resumes_at_the_first_unscored_init(self):
-        # The fake U scores every query v + 0.01 * steps, v being the loaded
-        # init's one weight; the calls say what was (re)computed.
-        import types
-
         from efficientlab_tf.config import Omega
 
-        v = tf.Variable(0.0)
-        model = types.SimpleNamespace(variables=[v])
-        calls = []
-
-        def eval_fn(si, sm, qi, qm, lr, steps, seed):
-            calls.append(int(steps))
-            return tf.fill([qi.shape[0]], v + 0.01 * tf.cast(steps, tf.float32)), None
+        v, model, calls, eval_fn = counting_model()
 
         def broken():
             raise RuntimeError("killed while loading b")
@@ -146,19 +151,11 @@ class ResumeTest(tf.test.TestCase):
     def test_a_fold_1_comparison_never_reads_fold_0_rows(self):
         # Issue 24.5: rows kept in a shared --compare_rows_dir are keyed by
         # the dataset, folder, fold and model too (runners.compare.rows_context).
-        import types
-
         from efficientlab_tf.config import ExperimentConfig
         from efficientlab_tf.config import Omega
         from efficientlab_tf.runners.compare import rows_context
 
-        v = tf.Variable(0.0)
-        model = types.SimpleNamespace(variables=[v])
-        calls = []
-
-        def eval_fn(si, sm, qi, qm, lr, steps, seed):
-            calls.append(int(steps))
-            return tf.fill([qi.shape[0]], v + 0.01 * tf.cast(steps, tf.float32)), None
+        v, model, calls, eval_fn = counting_model()
 
         cache = tempfile.mkdtemp()
         inits = [("random init", None), ("a", lambda: v.assign(0.3))]

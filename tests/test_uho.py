@@ -74,6 +74,24 @@ class EarlyStoppedScoreTest(tf.test.TestCase):
         self.assertEqual(computed, [0, 1, 2, 3, 4, 5])
 
 
+class recording_sampler:
+    """`with recording_sampler() as seen:` uho.sample_configs, recording its
+    (lr range, steps range, batch sizes) each round."""
+
+    def __enter__(self):
+        self.real, seen = uho.sample_configs, []
+
+        def recording(rng, n, lr_range, steps_range, batch_sizes):
+            seen.append((lr_range, steps_range, batch_sizes))
+            return self.real(rng, n, lr_range, steps_range, batch_sizes)
+
+        uho.sample_configs = recording
+        return seen
+
+    def __exit__(self, *exc):
+        uho.sample_configs = self.real
+
+
 class SearchTest(tf.test.TestCase):
 
     def test_finds_the_optimum_and_resumes(self):
@@ -119,13 +137,6 @@ class SearchTest(tf.test.TestCase):
         # recomputed here from the CSV.
         config = UHOConfig(lr_min=0.005, lr_max=0.5, steps_min=2, steps_max=12,
                                samples=5, rounds=4, keep_fraction=0.4, seed=3)
-        ranges = []
-        real = uho.sample_configs
-
-        def recording(rng, n, lr_range, steps_range, batch_sizes):
-            ranges.append((lr_range, steps_range, batch_sizes))
-            return real(rng, n, lr_range, steps_range, batch_sizes)
-
         # A surface that improves every round (the score grows with the
         # call count) so that no round stops the search early.
         count = [0]
@@ -134,12 +145,9 @@ class SearchTest(tf.test.TestCase):
             count[0] += 1
             return 0.01 * count[0] * (1.0 - abs(math.log(lr / 0.05)) / 10), 3
 
-        uho.sample_configs = recording
-        try:
-            workdir = tempfile.mkdtemp()
+        workdir = tempfile.mkdtemp()
+        with recording_sampler() as ranges:
             uho.search(rising, config, workdir)
-        finally:
-            uho.sample_configs = real
         with open(os.path.join(workdir, "uho_trials.csv")) as f:
             trials = [{"lr": float(r["lr"]), "best_steps": int(r["best_steps"]),
                        "mean_iou": float(r["mean_iou"]), "round": int(r["round"])}
@@ -164,13 +172,6 @@ class SearchTest(tf.test.TestCase):
         # candidates narrow round after round.
         config = UHOConfig(lr_min=0.005, lr_max=0.5, steps_min=2, steps_max=12,
                            samples=8, rounds=4, keep_fraction=0.25, seed=5)
-        seen = []
-        real = uho.sample_configs
-
-        def recording(rng, n, lr_range, steps_range, batch_sizes):
-            seen.append(batch_sizes)
-            return real(rng, n, lr_range, steps_range, batch_sizes)
-
         count = [0]
 
         def surface(lr, cap, batch, patience):
@@ -180,11 +181,9 @@ class SearchTest(tf.test.TestCase):
             quality = 1.0 - 0.3 * abs(math.log2(batch / 2))
             return quality * fake_score(lr, cap, batch, patience)[0] + 1e-4 * count[0], 6
 
-        uho.sample_configs = recording
-        try:
+        with recording_sampler() as ranges:
             best = uho.search(surface, config, tempfile.mkdtemp(), shots=5)
-        finally:
-            uho.sample_configs = real
+        seen = [batches for _, _, batches in ranges]
         self.assertEqual(seen[0], (1, 2, 4, 5))
         self.assertEqual(best.batch_size, 2)
         self.assertLess(len(seen[-1]), len(seen[0]))
