@@ -82,9 +82,12 @@ def test_the_installed_package_trains_segments_and_runs_the_docs():
     listing = run(*efficientlab, "recipes").stdout
     assert os.path.join(site, "efficientlab_tf", "recipes") in listing
     assert "synthetic_smoke" in listing and "fss1000_fomaml_5shot" in listing
-    run(*efficientlab, "train", "--recipe=synthetic_smoke", "--workdir=runs/cli_smoke")
-    assert os.path.isfile(os.path.join(work, "runs/cli_smoke/saved_model/1/saved_model.pb"))
-    proc = run(*efficientlab, "segment", "--segment_model=runs/cli_smoke",
+    # The command trains into the folder the docs then use: their
+    # `el.train` resumes it at its last step (evaluates and exports again),
+    # which spares this test a second training.
+    run(*efficientlab, "train", "--recipe=synthetic_smoke", "--workdir=runs/smoke")
+    assert os.path.isfile(os.path.join(work, "runs/smoke/saved_model/1/saved_model.pb"))
+    proc = run(*efficientlab, "segment", "--segment_model=runs/smoke",
                "--segment_support=support", "--segment_images=photos",
                "--segment_out_dir=segmented")
     assert "notes.jpg" in proc.stderr  # Listed, not fatal.
@@ -101,6 +104,7 @@ def test_the_installed_package_trains_segments_and_runs_the_docs():
             helpers.ROOT, "docs", "python_api.md"))))
     out = run(sys.executable, script).stdout
     assert "unknown knob 'meta_iter'; did you mean meta_iters" in out
+    assert "runs/smoke/saved_model/2" in out  # Resumed, exported again.
     assert "[True, True, True]" in out
     assert "3 masks in" in out
     # The U-Net meta-learned discs: a new task's queries after 5 steps.

@@ -16,8 +16,8 @@ FLOORS = [
     {"evaluation", "export", "segmentation", "distribute", "hard_tasks",
      "summaries"},
     {"experiment", "training", "preflight"},
-    {"runners", "api"},
-    {"cli"},
+    {"runners"},
+    {"cli", "api"},                    # the entry points: command line, Python
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
 
