@@ -2,7 +2,7 @@
 
     python bench/gpu_check.py --out=gpu_check          # on the GPU: < 8 minutes
     python bench/gpu_check.py --image_size=32 --meta_batch=1 --train_shots=4 \
-        --inner_iters=2 --timed_steps=1 --modes=fomaml,fomaml_bf16 --out=/tmp/g
+        --inner_iters=2 --timed_steps=1 --modes=fomaml,fomaml_bf16 --out=gpu_check_cpu
 
 EfficientLab-B0 at 224 px (`--encoder_weights=none`: nothing is downloaded)
 on the embedded synthetic family, the paper's meta-batch (5 tasks of 10

@@ -21,7 +21,6 @@
 
 import dataclasses
 
-import numpy as np
 
 from efficientlab_tf import config as config_lib
 from efficientlab_tf.config import ExperimentConfig  # noqa: F401
@@ -112,20 +111,13 @@ class Segmenter:
             query_images: uint8 [H, W, 3] images, each its own request.
         """
         from efficientlab_tf.export import client
-        from PIL import Image
 
         if len(support_images) != len(support_masks) or not len(support_images):
             raise ValueError(f"support_images and support_masks must be as many "
                              f"and not none; got {len(support_images)} and "
                              f"{len(support_masks)}.")
-        height, width = np.asarray(support_images[0]).shape[:2]
-        images = np.stack([np.asarray(Image.fromarray(np.asarray(i, np.uint8))
-                                      .resize((width, height), Image.BILINEAR))
-                           for i in support_images])
-        masks = np.stack([np.asarray(Image.fromarray(np.asarray(m, np.uint8))
-                                     .resize((width, height), Image.NEAREST))
-                          for m in support_masks])
-        return [client.few_shot_masks("local", self._model, None, (images, masks),
+        support = client.stack_support(support_images, support_masks)
+        return [client.few_shot_masks("local", self._model, None, support,
                                       [client.check_image(q, "query_images[i]")],
                                       lr, steps)[0]
                 for q in query_images]

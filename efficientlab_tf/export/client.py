@@ -92,15 +92,24 @@ def read_support(folder, size=None):
     from efficientlab_tf.data import fss1000
 
     pairs = fss1000.read_class_folder(folder)
-    images, masks = [], []
-    for image_path, mask_path in pairs:
-        image = Image.open(image_path).convert("RGB")
-        size = size or (image.height, image.width)
-        hw = (size[1], size[0])
-        images.append(np.asarray(image.resize(hw, Image.BILINEAR), np.uint8))
-        mask = Image.open(mask_path).convert("L").resize(hw, Image.NEAREST)
-        masks.append(np.asarray(mask, np.uint8))
-    return np.stack(images), np.stack(masks)
+    return stack_support([Image.open(i).convert("RGB") for i, _ in pairs],
+                         [Image.open(m).convert("L") for _, m in pairs], size)
+
+
+def stack_support(images, masks, size=None):
+    """One support tensor for a request: (images uint8 [K, H, W, 3], masks
+    uint8 [K, H, W]), every pair resized to the first image's size (or
+    `size` (H, W)); images bilinear, masks nearest. Accepts PIL images or
+    uint8 arrays."""
+    def pil(x):
+        return x if isinstance(x, Image.Image) else Image.fromarray(
+            np.asarray(x, np.uint8))
+    images, masks = [pil(i) for i in images], [pil(m) for m in masks]
+    height, width = size or (images[0].height, images[0].width)
+    return (np.stack([np.asarray(i.resize((width, height), Image.BILINEAR), np.uint8)
+                      for i in images]),
+            np.stack([np.asarray(m.resize((width, height), Image.NEAREST), np.uint8)
+                      for m in masks]))
 
 
 def few_shot_body(support_images, support_masks, query_images, lr=None,
