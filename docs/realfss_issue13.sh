@@ -26,6 +26,8 @@
 #     --workdir=RUNS_DIR/merged
 set -u
 R=${1:?runs dir}; ME=${2:-0}
+# FOLDS="0 1" restricts the queue to those folds (a session's CPU budget).
+FOLDS=${FOLDS:-0 1 2 3}
 export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 OMP_NUM_THREADS=1
 COMMON="--flagfile=flags/realfss_folds.flags --meta_iters=200 --eval_every=200 --image_every=200"
 # UHO at a CPU budget: 2 rounds of 6 configurations on 10 tasks, <= 10 steps.
@@ -34,8 +36,6 @@ UHO="--mode=uho --uho_tasks=10 --uho_samples=6 --uho_rounds=2 --uho_steps_max=10
 # name|training flags, in the order they are trained (and compared).
 RUNS=(
   "joint_imagenet|--algo=joint --encoder_weights=imagenet"
-  "fomaml_imagenet|--algo=fomaml --encoder_weights=imagenet"
-  "fomaml_joint|--algo=fomaml --init_from=@/joint_imagenet"
   # Time-matched control for fomaml_joint: joint continued for as many CPU
   # minutes (a joint iteration costs ~1/4 of a FOMAML one: 800 vs 200).
   "joint_joint|--algo=joint --meta_iters=800 --eval_every=800 --image_every=800 --init_from=@/joint_imagenet"
@@ -44,10 +44,16 @@ RUNS=(
   # model (1000 joint iterations), against joint continued for as long.
   "fomaml_jointlong|--algo=fomaml --meta_iters=100 --eval_every=100 --image_every=100 --init_from=@/joint_joint"
   "joint_jointlong|--algo=joint --meta_iters=400 --eval_every=400 --image_every=400 --init_from=@/joint_joint"
-  # MTL meta-transfers a pre-trained encoder: from the longer-trained joint
-  # model, with hard tasks (the issue's "MTL (+HT)"; an ablation without HT
-  # would cost 4 more runs, their UHO and a comparison row).
-  "mtl_ht_jointlong|--algo=fomaml --adapt_scope=bn_affine --hard_task_fraction=0.4 --hard_task_pool=10 --meta_iters=100 --eval_every=100 --image_every=100 --init_from=@/joint_joint"
+  # MTL as Sun et al. built it (issue 24): per-kernel scales and per-channel
+  # shifts on the frozen encoder, learned in the outer loop, the decoder
+  # adapted in the inner loop, with re-sampled hard tasks (the issue's
+  # "MTL (+HT)"), meta-transferring the longer-trained joint model.
+  "mtl_ht_jointlong|--algo=fomaml --mtl --adapt_scope=mtl --hard_task_fraction=0.4 --hard_task_pool=10 --meta_iters=100 --eval_every=100 --image_every=100 --init_from=@/joint_joint"
+  # The package's own method that earlier releases called MTL: frozen
+  # kernels, BN affine + decoder adapted in both loops, with hard tasks.
+  "bn_affine_ht_jointlong|--algo=fomaml --adapt_scope=bn_affine --hard_task_fraction=0.4 --hard_task_pool=10 --meta_iters=100 --eval_every=100 --image_every=100 --init_from=@/joint_joint"
+  "fomaml_imagenet|--algo=fomaml --encoder_weights=imagenet"
+  "fomaml_joint|--algo=fomaml --init_from=@/joint_imagenet"
   "fomaml_clust_imagenet|--algo=fomaml --encoder_weights=imagenet --clustering_weight=0.1"
   "joint_clust_imagenet|--algo=joint --encoder_weights=imagenet --clustering_weight=0.1"
   "metasgd_imagenet|--algo=fomaml --encoder_weights=imagenet --learned_lr"
@@ -57,9 +63,9 @@ RUNS=(
 # job: "workdir|done file|needed files (comma-separated)|run_meta.py flags".
 # '@' in flags stands for the fold's folder.
 #
-# Two stages, so that the core comparison (joint, FOMAML, FOMAML from joint
-# and from the longer-trained joint, and their time-matched joint controls)
-# is complete, with own omegas and both
+# Two stages, so that the core comparison (joint; FOMAML, MTL + HT and
+# BN-affine + HT from the longer-trained joint model, and its time-matched
+# joint control: the rows issue 24 re-runs) is complete, with own omegas and both
 # shot counts, before the other rows train: each stage trains its rows, runs
 # their UHO, then compares (stage 1 in compare_<k>shot_core). Both stages
 # keep rows in compare_<k>shot/rows (--compare_rows_dir), so the final
@@ -70,19 +76,20 @@ train_jobs() {  # Method by method: each row's four folds together.
   for entry in "$@"; do
     name=${entry%%|*}; args=${entry#*|}
     needs=""; [[ $args =~ --init_from=@/([a-z_]+) ]] && needs="@/${BASH_REMATCH[1]}/results.json"
-    for f in 0 1 2 3; do
+    for f in $FOLDS; do
       jobs+=("@/$name|results.json|$needs|$COMMON --fold=$f $args")
     done
   done
 }
 uho_jobs() {
-  for f in 0 1 2 3; do
+  for f in $FOLDS; do
     for entry in "$@"; do
       name=${entry%%|*}; extra=""; [[ $name == metasgd* ]] && extra="--learned_lr"
       # MTL adapts at test time as it was trained: its omega is tuned for
       # the mtl scope (the omega file records it, so compare's own-omega
       # row adapts that scope too).
-      [[ $name == mtl* ]] && extra="--eval_adapt_scope=bn_affine"
+      [[ $name == mtl* ]] && extra="--mtl --eval_adapt_scope=mtl"
+      [[ $name == bn_affine* ]] && extra="--eval_adapt_scope=bn_affine"
       if [ "$name" = imagenet ]; then
         # The model as built: the ImageNet encoder and a random decoder.
         jobs+=("@/uho_imagenet|omega.json||$COMMON --fold=$f $UHO --init_from=random --encoder_weights=imagenet")
@@ -94,7 +101,7 @@ uho_jobs() {
 }
 compare_jobs() {  # compare_jobs SUFFIX RUN_ENTRY...
   local suffix=$1; shift
-  for f in 0 1 2 3; do
+  for f in $FOLDS; do
     runs=""; omegas="ImageNet encoder=@/uho_imagenet/omega.json"; needs="@/uho_imagenet/omega.json"
     for entry in "$@"; do
       name=${entry%%|*}

@@ -19,6 +19,8 @@ from efficientlab_tf.evaluation import protocol
 from efficientlab_tf.export.saved_model import export_saved_model
 from efficientlab_tf.model.efficientlab import build_efficientlab
 from efficientlab_tf.model.efficientlab import inner_rates
+from efficientlab_tf.model.layers import mtl_variables
+from efficientlab_tf.model.layers import reset_mtl
 
 # Evaluation support sets are augmented with seeds derived from the
 # evaluation seed and the task index under this tag, disjoint from the
@@ -64,6 +66,7 @@ def load_model_weights(model, path):
     """
     prefixes = resolve_checkpoints(path)
     rates = inner_rates(model)
+    phi = mtl_variables(model)
     try:
         names = [n for n, _ in tf.train.list_variables(prefixes[-1])]
     except Exception:  # noqa: BLE001 (an unreadable newest one: see below)
@@ -74,10 +77,21 @@ def load_model_weights(model, path):
             f"{path!r} was trained with --learned_lr (learned inner learning "
             "rates, saved in its checkpoint); load it with --learned_lr so "
             "its adaptation uses them.")
+    has_phi = any("/mtl_scale/" in n for n in names)
+    if not phi and has_phi:
+        raise ValueError(
+            f"{path!r} was trained with --mtl (MTL's scaling and shifting, "
+            "saved in its checkpoint); load it with --mtl so its encoder "
+            "uses them.")
+    if phi and not has_phi:
+        # A run without MTL (the pre-trained model MTL meta-transfers, or a
+        # compared row) loads as the plain network: Phi at 1 and 0, not
+        # what an earlier load left in them.
+        reset_mtl(model)
+    optional = ([] if rates is None else [rates]) + ([] if has_phi else phi)
     try:
         return workdir_lib.restore_intact(
-            _ModelOnly(model=model), prefixes,
-            optional=() if rates is None else (rates,))
+            _ModelOnly(model=model), prefixes, optional=optional)
     except workdir_lib.CheckpointError as e:
         raise ValueError(
             f"{path!r} does not match this model (different encoder, decoder "

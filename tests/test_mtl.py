@@ -13,6 +13,7 @@ from efficientlab_tf import segmentation
 from efficientlab_tf.config import ExperimentConfig
 from efficientlab_tf.config import MetaConfig
 from efficientlab_tf.config import ModelConfig
+from efficientlab_tf.experiment import load_model_weights
 from efficientlab_tf.model.efficientlab import _encoder_layer
 from efficientlab_tf.model.efficientlab import build_efficientlab
 from efficientlab_tf.model.efficientlab import outer_variables
@@ -163,3 +164,30 @@ def test_parameters_added_on_full_encoders(encoder, conv_weights, one_by_one,
                if hasattr(l, "mtl_scale")) == scales
     assert sum(int(np.prod(l.mtl_shift.shape)) for l in layers
                if hasattr(l, "mtl_shift")) == shifts
+
+
+def test_warm_start_from_a_plain_run_and_the_refusal_back(tmp_path):
+    # MTL meta-transfers a pre-trained network: a plain run's checkpoint
+    # loads into an MTL model with Phi at 1 and 0 (whatever an earlier load
+    # left there), so the MTL model computes what the plain one computes.
+    keras.utils.set_random_seed(0)
+    plain = helpers.tiny_efficientlab(bn_mode="batch")
+    prefix = tf.train.Checkpoint(model=plain).save(str(tmp_path / "plain" / "ckpt"))
+    mtl = helpers.tiny_efficientlab(bn_mode="batch", mtl=True)
+    for v in mtl_variables(mtl):  # As another run would leave them.
+        v.assign(v.numpy() + 0.5)
+    load_model_weights(mtl, prefix)
+    for v in mtl_variables(mtl):
+        expected = 1.0 if v.path.endswith("mtl_scale") else 0.0
+        np.testing.assert_array_equal(v.numpy(), np.full(v.shape, expected))
+    x = tf.random.uniform([2, 32, 32, 3], maxval=255.0, seed=2)
+    np.testing.assert_allclose(mtl(x, training=False), plain(x, training=False),
+                               atol=1e-5)
+    # An MTL run's checkpoint into a plain model would drop Phi silently.
+    trained = tf.train.Checkpoint(model=mtl).save(str(tmp_path / "mtl" / "ckpt"))
+    with pytest.raises(ValueError, match="load it with --mtl"):
+        load_model_weights(helpers.tiny_efficientlab(bn_mode="batch"), trained)
+    # Optional means Phi only: a model that differs elsewhere still fails.
+    with pytest.raises(ValueError, match="does not match this model"):
+        load_model_weights(helpers.tiny_efficientlab(
+            bn_mode="batch", mtl=True, decoder_filters=4), prefix)

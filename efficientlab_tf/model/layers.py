@@ -303,8 +303,19 @@ MTL_LAYERS = {keras.layers.Conv2D: MTLConv2D,
               keras.layers.DepthwiseConv2D: MTLDepthwiseConv2D}
 
 
+def _mtl_layers(layer):
+    return [sub for sub in layer._flatten_layers(include_self=True, recursive=True)
+            if isinstance(sub, tuple(MTL_LAYERS.values()))]
+
+
 def mtl_variables(layer):
     """Phi_S1 and Phi_S2 of every MTL convolution in `layer` (a model)."""
-    return [v for sub in layer._flatten_layers(include_self=True, recursive=True)
-            if isinstance(sub, tuple(MTL_LAYERS.values()))
-            for v in (sub.mtl_scale, sub.mtl_shift)]
+    return [v for sub in _mtl_layers(layer) for v in (sub.mtl_scale, sub.mtl_shift)]
+
+
+def reset_mtl(layer):
+    """Puts every Phi_S1 back to 1 and Phi_S2 to 0: the plain network,
+    where MTL's meta-transfer starts."""
+    for sub in _mtl_layers(layer):
+        sub.mtl_scale.assign(ops.ones(sub.mtl_scale.shape, sub.mtl_scale.dtype))
+        sub.mtl_shift.assign(ops.zeros(sub.mtl_shift.shape, sub.mtl_shift.dtype))
