@@ -630,12 +630,21 @@ class CompareConfig(_Section):
         (), "compare: NAME=PATH,...: the row NAME (a run folder's basename, "
         "'random init' or 'ImageNet encoder') also adapted with the omega in "
         "PATH (UHO's omega.json from that initialization).")
+    curve_steps: tuple[int, ...] = knob(
+        (), "compare: also score every initialization after each of these "
+        "step counts of the shared omega's lr and batch size, from one "
+        "adaptation per task (the adaptation curve, e.g. 0,1,2,3,5,10,20,50; "
+        "tables in compare.md, the figure curve.png in --workdir).",
+        check="non-negative")
     rows_dir: str = knob(
         "", "compare: folder of the rows kept as each initialization is "
         "scored (default <workdir>/rows); comparisons sharing it reuse each "
         "other's rows (a comparison of the first runs, then of all).")
 
     def validate(self):
+        if list(self.curve_steps) != sorted(set(self.curve_steps)):
+            raise ValueError("`--compare_curve_steps` must increase; got "
+                             f"{','.join(map(str, self.curve_steps))}.")
         for entry in self.omega_files:
             if not all(entry.partition("=")[::2]):
                 raise ValueError("`--compare_omega_files` entries must be "

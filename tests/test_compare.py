@@ -7,6 +7,7 @@ import tempfile
 import tensorflow as tf
 
 from efficientlab_tf.evaluation import compare
+from tests import helpers
 
 
 class CompareTest(tf.test.TestCase):
@@ -289,3 +290,92 @@ class MergeFoldersTest(tf.test.TestCase):
             tables_by_shots([five, both, folder()], [5, 1])
         with self.assertRaisesRegex(FileNotFoundError, "0 folders for 2-shot"):
             tables_by_shots([five], [2])
+
+
+class CurveTest(tf.test.TestCase):
+    """The adaptation curve (issue 24): IoU after each step count."""
+
+    def test_one_adaptation_per_task_equals_adapting_from_scratch(self):
+        # evaluate_curve carries each task's state from one reported count
+        # to the next; the eval function adapts from the weights for each
+        # count: the same numbers (task i's seed [seed, i] in both).
+        from efficientlab_tf.evaluation import protocol
+        from tests.test_learner import learner_for
+
+        learner = learner_for("fomaml")
+        tasks = [helpers.random_task(seed=s) for s in (5, 6)]
+        curve = protocol.evaluate_curve(learner.stepper(learner.omega), tasks,
+                                        0.3, [0, 1, 4], seed=7)
+        self.assertEqual(list(curve), [0, 1, 4])
+        for s, result in curve.items():
+            direct = protocol.evaluate(learner.eval_fn(learner.omega), tasks,
+                                       0.3, s, seed=7)
+            self.assertAllClose(result["per_task"], direct["per_task"], atol=1e-4)
+            self.assertAllClose(result["mean_iou"], direct["mean_iou"], atol=1e-4)
+        # Adaptation moved the scores, so the equality has teeth.
+        self.assertNotAllClose(curve[0]["per_task"], curve[4]["per_task"])
+        with self.assertRaisesRegex(ValueError, "must increase"):
+            protocol.evaluate_curve(learner.stepper(learner.omega), tasks, 0.3, [2, 1])
+
+    def test_compare_adds_curve_rows_and_keys_the_cache_by_them(self):
+        from efficientlab_tf.config import Omega
+
+        v, model, calls, eval_fn = counting_model()
+        advanced = []
+
+        def start_fn(qi, qm):
+            return tf.constant(0), v + 0.0
+
+        def advance_fn(si, sm, qi, qm, state, lr, first, steps, seed):
+            advanced.append((int(first), int(steps)))
+            return state, v + 0.01 * tf.cast(first + steps, tf.float32)
+
+        cache = tempfile.mkdtemp()
+        inits = [("a", lambda: v.assign(0.3))]
+
+        def run(steps):
+            calls.clear()
+            advanced.clear()
+            return compare.compare_inits(
+                eval_fn, model, inits, [_task([[[1.0]]])], Omega(steps=5),
+                random_factor=0, cache_dir=cache,
+                curve=((start_fn, advance_fn), steps) if steps else None)
+
+        rows = run((0, 2, 10))
+        self.assertEqual([r["name"] for r in rows],
+                         ["a", "a, no adaptation", "a [after 0 steps]",
+                          "a [after 2 steps]", "a [after 10 steps]"])
+        self.assertAllClose([r["mean_iou"] for r in rows[2:]], [0.3, 0.32, 0.4])
+        self.assertEqual(advanced, [(0, 2), (2, 8)])  # Jumps, no step twice.
+        self.assertEqual(compare.curve_rows(rows), {"a": rows[2:]})
+        self.assertLen(run((0, 2, 10)), 5)
+        self.assertEqual(calls + advanced, [])  # Kept rows reused.
+        run((0, 3))
+        self.assertEqual(advanced, [(0, 3)])  # Other steps: scored again.
+
+    def test_steps_to_reach_the_reference_by_hand(self):
+        def curve(init, values, per_task=None):
+            return [{"name": compare.row_name(init, compare.curve_variant(s)),
+                     "init": init, "variant": compare.curve_variant(s), "steps": s,
+                     "mean_iou": m, "per_task": per_task or [m, m]}
+                    for s, m in zip((0, 1, 5), values)]
+        ref = curve("joint", (0.2, 0.4, 0.5), per_task=None)
+        # meta reaches joint's 5-step 0.5 after 1 step: per task (0.45,
+        # 0.55) - (0.5, 0.5) = (-0.05, +0.05): mean 0, sd 0.05, CI 0.069.
+        meta = curve("meta", (0.3, 0.5, 0.6))
+        meta[1]["per_task"] = [0.45, 0.55]
+        slow = curve("slow", (0.1, 0.2, 0.3))
+        text = compare.steps_to_reach({5: ref + meta + slow}, "joint")
+        lines = text.splitlines()
+        self.assertEqual(lines[0], "| initialization | 5-shot: steps to 0.500 "
+                         "(`joint` after 5) |")
+        self.assertEqual(lines[2], "| joint | 5 (0.500, +0.000 ± 0.000) |")
+        self.assertEqual(lines[3], "| meta | 1 (0.500, +0.000 ± 0.069) |")
+        self.assertEqual(lines[4], "| slow | > 5 (0.300 after 5) |")
+        section = compare.curve_section({5: ref + meta + slow}, "joint")
+        self.assertIn("5-shot after 1 steps", section)
+        self.assertIn("| meta | 0.300 (+0.100 ± 0.000) | 0.500 (+0.100 ± 0.069) |",
+                      section)
+        self.assertEqual(compare.curve_section({5: ref[:0] + [
+            {"name": "x", "init": "x", "variant": "", "steps": 5,
+             "mean_iou": 0.1, "per_task": [0.1]}]}, "x"), "")

@@ -80,7 +80,8 @@ class XLATest(tf.test.TestCase):
             state, pre = start(task.query_images, task.query_masks)
             state, post = advance(task.support_images, task.support_masks,
                                   task.query_images, task.query_masks, state,
-                                  tf.constant(0.05), tf.constant(0), SEED)
+                                  tf.constant(0.05), tf.constant(0), tf.constant(1),
+                                  SEED)
             for b, a in zip(before, helpers.variable_values(model)):
                 np.testing.assert_array_equal(a, b)
             out[jit] = [iou, probs, iou3, probs3, pre, post]
@@ -209,11 +210,18 @@ class StepperTest(tf.test.TestCase):
         curve = [float(score)]
         for t in range(4):
             state, score = advance_fn(*task, state, tf.constant(0.1),
-                                      tf.constant(t), seed)
+                                      tf.constant(t), tf.constant(1), seed)
             curve.append(float(score))
         for steps in (0, 2, 4):
             iou, _ = learner.eval_task(*task, tf.constant(0.1),
                                        tf.constant(steps), seed)
             self.assertAllClose(curve[steps], tf.reduce_mean(iou), atol=1e-4)
+        # Several steps at once (the adaptation curve's jumps): 1 then 3.
+        state, _ = start_fn(task.query_images, task.query_masks)
+        state, _ = advance_fn(*task, state, tf.constant(0.1), tf.constant(0),
+                              tf.constant(1), seed)
+        _, score = advance_fn(*task, state, tf.constant(0.1), tf.constant(1),
+                              tf.constant(3), seed)
+        self.assertAllClose(float(score), curve[4], atol=1e-4)
         self.assertEqual(advance_fn.experimental_get_tracing_count(), 1)
         self.assertIs(learner.stepper(learner.omega)[1], advance_fn)  # Compiled once.

@@ -74,11 +74,21 @@ class RunnersTest(tf.test.TestCase):
         self.assertNotAllClose(scores[1][1], scores[2][1])
 
     def test_compare_and_merge(self):
-        config = self.mode("compare", compare={"runs": (self.run_dir,)})
+        steps = self.base.eval_omega.steps
+        config = self.mode("compare", compare={"runs": (self.run_dir,),
+                                               "curve_steps": (0, 1, steps)})
         tables = runners.run(config, model=model())
         names = [r["name"] for r in tables[1]]
-        self.assertIn(os.path.basename(self.run_dir), names)
+        name = os.path.basename(self.run_dir)
+        self.assertIn(name, names)
         self.assertIn("random init, 10x steps", names)
+        # The curve's ends are the rows scored by adapting from scratch.
+        by_name = {r["name"]: r["per_task"] for r in tables[1]}
+        self.assertAllClose(by_name[f"{name} [after 0 steps]"],
+                            by_name[f"{name}, no adaptation"], atol=1e-5)
+        self.assertAllClose(by_name[f"{name} [after {steps} steps]"],
+                            by_name[name], atol=1e-5)
+        self.assertTrue(os.path.isfile(os.path.join(config.run.workdir, "curve.png")))
         merge = self.mode("compare_merge", compare={
             "runs": (config.run.workdir, config.run.workdir)})
         merged = runners.run(merge)
@@ -93,6 +103,9 @@ class RunnersTest(tf.test.TestCase):
         line = next(x for x in text.splitlines() if x.startswith(f"| {name} |"))
         self.assertTrue(line.endswith(f"| {minutes:.0f} |"), line)
         self.assertIn("| random init |", text)
+        self.assertIn("#### Adaptation curve", text)
+        self.assertIn(f"1-shot after {steps} steps", text)
+        self.assertTrue(os.path.isfile(os.path.join(merge.run.workdir, "curve.png")))
 
     def test_comparisons_sharing_a_rows_dir_reuse_the_first_runs_rows(self):
         # A comparison of the first runs, then one of more in another

@@ -27,7 +27,7 @@ BOX_FRACTIONS = tuple(np.round(np.arange(0.2, 1.0001, 0.05), 2))
 def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
                   random_factor=10, parallel=1, procedures=(), measure_fn=None,
                   own_omegas=None, cache_dir=None, identities=None,
-                  context=None):
+                  context=None, curve=None):
     """Scores initializations on the same tasks.
 
     Args:
@@ -64,11 +64,16 @@ def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
             depend on (dataset, data folder, fold, model, precision: see
             `runners/compare.py`), so comparisons of different folds or
             datasets sharing `cache_dir` never read each other's rows.
+        curve: `(stepper, steps)`: every init also gets a row "<name>
+            [after s steps]" for each s of `steps`, the shared omega's lr
+            and batch size run for s steps (`protocol.evaluate_curve`: one
+            adaptation per task; `stepper` is `Evaluator.stepper(omega)`).
 
     Returns:
         list of row dicts (name, init, variant, steps, mean_iou, ci95,
         per_task, ...). `variant` says how the init was adapted: "" (omega),
-        "no adaptation", "<k>x steps", a procedure label or "own omega".
+        "no adaptation", "<k>x steps", a procedure label, "own omega" or
+        "after <s> steps".
     """
     random_init = weights_lib.snapshot(model.variables)
     rows = []
@@ -90,7 +95,8 @@ def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
         own = own_omegas.get(name) if own_omegas else None
         key = _fingerprint(name, load_fn is None, omega, own and own[1], seed,
                            tasks, random_factor, procedures, measure_fn,
-                           (identities or {}).get(name), context)
+                           (identities or {}).get(name), context,
+                           curve and curve[1])
         # One file per init and context: comparisons of other folds or
         # datasets sharing `cache_dir` keep theirs side by side.
         path = cache_dir and os.path.join(
@@ -108,6 +114,17 @@ def compare_inits(eval_fn, model, inits, tasks, omega, seed=0,
         if measure_fn is not None:
             main.update(measure_fn(model))
         score(name, "no adaptation", 0)
+        if curve is not None:
+            stepper, curve_steps = curve
+            for s, result in protocol.evaluate_curve(
+                    stepper, tasks, omega.lr, curve_steps, seed=seed,
+                    parallel=parallel).items():
+                variant = curve_variant(s)
+                result.update(name=row_name(name, variant), init=name,
+                              variant=variant, steps=s, lr=float(omega.lr))
+                rows.append(result)
+            logging.info("%-34s curve: %s", name, ", ".join(
+                f"{r['steps']}: {r['mean_iou']:.3f}" for r in rows[-len(curve_steps):]))
         if load_fn is None and random_factor:
             score(name, f"{random_factor}x steps", random_factor * omega.steps)
         for label, fn, n_steps in procedures:
@@ -130,6 +147,64 @@ def _slug(name):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "row"
 
 
+def curve_variant(steps):
+    """The variant of an adaptation-curve row."""
+    return f"after {int(steps)} steps"
+
+
+def curve_rows(rows):
+    """{init: [row, ...] by step count} of the adaptation-curve rows."""
+    out = {}
+    for row in rows:
+        key = row_key(row)
+        if key and key[1] == curve_variant(row["steps"]):
+            out.setdefault(key[0], []).append(row)
+    return {init: sorted(r, key=lambda row: row["steps"]) for init, r in out.items()}
+
+
+def steps_to_reach(tables, reference):
+    """Markdown: the fewest curve steps at which each init's mean IoU reaches
+    `reference`'s IoU after its last curve step (the paper's later claim:
+    meta-learned initializations "require significantly fewer gradient
+    updates"), with the paired difference there; tables {shots: rows}."""
+    head, cells = ["initialization"], {}
+    for shots, rows in tables.items():
+        curves = curve_rows(rows)
+        if reference not in curves:
+            raise ValueError(f"reference {reference!r} has no curve rows.")
+        target = curves[reference][-1]
+        head.append(f"{shots}-shot: steps to {target['mean_iou']:.3f} "
+                    f"(`{reference}` after {target['steps']})")
+        for init, curve in curves.items():
+            hit = next((r for r in curve if r["mean_iou"] >= target["mean_iou"]), None)
+            if hit is None:
+                cell = (f"> {curve[-1]['steps']} ({curve[-1]['mean_iou']:.3f} "
+                        f"after {curve[-1]['steps']})")
+            else:
+                diff, ci = protocol.paired_difference(hit["per_task"], target["per_task"])
+                cell = f"{hit['steps']} ({hit['mean_iou']:.3f}, {diff:+.3f} ± {ci:.3f})"
+            cells.setdefault(init, []).append(cell)
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    lines += [f"| {init} | " + " | ".join(c) + " |" for init, c in cells.items()
+              if len(c) == len(tables)]
+    return "\n".join(lines) + "\n"
+
+
+def curve_section(tables, reference):
+    """The adaptation-curve part of a summary (empty without curve rows):
+    IoU after each step count, paired with `reference` at the same count,
+    and `steps_to_reach`."""
+    first = next(iter(tables.values()))
+    variants = sorted({r["variant"] for r in first if "variant" in r
+                       and r["variant"] == curve_variant(r["steps"])},
+                      key=lambda v: int(v.split()[1]))
+    if not variants:
+        return ""
+    return ("#### Adaptation curve (the shared omega's lr and batch size, "
+            "s steps)\n\n" + study_table(tables, reference, variants)
+            + "\n" + steps_to_reach(tables, reference))
+
+
 def row_name(init, variant):
     """The display name of a row: "<init>", "<init>, no adaptation",
     "<init>, 10x steps", "<init> [<procedure or own omega>]"."""
@@ -149,7 +224,7 @@ ROWS_VERSION = 2
 
 
 def _fingerprint(name, is_random, omega, own_omega, seed, tasks, random_factor,
-                 procedures, measure_fn, identity, context):
+                 procedures, measure_fn, identity, context, curve_steps=None):
     """What an initialization's rows depend on, as JSON-able values."""
     shapes = sorted({tuple(int(d) for d in t.support_images.shape)
                      + tuple(int(d) for d in t.query_images.shape)
@@ -162,7 +237,9 @@ def _fingerprint(name, is_random, omega, own_omega, seed, tasks, random_factor,
         "random_factor": int(random_factor) if is_random else None,
         "procedures": [[label, int(steps)] for label, _, steps in procedures],
         "measure": measure_fn is not None, "identity": identity,
-        "context": context, "version": ROWS_VERSION}))
+        "context": context, "version": ROWS_VERSION,
+        # Only when set: rows kept before curves existed stay valid.
+        **({"curve": [int(x) for x in curve_steps]} if curve_steps else {})}))
 
 
 def _read_cached(path, key):

@@ -1,11 +1,12 @@
 """Pictures: prediction grids (paper Figure 4) and the learning-rate sweep
-(paper Figure 2). Grids need only TensorFlow and write PNGs; the sweep plot
-needs matplotlib (`pip install efficientlab-tf[plot]`).
+(paper Figure 2), the adaptation curve. Grids need only TensorFlow and write
+PNGs; the plots use matplotlib (a dependency).
 """
 
 
 import tensorflow as tf
 from efficientlab_tf import storage
+from efficientlab_tf.evaluation import compare
 
 
 def overlay(images, masks, probs):
@@ -43,16 +44,20 @@ def write_png(grid, path):
     storage.write_text(path, data.numpy())
 
 
-def lr_sweep_plot(rows, train_lr, path):
-    """Mean IoU against the inner lr, points coloured by early-stopped steps."""
+def _pyplot():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("plots need matplotlib: pip install "
-                          "'efficientlab-tf[plot]'") from None
+        raise ImportError("plots need matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def lr_sweep_plot(rows, train_lr, path):
+    """Mean IoU against the inner lr, points coloured by early-stopped steps."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
     points = ax.scatter([r["lr"] for r in rows], [r["mean_iou"] for r in rows],
                         c=[r["best_steps"] for r in rows], cmap="viridis", s=40)
@@ -65,6 +70,38 @@ def lr_sweep_plot(rows, train_lr, path):
     ax.set_ylabel("mean query IoU")
     fig.colorbar(points, ax=ax, label="early-stopped steps")
     ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    with storage.atomic_path(path) as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
+
+
+def curve_plot(tables, path, reference=None):
+    """The adaptation curve: mean IoU (95% CI band) against steps, one panel
+    per shot count, one line per initialization; `tables` {shots: rows}
+    with curve rows (`compare.curve_rows`). A dotted line marks
+    `reference`'s IoU after its last step."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables), 3.6),
+                             dpi=120, squeeze=False)
+    for ax, (shots, rows) in zip(axes[0], tables.items()):
+        curves = compare.curve_rows(rows)
+        for init, curve in curves.items():
+            x = [r["steps"] for r in curve]
+            y = [r["mean_iou"] for r in curve]
+            ci = [r["ci95"] for r in curve]
+            (line,) = ax.plot(x, y, marker="o", markersize=3, label=init)
+            ax.fill_between(x, [a - b for a, b in zip(y, ci)],
+                            [a + b for a, b in zip(y, ci)],
+                            color=line.get_color(), alpha=0.12, linewidth=0)
+        if reference in curves:
+            ax.axhline(curves[reference][-1]["mean_iou"], color="0.3",
+                       linestyle=":", linewidth=1)
+        ax.set_xscale("symlog", linthresh=1)  # Step 0 on a log-like axis.
+        ax.set_xlabel("adaptation steps")
+        ax.set_ylabel("mean query IoU")
+        ax.set_title(f"{shots}-shot, {len(rows[0]['per_task'])} tasks")
+    axes[0][-1].legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     with storage.atomic_path(path) as tmp:
         fig.savefig(tmp)

@@ -156,6 +156,48 @@ def evaluate(eval_fn, tasks, lr, steps, seed=0, name="eval", log_every=0,
     }
 
 
+def evaluate_curve(stepper, tasks, lr, steps_list, seed=0, parallel=1):
+    """The adaptation curve: every task's query IoU after each step count
+    of `steps_list`, from one adaptation per task.
+
+    Args:
+        stepper: `(start_fn, advance_fn)` of `Evaluator.stepper(omega)`.
+        tasks: Fixed list of TaskBatch.
+        lr: The inner learning rate.
+        steps_list: Increasing step counts (0: before adaptation).
+        seed, parallel: As `evaluate` (task i adapts with seed [seed, i], so
+            the IoU after s steps is `evaluate`'s with steps=s).
+
+    Returns:
+        {s: {"mean_iou", "ci95", "per_task"}} for each s of `steps_list`.
+    """
+    steps_list = [int(s) for s in steps_list]
+    if steps_list != sorted(set(steps_list)) or steps_list[0] < 0:
+        raise ValueError(f"curve steps must increase from 0 or more; got {steps_list}.")
+    start_fn, advance_fn = stepper
+    lr = tf.constant(lr, tf.float32)
+
+    def curve(i, task):
+        state, score = start_fn(task.query_images, task.query_masks)
+        done, out = 0, []
+        for s in steps_list:
+            if s > done:  # The query is predicted only where it is reported.
+                state, score = advance_fn(
+                    *task, state, lr, tf.constant(done, tf.int32),
+                    tf.constant(s - done, tf.int32), tf.constant([seed, i], tf.int32))
+                done = s
+            out.append(float(score))
+        return out
+
+    per_task = list(ordered_map(curve, tasks, parallel))
+    result = {}
+    for j, s in enumerate(steps_list):
+        scores = [c[j] for c in per_task]
+        mean, ci = mean_ci95(scores)
+        result[s] = {"mean_iou": mean, "ci95": ci, "per_task": scores}
+    return result
+
+
 def paired_difference(per_task_a, per_task_b):
     """(mean, 95% CI half-width) of a - b over the same tasks."""
     a = np.asarray(per_task_a, np.float64)

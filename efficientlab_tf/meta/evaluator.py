@@ -132,10 +132,13 @@ class Evaluator:
 
         `start_fn(query_images, query_masks) -> (state, mean score)` before
         adaptation; `advance_fn(support_images, support_masks, query_images,
-        query_masks, state, lr, t, seed) -> (state, mean score)` after step t
-        (continuing `state`: the same result as one adaptation of t + 1
-        steps). Early stopping over many tasks advances them all one step at
-        a time and stops computing when it stops looking (UHO).
+        query_masks, state, lr, first_step, steps, seed) -> (state, mean
+        score)` after `steps` more steps from step `first_step` (continuing
+        `state`: the same result as one adaptation of first_step + steps
+        steps). Early stopping over many tasks advances them all one step
+        at a time and stops computing when it stops looking (UHO); an
+        adaptation curve advances from one reported step count to the next
+        (`protocol.evaluate_curve`).
         """
         key = self._key(omega)
         if key in self._steppers:  # Compiled once per batch size and scope.
@@ -149,9 +152,9 @@ class Evaluator:
                 query_masks, adapter.predict(state, query_images)))
 
         def advance(support_images, support_masks, query_images, query_masks,
-                    state, lr, t, seed):
-            state, _ = adapter.adapt(support_images, support_masks, lr, 1, seed,
-                                     start=state, first_step=t)
+                    state, lr, first_step, steps, seed):
+            state, _ = adapter.adapt(support_images, support_masks, lr, steps,
+                                     seed, start=state, first_step=first_step)
             return state, tf.reduce_mean(metric(
                 query_masks, adapter.predict(state, query_images)))
 

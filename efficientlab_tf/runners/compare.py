@@ -11,6 +11,7 @@ from efficientlab_tf import storage
 from efficientlab_tf import summaries
 from efficientlab_tf.evaluation import compare
 from efficientlab_tf.evaluation import features
+from efficientlab_tf.evaluation import plots
 from efficientlab_tf.experiment import Experiment
 from efficientlab_tf.experiment import resolve_checkpoints
 from efficientlab_tf.evaluation.protocol import mean_ci95
@@ -90,6 +91,18 @@ def own_omegas(exp, config, names):
     return out
 
 
+def write_curves(tables, reference, workdir):
+    """With curve rows: their tables (returned, for the summary) and
+    `<workdir>/curve.png`; else ""."""
+    first = next(iter(tables.values()))
+    key = compare.row_key(next(r for r in first if r["name"] == reference))
+    init = key[0] if key else reference
+    section = compare.curve_section(tables, init)
+    if section:
+        plots.curve_plot(tables, os.path.join(workdir, "curve.png"), reference=init)
+    return section and "\n" + section
+
+
 def run(config, record_fn, model=None):
     if not config.compare.runs:
         raise ValueError("--mode=compare needs --compare_runs=<run dir>,...")
@@ -119,7 +132,9 @@ def run(config, record_fn, model=None):
             # Each init's rows are kept as scored: a rerun resumes.
             cache_dir=os.path.join(config.compare.rows_dir or os.path.join(
                 config.run.workdir, "rows"), f"{shots}shot"),
-            identities=run_identities(config), context=rows_context(config))
+            identities=run_identities(config), context=rows_context(config),
+            curve=((exp.learner.stepper(omega), config.compare.curve_steps)
+                   if config.compare.curve_steps else None))
         if box is None:  # The box prior comes from meta-train classes.
             box = compare.fit_box_fraction(exp.eval_tasks("train", shots=shots))
         rows += compare.trivial_rows(tasks, box)
@@ -141,7 +156,7 @@ def run(config, record_fn, model=None):
         with open(path) as f:
             sections.append(f"### {shots}-shot, {len(tasks)} meta-test tasks\n\n"
                             + f.read())
-    text = "\n".join(sections)
+    text = "\n".join(sections) + write_curves(tables, ref, config.run.workdir)
     storage.write_text(os.path.join(config.run.workdir, "compare.md"), text)
     print(text)
     return tables

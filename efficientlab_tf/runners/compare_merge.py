@@ -4,7 +4,8 @@ Writes, in --workdir, `compare_merged_<k>shot.{md,json}` per shot count and
 `summary.md`: every initialization's pooled mean IoU and paired difference
 to the reference, with the shared and its own omega, under each adaptation
 procedure, with its R_FC and its training minutes (median over folds of
-`summaries.total_training_minutes`, warm starts included).
+`summaries.total_training_minutes`, warm starts included); with curve rows
+(`--compare_curve_steps`) the adaptation curve and `curve.png`.
 """
 
 import json
@@ -17,6 +18,7 @@ import tensorflow as tf
 from efficientlab_tf import storage
 from efficientlab_tf import summaries
 from efficientlab_tf.evaluation import compare
+from efficientlab_tf.runners.compare import write_curves
 from efficientlab_tf.model.efficientlab import ADAPT_SCOPES
 
 PROCEDURE_COLUMNS = ("", *[s for s in ADAPT_SCOPES if s != "all"],
@@ -90,7 +92,8 @@ def run(config, record_fn, model=None):
                             + f.read())
     print("\n".join(sections))
     storage.write_text(os.path.join(config.run.workdir, "summary.md"),
-                  summary(merged, ref, median_minutes(config.compare.runs)))
+                       summary(merged, ref, median_minutes(config.compare.runs))
+                       + write_curves(merged, ref, config.run.workdir))
     return merged
 
 

@@ -23,6 +23,7 @@ def score_fn(exp, tasks):
         start_fn, advance_fn = exp.learner.stepper(dataclasses.replace(
             exp.config.eval_omega, batch_size=batch_size))
         lr = tf.constant(lr, tf.float32)
+        one = tf.constant(1, tf.int32)
         states, scores = [], []
         for task in tasks:
             state, value = start_fn(task.query_images, task.query_masks)
@@ -35,7 +36,7 @@ def score_fn(exp, tasks):
             for i, task in enumerate(tasks):
                 states[i], value = advance_fn(
                     *task, states[i], lr, tf.constant(t - 1, tf.int32),
-                    tf.constant([seed, i], tf.int32))
+                    one, tf.constant([seed, i], tf.int32))
                 scores[i] = float(value)
             return float(np.mean(scores))
 
