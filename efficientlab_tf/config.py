@@ -787,12 +787,12 @@ class ExperimentConfig:
             raise ValueError("--adapt_scope=mtl (or --eval_adapt_scope=mtl) "
                              "needs --mtl: the encoder must carry MTL's "
                              "scaling and shifting.")
-        if self.meta.adapt_scope == "mtl" and self.meta.algo != "fomaml":
+        if self.model.mtl and self.meta.algo != "fomaml":
             raise ValueError(
-                "--adapt_scope=mtl learns MTL's scaling and shifting from the "
-                "query loss at the adapted weights, a first-order outer "
-                f"gradient that FOMAML computes: use --algo=fomaml, not "
-                f"--algo={self.meta.algo}.")
+                "--mtl learns MTL's scaling and shifting from the query loss "
+                "at the adapted weights, a first-order outer gradient that "
+                "FOMAML computes (no inner loop adapts them): use "
+                f"--algo=fomaml, not --algo={self.meta.algo}.")
         if self.meta.algo == "maml" and self.run.precision == "mixed_float16":
             raise ValueError(
                 "--algo=maml differentiates through the inner loop, where "

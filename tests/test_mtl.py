@@ -82,7 +82,14 @@ def test_scopes_of_an_mtl_model():
     assert {id(v) for v in outer} == mtl_ids and len(outer) == 4  # 2 convs
     # The inner loop adapts the base learner (decoder, head) only.
     assert inner and not ({id(v) for v in inner} & encoder_ids)
-    assert outer_variables(model, "decoder") == []
+    # No scope adapts Phi (outer loop only), so "all" on an MTL model is
+    # the plain model's "all"; Phi is meta-learned under every scope.
+    plain = helpers.tiny_efficientlab(bn_mode="batch")
+    everything = scope_variables(model, "all")
+    assert not ({id(v) for v in everything} & mtl_ids)
+    assert [v.shape for v in everything] == [v.shape for v in scope_variables(plain, "all")]
+    assert {id(v) for v in outer_variables(model, "all")} == mtl_ids
+    assert outer_variables(plain, "all") == []
     with pytest.raises(ValueError, match="needs a model built with --mtl"):
         scope_variables(helpers.tiny_efficientlab(), "mtl")
 
@@ -139,6 +146,8 @@ def test_config_refusals():
         ExperimentConfig.build("demo", adapt_scope="mtl")
     with pytest.raises(ValueError, match="use --algo=fomaml"):
         ExperimentConfig.build("demo", adapt_scope="mtl", mtl=True, algo="reptile")
+    with pytest.raises(ValueError, match="use --algo=fomaml"):
+        ExperimentConfig.build("demo", mtl=True, algo="joint")
     config = ExperimentConfig.build("demo", adapt_scope="mtl", mtl=True)
     assert config.train_omega.scope == "mtl"
 

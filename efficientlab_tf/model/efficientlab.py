@@ -215,12 +215,18 @@ def scope_variables(model, scope):
       outer loop only (`outer_variables`). The encoder's own weights stay
       frozen.
 
+    On a model built with --mtl no scope adapts MTL's scaling and shifting:
+    they are learned in the outer loop only, as in MTL (`outer_variables`).
+    A run trained without MTL and loaded into such a model (Phi at 1 and 0)
+    therefore adapts exactly as in the plain model, in every scope.
+
     Raises:
         ValueError: unknown scope, or a model without the expected parts.
     """
     if scope not in ADAPT_SCOPES:
         raise ValueError(f"`adapt_scope` must be one of {ADAPT_SCOPES}; got {scope!r}.")
-    trainable = model.trainable_variables
+    phi = {id(v) for v in mtl_variables(model)}
+    trainable = [v for v in model.trainable_variables if id(v) not in phi]
     if scope == "all":
         return list(trainable)
     if scope == "head":
@@ -249,5 +255,7 @@ def scope_variables(model, scope):
 
 def outer_variables(model, scope):
     """Variables meta-training moves that the inner loop of `scope` leaves
-    frozen: MTL's scaling and shifting for "mtl", else none."""
-    return mtl_variables(_encoder_layer(model)) if scope == "mtl" else []
+    frozen: MTL's scaling and shifting on a model built with --mtl (in
+    every scope: `scope_variables` never adapts them), else none."""
+    del scope  # The same for every scope.
+    return mtl_variables(_encoder_layer(model))
