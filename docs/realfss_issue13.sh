@@ -19,6 +19,11 @@
 # scored initialization (compare's rows/ cache). Each process is
 # single-threaded, so two runners keep the 2-core VM busy.
 #
+# The adaptation curves pool the same way (the figure: RUNS_DIR/curve/curve.png):
+#   python run_meta.py --flagfile=flags/realfss_folds.flags --mode=compare_merge \
+#     --eval_shots_list=5,1 --compare_reference=joint_imagenet --random_steps_factor=0 \
+#     --compare_runs=RUNS_DIR/fold0/curve_5shot,RUNS_DIR/fold0/curve_1shot,... --workdir=RUNS_DIR/curve
+#
 # Then pool the folds (RUNS_DIR/merged/summary.md is the README's table):
 #   python run_meta.py --flagfile=flags/realfss_folds.flags --mode=compare_merge \
 #     --eval_shots_list=5,1 --compare_reference=joint_imagenet --random_steps_factor=0 \
@@ -113,7 +118,25 @@ compare_jobs() {  # compare_jobs SUFFIX RUN_ENTRY...
     done
   done
 }
+# The adaptation curve of the core rows (issue 24): mean IoU after 0 to 50
+# steps of the shared omega's lr and batch size, on the comparison's 40
+# meta-test tasks per fold (its "after 5 steps" rows are the shared-omega
+# rows of the comparison: omega's 5 steps). --mtl: one model holds every row; a run trained without MTL loads
+# with Phi at 1 and 0 and no scope adapts Phi, so it scores as in the
+# plain model.
+curve_jobs() {
+  for f in $FOLDS; do
+    runs=""; needs=""
+    for entry in "$@"; do
+      name=${entry%%|*}; runs+="${runs:+,}@/$name"; needs+="${needs:+,}@/$name/results.json"
+    done
+    for k in 5 1; do
+      jobs+=("@/curve_${k}shot|compare_${k}shot.json|$needs|$COMMON --fold=$f --mode=compare --mtl --eval_shots_list=$k --eval_tasks=40 --random_steps_factor=0 --compare_reference=joint_imagenet --compare_curve_steps=0,1,2,3,5,10,20,50 --compare_runs=$runs")
+    done
+  done
+}
 train_jobs "${RUNS[@]:0:CORE}"
+curve_jobs "${RUNS[@]:0:CORE}"
 uho_jobs imagenet "${RUNS[@]:0:CORE}"
 compare_jobs _core "${RUNS[@]:0:CORE}"
 train_jobs "${RUNS[@]:CORE}"
