@@ -231,8 +231,10 @@ def restore_intact(checkpoint, prefixes, what="checkpoint", optional=()):
             except AssertionError as e:
                 if not (optional and _only_optional_unmatched(e, optional)):
                     raise
-                logging.info("%s has no %s; kept their values.", prefix,
-                             ", ".join(v.path for v in optional))
+                names = [v.path for v in optional]
+                logging.info("%s has no %s%s; kept their values.", prefix,
+                             ", ".join(names[:4]),
+                             f" and {len(names) - 4} more" if len(names) > 4 else "")
         except Exception as e:  # noqa: BLE001 (truncation raises IndexError)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             failures.append(f"{prefix}: {type(e).__name__}: {first[:200]}")

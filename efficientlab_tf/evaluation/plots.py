@@ -98,6 +98,10 @@ def curve_plot(tables, path, reference=None):
             ax.axhline(curves[reference][-1]["mean_iou"], color="0.3",
                        linestyle=":", linewidth=1)
         ax.set_xscale("symlog", linthresh=1)  # Step 0 on a log-like axis.
+        ticks = sorted({r["steps"] for curve in curves.values() for r in curve})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("adaptation steps")
         ax.set_ylabel("mean query IoU")
         ax.set_title(f"{shots}-shot, {len(rows[0]['per_task'])} tasks")
