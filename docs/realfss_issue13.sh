@@ -200,7 +200,7 @@ if [ "$ME" = results ]; then  # bash docs/realfss_issue13.sh RUNS_DIR results [R
   TF_CPP_MIN_LOG_LEVEL=2 python - "$R" "${names[*]}" "${@:-joint_imagenet}" <<'PY'
 import json, os, sys
 from efficientlab_tf.evaluation.protocol import paired_difference
-from efficientlab_tf.model.metrics import mean_ci95
+from efficientlab_tf.evaluation.protocol import mean_ci95
 runs, names, refs = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
 def per_task(name, fold):
     path = os.path.join(runs, f"fold{fold}", name, "results.json")
