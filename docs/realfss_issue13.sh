@@ -119,9 +119,9 @@ compare_jobs() {  # compare_jobs SUFFIX RUN_ENTRY...
   done
 }
 # The adaptation curve of the core rows (issue 24): mean IoU after 0 to 50
-# steps of the shared omega's lr and batch size, on the comparison's 40
-# meta-test tasks per fold (its "after 5 steps" rows are the shared-omega
-# rows of the comparison: omega's 5 steps). --mtl: one model holds every row; a run trained without MTL loads
+# steps of the shared omega's lr and batch size, 5-shot on the comparison's
+# 40 meta-test tasks per fold (its "after 5 steps" rows are the comparison's
+# shared-omega rows: omega's 5 steps), 1-shot on the first 20. --mtl: one model holds every row; a run trained without MTL loads
 # with Phi at 1 and 0 and no scope adapts Phi, so it scores as in the
 # plain model.
 curve_jobs() {
@@ -131,7 +131,9 @@ curve_jobs() {
       name=${entry%%|*}; runs+="${runs:+,}@/$name"; needs+="${needs:+,}@/$name/results.json"
     done
     for k in 5 1; do
-      jobs+=("@/curve_${k}shot|compare_${k}shot.json|$needs|$COMMON --fold=$f --mode=compare --mtl --eval_shots_list=$k --eval_tasks=40 --random_steps_factor=0 --compare_reference=joint_imagenet --compare_curve_steps=0,1,2,3,5,10,20,50 --compare_runs=$runs")
+      # 1-shot on the first 20 tasks (the session's CPU budget).
+      n=40; [ $k = 1 ] && n=20
+      jobs+=("@/curve_${k}shot|compare_${k}shot.json|$needs|$COMMON --fold=$f --mode=compare --mtl --eval_shots_list=$k --eval_tasks=$n --random_steps_factor=0 --compare_reference=joint_imagenet --compare_curve_steps=0,1,2,3,5,10,20,50 --compare_runs=$runs")
     done
   done
 }
