@@ -93,21 +93,10 @@ class SmokeRunTest(tf.test.TestCase):
         self.assertIn("Resumed from", proc.stderr)
         self.assertTrue(os.path.exists(os.path.join(workdir, "saved_model", "2")))
 
-        # Export the run for TF Serving, with an omega file (as UHO writes).
-        export_dir = os.path.join(tempfile.mkdtemp(), "efficientlab")
-        omega = os.path.join(workdir, "omega.json")
-        with open(omega, "w") as f:
-            f.write('{"lr": 0.01, "steps": 3}')
-        proc = helpers.run_meta("--flagfile=flags/synthetic_smoke.flags", "--mode=export",
-                        f"--workdir={workdir}", f"--export_dir={export_dir}",
-                        f"--omega_file={omega}")
-        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
-        self.assertIn("lr 0.01, 3 steps", proc.stderr)
-        loaded = tf.saved_model.load(os.path.join(export_dir, "1"))
-        self.assertEqual(sorted(loaded.signatures),
-                         ["few_shot", "few_shot_omega", "serve", "serve_bytes",
-                          "serving_default"])
-
+        # --mode=export runs in-process in tests/test_runners.py
+        # (test_export_and_adapt), its signatures in tests/test_export.py, and
+        # the installed package exports on resume (tests/test_installed.py):
+        # one process fewer here keeps CI inside 15 minutes.
         # --mode=adapt and --mode=uho run in-process in tests/test_runners.py
         # (export_and_adapt, uho_writes_omega...): every process here costs a
         # B0 build and its traces, and CI has 15 minutes.
