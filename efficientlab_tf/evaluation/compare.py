@@ -195,9 +195,8 @@ def curve_section(tables, reference):
     IoU after each step count, paired with `reference` at the same count,
     and `steps_to_reach`."""
     first = next(iter(tables.values()))
-    variants = sorted({r["variant"] for r in first if "variant" in r
-                       and r["variant"] == curve_variant(r["steps"])},
-                      key=lambda v: int(v.split()[1]))
+    variants = [curve_variant(s) for s in sorted(
+        {r["steps"] for r in first if r.get("variant") == curve_variant(r["steps"])})]
     if not variants:
         return ""
     return ("#### Adaptation curve (the shared omega's lr and batch size, "
