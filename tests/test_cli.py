@@ -44,9 +44,9 @@ class FlagfileTest(tf.test.TestCase):
 
     def test_best_realfss_flagfile_is_the_measured_study_row(self):
         # Its header reports fomaml_jointlong's figures: the flags must be
-        # that row's training flags in docs/realfss_issue13.sh.
+        # that row's training flags in docs/studies/realfss34.sh.
         flags = read_flagfile(os.path.join(ROOT, "flags/realfss_best.flags"))
-        script = open(os.path.join(ROOT, "docs/realfss_issue13.sh")).read()
+        script = open(os.path.join(ROOT, "docs/studies/realfss34.sh")).read()
         row = next(line.strip().strip('"') for line in script.splitlines()
                    if line.strip().startswith('"fomaml_jointlong|'))
         study = dict(arg[2:].partition("=")[::2]

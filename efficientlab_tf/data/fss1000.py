@@ -2,7 +2,10 @@
 
 Layout: `<root>/<class>/<n>.jpg` with the mask `<n>.png` beside it (also when
 `data_dir` is the folder holding the usual `fewshot_data/`). Only folders
-are classes (a root may hold README/PROVENANCE/MANIFEST files).
+are classes (a root may hold README/PROVENANCE/MANIFEST files). Several
+roots, comma-separated (`--data_dir=realfss-train,realfss-extra`), are one
+dataset: their classes are pooled, and a class name found in two roots is
+refused (it would silently merge two classes).
 
 Splits: the official 240 test classes (shipped list
 `efficientlab_tf/resources/fss1000_test_classes.txt`) that are present form
@@ -47,6 +50,34 @@ def resolve_root(data_dir):
         raise FileNotFoundError(f"`data_dir` {data_dir!r} is not a directory.")
     nested = os.path.join(data_dir, "fewshot_data")
     return nested if os.path.isdir(nested) else data_dir
+
+
+def data_roots(data_dir):
+    """The class roots of `data_dir`: one folder, or several comma-separated."""
+    parts = [p.strip() for p in (data_dir or "").split(",")]
+    if not data_dir or not all(parts):
+        raise FileNotFoundError(f"`data_dir` {data_dir!r} is not a directory "
+                                "(or a comma-separated list of them).")
+    return [resolve_root(p) for p in parts]
+
+
+def scan_roots(data_dir, skip_bad=False):
+    """(display root, {class: pairs}) of every root of `data_dir` pooled.
+
+    Raises:
+        ValueError: a class name is in two roots.
+    """
+    roots = data_roots(data_dir)
+    classes, where = {}, {}
+    for root in roots:
+        for name, pairs in scan(root, skip_bad).items():
+            if name in classes:
+                raise ValueError(
+                    f"class {name!r} is in two --data_dir folders, "
+                    f"{where[name]!r} and {root!r}; rename one (a class name "
+                    "is its identity).")
+            classes[name], where[name] = pairs, root
+    return ",".join(roots), classes
 
 
 def scan_class(folder):
@@ -170,8 +201,7 @@ def split_classes(names, val_classes, test_classes, split_seed, fold=-1,
 
 def folder_table(data_config, skip_bad=False):
     """ExampleTable of an FSS-1000-layout folder (every pair checked)."""
-    root = resolve_root(data_config.data_dir)
-    pairs = scan(root, skip_bad)
+    root, pairs = scan_roots(data_config.data_dir, skip_bad)
     splits = dict(zip(("train", "val", "test"), split_classes(
         sorted(pairs), data_config.val_classes, data_config.test_classes,
         data_config.split_seed, data_config.fold, data_config.num_folds)))

@@ -117,8 +117,8 @@ def write_shards(data_dir, out_dir, num_shards=8, skip_bad=False):
     """Converts an FSS-1000-layout tree to shards; returns the index dict."""
     if num_shards < 1:
         raise ValueError(f"`num_shards` must be >= 1; got {num_shards}.")
-    root = fss1000.resolve_root(data_dir)
-    classes = fss1000.scan(root, skip_bad)  # Every pair checked (validate.py).
+    # Every pair checked (validate.py); several roots pool their classes.
+    root, classes = fss1000.scan_roots(data_dir, skip_bad)
     entries = [(name, "", image, mask, -1)
                for name in sorted(classes) for image, mask in classes[name]]
     return write_entries(entries, out_dir, num_shards, "fss1000")

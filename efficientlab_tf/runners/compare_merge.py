@@ -53,7 +53,7 @@ def tables_by_shots(compare_dirs, shots_list):
     """{shots: [compare_<shots>shot.json of each folder that has it]}.
 
     A folder may hold one shot count's table (the per-fold, per-shot
-    compare jobs of docs/realfss_issue13.sh) or several; every shot count
+    compare jobs of docs/studies/realfss34.sh) or several; every shot count
     must be found in as many folders (one per fold)."""
     found = {k: [os.path.join(d, f"compare_{k}shot.json") for d in compare_dirs
                  if os.path.isfile(os.path.join(d, f"compare_{k}shot.json"))]
