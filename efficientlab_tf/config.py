@@ -335,6 +335,11 @@ class DataConfig(_Section):
     test_classes: int = knob(
         32, "Meta-test classes (synthetic, or a folder dataset without the "
         "official FSS-1000 test classes).", check="non-negative")
+    official_test_classes: bool = knob(
+        True, "Folder datasets (--fold=-1): folders named like one of "
+        "FSS-1000's 240 official test classes are meta-test. false: they are "
+        "classes like any other, and --test_classes seeded classes are "
+        "meta-test (0: none, every class trains: a model to ship).")
     skip_bad_examples: bool = knob(False, "Log and leave out bad files "
                                    "instead of failing.")
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)

@@ -92,7 +92,8 @@ def prepare(config, model=None):
     # The evaluation task sets are drawn now, so shot counts that the classes
     # cannot serve fail at second 0, not after training.
     val_tasks = exp.eval_tasks("val") if exp.has_split("val") else None
-    test_tasks = exp.eval_tasks("test")
+    # No meta-test classes: a model trained on every class (a shipped one).
+    test_tasks = exp.eval_tasks("test") if exp.has_split("test") else None
     learner = exp.learner
     step = tf.Variable(0, dtype=tf.int64, name="step")
     trackables = {"model": exp.model, "step": step}
@@ -295,18 +296,24 @@ class _Loop:
         results = {"step": step, "config": dataclasses.asdict(cfg)}
         if self.val_tasks is not None:
             results["meta_val"] = _strip(self.validate(step))
-        test = exp.evaluate(self.p.test_tasks, name="meta_test")
-        results["meta_test"] = _strip(test)
-        final = {"hparams/meta_test_mean_iou": test["mean_iou"],
-                 "hparams/meta_test_ci95": test["ci95"]}
+        final = {}
+        if self.p.test_tasks is not None:
+            test = exp.evaluate(self.p.test_tasks, name="meta_test")
+            results["meta_test"] = _strip(test)
+            final = {"hparams/meta_test_mean_iou": test["mean_iou"],
+                     "hparams/meta_test_ci95": test["ci95"]}
+            omega = cfg.eval_omega
+            logging.info("meta-test %d-shot mean IoU %.4f +- %.4f (%d tasks, "
+                         "omega: %d steps, lr %g, batch %d)", cfg.eval.shots,
+                         test["mean_iou"], test["ci95"], test["tasks"],
+                         omega.steps, omega.lr, omega.batch_size)
+        else:
+            logging.info("No meta-test classes: every class trained, nothing "
+                         "held out to score (its cross-validated figures come "
+                         "from --fold runs).")
         if self.val_tasks is not None:
             final["hparams/meta_val_mean_iou"] = results["meta_val"]["mean_iou"]
         summaries.write_metrics(self.hparams_dir, final, step)
-        omega = cfg.eval_omega
-        logging.info("meta-test %d-shot mean IoU %.4f +- %.4f (%d tasks, omega: "
-                     "%d steps, lr %g, batch %d)", cfg.eval.shots,
-                     test["mean_iou"], test["ci95"], test["tasks"], omega.steps,
-                     omega.lr, omega.batch_size)
         if cfg.run.export:
             check_finite_weights(exp.model, "export")
             results["saved_model"] = exp.export(

@@ -162,13 +162,15 @@ def report(problems, where, skip_bad):
 
 
 def split_classes(names, val_classes, test_classes, split_seed, fold=-1,
-                  num_folds=4):
+                  num_folds=4, official=True):
     """(train, val, test) class-name lists (see module docstring).
 
     With `fold` >= 0 the classes are cross-validation folds instead: a
     permutation by `split_seed` dealt round-robin into `num_folds` folds;
     fold `fold` is meta-test, `val_classes` of the rest meta-val, the others
-    meta-train (the official FSS-1000 test list is not used).
+    meta-train (the official FSS-1000 test list is not used). With
+    `official` False the official list is not used either: `test_classes`
+    seeded classes are meta-test (0: none, so every class trains).
     """
     if fold >= 0:
         if not 0 <= fold < num_folds or num_folds < 2:
@@ -184,9 +186,9 @@ def split_classes(names, val_classes, test_classes, split_seed, fold=-1,
         if not train:
             raise ValueError(f"no meta-train classes left in fold {fold}.")
         return train, val, test
-    official = set(read_class_list("fss1000_test_classes.txt"))
-    test = [n for n in names if n in official]
-    rest = [n for n in names if n not in official]
+    listed = set(read_class_list("fss1000_test_classes.txt") if official else ())
+    test = [n for n in names if n in listed]
+    rest = [n for n in names if n not in listed]
     order = np.random.RandomState(split_seed).permutation(len(rest))
     rest = [rest[i] for i in order]
     if not test:
@@ -204,7 +206,8 @@ def folder_table(data_config, skip_bad=False):
     root, pairs = scan_roots(data_config.data_dir, skip_bad)
     splits = dict(zip(("train", "val", "test"), split_classes(
         sorted(pairs), data_config.val_classes, data_config.test_classes,
-        data_config.split_seed, data_config.fold, data_config.num_folds)))
+        data_config.split_seed, data_config.fold, data_config.num_folds,
+        data_config.official_test_classes)))
     return ExampleTable(root=root, pairs=pairs, splits=splits,
                         read_fn=tf.io.read_file)
 

@@ -183,7 +183,8 @@ def shard_source(data_config, image_size, skip_bad=False):
     pairs = read_shards(data_config.data_dir)
     splits = dict(zip(("train", "val", "test"), fss1000.split_classes(
         sorted(pairs), data_config.val_classes, data_config.test_classes,
-        data_config.split_seed, data_config.fold, data_config.num_folds)))
+        data_config.split_seed, data_config.fold, data_config.num_folds,
+        data_config.official_test_classes)))
     source = TableSource(
         ExampleTable(root=data_config.data_dir, pairs=pairs, splits=splits,
                      read_fn=tf.identity), image_size, skip_bad)
