@@ -8,6 +8,7 @@ be; Ctrl-C saves one before exiting and `kill -9` loses at most
 `checkpoint_every` iterations.
 """
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -27,6 +28,7 @@ from efficientlab_tf.experiment import Experiment
 from efficientlab_tf.experiment import load_model_weights
 from efficientlab_tf.hard_tasks import HardTaskPool
 from efficientlab_tf.hard_tasks import hard_count
+from efficientlab_tf.meta.evaluator import NONFINITE_PREDICTION
 from efficientlab_tf.meta.learner import linear_meta_step
 
 
@@ -43,6 +45,26 @@ def check_finite_weights(model, what):
         raise NonFiniteError(
             f"refusing to {what}: {len(bad)} variables hold NaN/Inf "
             f"(first: {bad[0]}).")
+
+
+@contextlib.contextmanager
+def finite_evaluation(what):
+    """Turns the evaluator's NaN/Inf check inside `what` into NonFiniteError.
+
+    A step can leave finite but exploded weights (e.g. --inner_lr=1e6): the
+    training loss is still finite, and the first evaluation after it
+    (meta-validation, the image summary, the final meta-test) is where the
+    predictions become NaN. Nothing is saved after such a step.
+    """
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as e:
+        if NONFINITE_PREDICTION not in str(e.message):
+            raise
+        raise NonFiniteError(
+            f"{what}: the adapted network predicts NaN/Inf, so the weights "
+            "diverged; training stopped and nothing more was saved or "
+            "exported. Lower --inner_lr or --meta_step.") from None
 
 
 def _image_summary(exp, task, step):
@@ -215,7 +237,8 @@ class _Loop:
             self.log(s, metrics, meta_lr, picks)
         if (self.chief and cfg.run.image_every and s % cfg.run.image_every == 0
                 and self.val_tasks is not None):
-            with self.val_writer.as_default():
+            with self.val_writer.as_default(), finite_evaluation(
+                    f"meta-iteration {s}, the meta-val image summary"):
                 _image_summary(self.exp, self.val_tasks[0], s)
         if s % cfg.run.checkpoint_every == 0:
             self.save(s)
@@ -274,7 +297,8 @@ class _Loop:
             rate, format_eta(rate * (self.total - s)))
 
     def validate(self, s):
-        result = self.exp.evaluate(self.val_tasks, name="meta_val")
+        with finite_evaluation(f"meta-iteration {s}, meta-validation"):
+            result = self.exp.evaluate(self.val_tasks, name="meta_val")
         with self.val_writer.as_default():
             tf.summary.scalar("meta_val/mean_iou", result["mean_iou"], step=s)
             tf.summary.scalar("meta_val/ci95", result["ci95"], step=s)
@@ -298,7 +322,9 @@ class _Loop:
             results["meta_val"] = _strip(self.validate(step))
         final = {}
         if self.p.test_tasks is not None:
-            test = exp.evaluate(self.p.test_tasks, name="meta_test")
+            with finite_evaluation(f"meta-iteration {step}, the final "
+                                   "meta-test evaluation"):
+                test = exp.evaluate(self.p.test_tasks, name="meta_test")
             results["meta_test"] = _strip(test)
             final = {"hparams/meta_test_mean_iou": test["mean_iou"],
                      "hparams/meta_test_ci95": test["ci95"]}

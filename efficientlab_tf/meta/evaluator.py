@@ -19,6 +19,13 @@ from efficientlab_tf.meta.contract import all_variables
 from efficientlab_tf.meta.contract import make_adapter
 
 
+
+# The message of the evaluation's NaN/Inf check; callers that run evaluations
+# inside a longer job (training's meta-validation and image summaries) match
+# it to report the divergence as their own (training.NonFiniteError).
+NONFINITE_PREDICTION = ("evaluation: the adapted network predicts NaN/Inf "
+                        "(lower the omega lr, or use float32)")
+
 class ReplicatedEval:
     """An eval function that also adapts `replicas` tasks at once, one per
     replica of a tf.distribute strategy.
@@ -91,9 +98,7 @@ class Evaluator:
                                        steps, seed)
             # A NaN/Inf adaptation fails loudly instead of scoring IoU 0.
             probs = tf.debugging.check_numerics(
-                adapter.predict(adapted, query_images),
-                "evaluation: the adapted network predicts NaN/Inf (lower the "
-                "omega lr, or use float32)")
+                adapter.predict(adapted, query_images), NONFINITE_PREDICTION)
             return metric(query_masks, probs), probs
 
         task_fn = self._compile(eval_task)
