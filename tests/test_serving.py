@@ -463,3 +463,29 @@ def test_request_limits_refuse_a_flood_before_decoding(tmp_path):
     ok = servable.predict("serve_bytes", {"encoded": np.array(
         [_png(np.zeros((32, 32, 3), np.uint8))] * 4, dtype=object)})
     assert ok["masks"].shape == (4, 32, 32)
+
+
+@pytest.mark.parametrize("bn_mode", ["running", "batch"])
+def test_requests_larger_than_the_serving_batch_are_split(bn_mode, tmp_path):
+    """Issue 35 (2): the in-graph BatchFunction took `serve_batch_size` as
+    its largest *input*, so a request of more images than that (but within
+    `max_request_images`) failed with "Task size 17 is larger than maximum
+    input batch size 16". It is now split into batches of at most
+    `serve_batch_size` (the op's large-batch splitting), and each image's
+    answer equals the one it gets alone."""
+    limits = ExportConfig(serve_batch_size=4, max_request_images=11,
+                          serve_batch_timeout_micros=1000)
+    _, path = _export(str(tmp_path / "m"), bn_mode, version=1, limits=limits)
+    servable = emulation.Servable("m", 1, path)
+    images = _uint8((11, 32, 32, 3), 7)
+    together = servable.predict("serving_default", {"images": images})
+    encoded = np.array([_png(x) for x in images], dtype=object)
+    from_bytes = servable.predict("serve_bytes", {"encoded": encoded})
+    for i in range(len(images)):
+        alone = servable.predict("serving_default", {"images": images[i:i + 1]})
+        np.testing.assert_allclose(together["probabilities"][i],
+                                   alone["probabilities"][0], atol=1e-5)
+        np.testing.assert_allclose(from_bytes["probabilities"][i],
+                                   alone["probabilities"][0], atol=1e-5)
+    with pytest.raises(emulation.ServingError, match="more than 11 images"):
+        servable.predict("serving_default", {"images": _uint8((12, 32, 32, 3), 8)})

@@ -194,9 +194,16 @@ def _network_core(model, limits):
 
     if not limits.serve_batch_size:
         return core
+    # max_batch_size bounds one call's images (a whole request, up to
+    # max_request_images); allowed_batch_sizes bounds what runs at once:
+    # with large-batch splitting (the op's default) a request of more images
+    # than serve_batch_size is split into batches of at most that many. Every
+    # size up to it is allowed, so a batch is never padded with extra rows.
     batched = tf.nondifferentiable_batch_function(
         num_batch_threads=limits.serve_batch_threads,
-        max_batch_size=limits.serve_batch_size,
+        max_batch_size=max(limits.max_request_images, limits.serve_batch_size),
+        allowed_batch_sizes=list(range(1, limits.serve_batch_size + 1)),
+        enable_large_batch_splitting=True,
         batch_timeout_micros=limits.serve_batch_timeout_micros,
         max_enqueued_batches=MAX_ENQUEUED_BATCHES)(core)
     return lambda images: tf.ensure_shape(batched(images), images.shape[:3])
