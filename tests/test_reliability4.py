@@ -39,3 +39,21 @@ def test_divergence_seen_by_an_evaluation_stops_training(phase, run, every,
         helpers.run_training(config)
     assert not os.path.exists(os.path.join(workdir, "results.json"))
     assert not os.path.exists(os.path.join(workdir, "saved_model"))
+
+
+# --- 3: the GPU extra requires a cuDNN that TensorFlow 2.21 can train with -------
+
+def test_the_gpu_extra_requires_cudnn_9_24():
+    # tensorflow[and-cuda] admits nvidia-cudnn-cu12 >= 9.3, and 9.3-9.5 fail
+    # TF 2.21's autotuning of the fused conv-bias-activation (docs/scale.md).
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    gpu = [Requirement(r) for r in metadata.requires("efficientlab-tf")
+           if 'extra == "gpu"' in r]
+    cudnn = [r for r in gpu if r.name == "nvidia-cudnn-cu12"]
+    assert cudnn, [str(r) for r in gpu]
+    assert not cudnn[0].specifier.contains("9.5.1.17")
+    assert not cudnn[0].specifier.contains("9.3.0.75")
+    assert cudnn[0].specifier.contains("9.24.0.43")

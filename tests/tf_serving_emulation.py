@@ -304,6 +304,16 @@ class Servable:
         fn = self._signature(signature)
         specs = fn.structured_input_signature[1]
         tensors = {k: tf.constant(v, specs[k].dtype) for k, v in inputs.items()}
+        for k, v in tensors.items():
+            # The feed must fit the placeholder the signature declares (e.g.
+            # few_shot_omega's lr [1]); the model server reports a misfit as
+            # INVALID_ARGUMENT (the session refuses it before any op runs;
+            # whichever check refuses it, no graph code sees the value).
+            if not specs[k].shape.is_compatible_with(v.shape):
+                raise ServingError(
+                    "INVALID_ARGUMENT", f"input {k!r} has shape "
+                    f"{v.shape.as_list()}, incompatible with the signature's "
+                    f"{specs[k].shape}")
         try:
             out = fn(**tensors)
         except tf.errors.OpError as e:

@@ -427,9 +427,11 @@ def export_saved_model(model, base_dir, image_size, version=None,
         # channel count or size instead of a shape mismatch deep inside.
         uint8_any = lambda name: tf.TensorSpec(None, tf.uint8, name=name)  # noqa: E731
         core = _network_core(model, limits)
-        # The first endpoint becomes `serving_default`.
+        # Named `serving_default` itself: Keras aliases the first endpoint as
+        # serving_default unless one has that name, and an endpoint named
+        # otherwise would be served twice (a fifth, unwarmed signature).
         archive.add_endpoint(
-            "serve", _serve_fn(core, image_size, limits.max_request_images),
+            "serving_default", _serve_fn(core, image_size, limits.max_request_images),
             input_signature=[uint8_any("images")])
         archive.add_endpoint(
             "serve_bytes", _serve_bytes_fn(core, image_size, limits),
@@ -448,8 +450,10 @@ def export_saved_model(model, base_dir, image_size, version=None,
                 "few_shot_omega",
                 _few_shot_omega_fn(adapt_and_predict, image_size, limits),
                 input_signature=few_shot_inputs + [
-                    tf.TensorSpec([None], tf.float32, name="lr"),
-                    tf.TensorSpec([None], tf.int32, name="steps"),
+                    # One value each: the declared shape is what the model
+                    # server's metadata shows a client.
+                    tf.TensorSpec([1], tf.float32, name="lr"),
+                    tf.TensorSpec([1], tf.int32, name="steps"),
                 ])
         with storage.writing("the SavedModel", final):
             archive.write_out(tmp, verbose=False)
