@@ -22,3 +22,8 @@ def __getattr__(name):
 
         return getattr(api, name)
     raise AttributeError(f"module 'efficientlab_tf' has no attribute {name!r}")
+
+
+def __dir__():
+    # The lazily imported API names too, so dir(el) and tab completion show them.
+    return sorted(set(globals()) | set(__all__))

@@ -61,10 +61,23 @@ def configure(preset="demo", recipe=None, flagfile=None, **knobs):
 
 
 def run(config, model=None):
-    """Runs `config.run.mode` (`runners.run`); returns its results."""
+    """Runs `config.run.mode` (`runners.run`); returns its results.
+
+    Progress is logged as the command logs it (the step line with its ETA):
+    outside `app.run` absl shows only warnings, so INFO is switched on for
+    the call unless the caller chose a verbosity.
+    """
+    from absl import logging
+
     from efficientlab_tf import runners
 
-    return runners.run(config, model=model)
+    previous = logging.get_verbosity()
+    if previous < logging.INFO:
+        logging.set_verbosity(logging.INFO)
+    try:
+        return runners.run(config, model=model)
+    finally:
+        logging.set_verbosity(previous)
 
 
 def _mode(mode):

@@ -57,3 +57,29 @@ def test_the_gpu_extra_requires_cudnn_9_24():
     assert not cudnn[0].specifier.contains("9.5.1.17")
     assert not cudnn[0].specifier.contains("9.3.0.75")
     assert cudnn[0].specifier.contains("9.24.0.43")
+
+
+# --- 6: the API shows its names and its progress ---------------------------------
+
+def test_dir_of_the_package_lists_the_api():
+    import efficientlab_tf as el
+
+    names = dir(el)
+    for name in ("configure", "train", "load", "Segmenter", "MetaLearner"):
+        assert name in names
+
+
+def test_el_train_logs_the_progress_line_with_its_eta(caplog):
+    # Outside app.run absl shows warnings only: el.train printed nothing for
+    # the whole run before. The records reach caplog's root handler only if
+    # the absl logger lets INFO through.
+    from absl import logging as absl_logging
+
+    import efficientlab_tf as el
+
+    before = absl_logging.get_verbosity()
+    config = helpers.tiny_experiment(tempfile.mkdtemp(), meta_iters=2)
+    el.train(config, model=helpers.tiny_efficientlab(bn_mode="batch"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("step 2/2 |") and "ETA" in line for line in lines), lines
+    assert absl_logging.get_verbosity() == before  # Restored after the call.
