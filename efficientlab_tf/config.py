@@ -65,6 +65,10 @@ MAX_SERVED_PIXELS = 4096 * 4096
 # step instead of failing here with a line that names the flag.
 MAX_IMAGE_SIZE = 1024
 
+# Largest value of an int32 (a knob that becomes an int32 constant in a graph
+# would wrap beyond it: 3e9 -> -1294967296).
+INT32_MAX = 2**31 - 1
+
 # check name -> (test, what the message says the value must be). NaN fails
 # every comparison, so each test refuses it; infinity is refused first.
 _CHECKS = {
@@ -72,16 +76,21 @@ _CHECKS = {
     "non-negative": (lambda v: v >= 0, "non-negative"),
     "fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "probability": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    # Seeds travel as int32 (tf.random's [seed, step] pairs) and seed numpy's
+    # RandomState: a wider value would wrap or fail deep inside.
+    "seed": (lambda v: 0 <= v <= INT32_MAX, f"in [0, {2**31 - 1}]"),
 }
 
 
 def knob(default, help, *, check=None, choices=None, flag=None, aliases=(),
-         cli=True):
-    """A configuration field: its default, help text and rules (module doc)."""
+         cli=True, most=None):
+    """A configuration field: its default, help text and rules (module doc);
+    `most`: the largest value accepted (where a larger one would wrap in a
+    graph constant or exhaust memory)."""
     assert check is None or check in _CHECKS, check
     return dataclasses.field(default=default, metadata={
         "help": help, "check": check, "choices": choices, "flag": flag,
-        "aliases": tuple(aliases), "cli": cli})
+        "aliases": tuple(aliases), "cli": cli, "most": most})
 
 
 def _check_choice(name, value, choices):
@@ -146,11 +155,17 @@ class _Section:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            base, elem, _ = _base_type(_hints(type(self))[f.name])
+            base, elem, optional = _base_type(_hints(type(self))[f.name])
             value = getattr(self, f.name)
-            if dataclasses.is_dataclass(base) or value is None:
+            if dataclasses.is_dataclass(base):
                 continue
             name = "--" + flag_name(type(self), f)
+            if value is None:
+                if not optional:  # e.g. el.configure(mode=None)
+                    what = _TYPE_WORDS.get(base) or f"a list of {elem.__name__}"
+                    raise ValueError(f"`{name}` must be {what}; got None (it "
+                                     "is not optional).")
+                continue
             value = _coerce(name, value, base, elem)
             object.__setattr__(self, f.name, value)
             for v in value if base is tuple else (value,):
@@ -158,6 +173,9 @@ class _Section:
                     _check_choice(name, v, f.metadata["choices"])
                 if f.metadata["check"]:
                     _check_value(name, v, f.metadata["check"])
+                most = f.metadata.get("most")
+                if most is not None and v > most:
+                    raise ValueError(f"`{name}` must be at most {most}; got {v!r}.")
         self.validate()
 
     def validate(self):
@@ -328,7 +346,7 @@ class DataConfig(_Section):
         "IoU on the support set).", check="non-negative")
     synthetic_classes: int = knob(192, "Classes of the synthetic family.",
                                   check="positive")
-    split_seed: int = knob(0, "Seed of the class split.")
+    split_seed: int = knob(0, "Seed of the class split.", check="seed")
     val_classes: int = knob(
         32, "Meta-val classes (0: train on T_tr u T_val without "
         "meta-validation, the paper's final training).", check="non-negative")
@@ -427,7 +445,7 @@ class MetaConfig(_Section):
                                "(checkpointed).", check="positive")
     learned_lr_step: float = knob(
         0.1, "--learned_lr: step size of the log inner learning rates (times "
-        "the meta step size).")
+        "the meta step size).", check="positive")
 
     @property
     def omega(self) -> Omega:
@@ -474,7 +492,7 @@ class EvalConfig(_Section):
         check="positive")
     every: int = knob(500, "Meta-iterations between meta-val evaluations "
                       "(0: at the end only).", check="non-negative")
-    seed: int = knob(1234, "Seed of the evaluation tasks.")
+    seed: int = knob(1234, "Seed of the evaluation tasks.", check="seed")
     omega_file: Optional[str] = knob(
         None, "JSON omega {\"lr\", \"steps\"[, \"batch_size\"]} (UHO's "
         "omega.json); overrides --eval_inner_lr/--eval_inner_iters/"
@@ -520,7 +538,7 @@ class RunConfig(_Section):
     workdir: str = knob("runs/demo", "Checkpoints, TensorBoard events, "
                         "results and SavedModel.")
     seed: int = knob(0, "Global seed; tasks and inner-loop shuffles derive "
-                     "from it.")
+                     "from it.", check="seed")
     checkpoint_every: int = knob(50, "Meta-iterations between checkpoints.",
                                  check="positive")
     keep_checkpoints: int = knob(3, "Checkpoints to keep.", check="positive")
@@ -544,7 +562,8 @@ class RunConfig(_Section):
         "processes named by TF_CONFIG).", choices=STRATEGIES)
     cpu_devices: int = knob(
         1, "Split this machine's CPU into N logical devices "
-        "(--strategy=mirrored without GPUs: N replicas).", check="positive")
+        "(--strategy=mirrored without GPUs: N replicas).", check="positive",
+        most=256)
     run_eagerly: bool = knob(False, "Run tf.functions eagerly (debugging).")
     export: bool = knob(True, "Export a SavedModel at the end of training.")
 
@@ -583,7 +602,8 @@ class UHOConfig(_Section):
                       "each trial (100, appendix C).", check="positive")
     sweep_points: int = knob(9, "lr_sweep mode: learning rates, log-spaced "
                              "over [lr/10, 10 lr].", aliases=("sweep_points",))
-    seed: Optional[int] = knob(None, "UHO: sampling seed (default: --seed).")
+    seed: Optional[int] = knob(None, "UHO: sampling seed (default: --seed).",
+                               check="seed")
 
     @property
     def lr_range(self):
@@ -711,30 +731,32 @@ class ExportConfig(_Section):
                                  "request may ask for.", check="positive")
     max_request_steps: int = knob(
         200, "Export: most steps a few_shot_omega request may ask for (200: "
-        "FP-k's largest iteration count).", check="positive")
+        "FP-k's largest iteration count).", check="positive", most=INT32_MAX)
     max_request_images: int = knob(
         64, "Export: most images in one request (serve_bytes and "
         "serving_default images, few_shot support and query sets).",
-        check="positive")
+        check="positive", most=INT32_MAX)
     max_request_pixels: int = knob(
         2 * MAX_SERVED_PIXELS, "Export: most pixels (height x width, read "
         "from the headers before decoding) all images of one serve_bytes "
         "request may hold (32 near-limit PNGs in one 512 KiB request cost "
-        "22 s of CPU before this limit, issue 28).", check="positive")
+        "22 s of CPU before this limit, issue 28).", check="positive",
+        most=2**62)
     max_image_pixels: int = knob(MAX_SERVED_PIXELS, "Export: largest image "
                                  "(height x width) serve_bytes decodes.",
-                                 check="positive")
+                                 check="positive", most=2**62)
     serve_batch_size: int = knob(
         16, "Export: largest in-graph batch of serving_default and serve_bytes "
         "across concurrent requests (each request gets its own rows); 0: no "
         "batching. 16: where per-image CPU time stops falling (BENCHMARKS.md).",
-        check="non-negative")
+        check="non-negative", most=4096)
     serve_batch_timeout_micros: int = knob(
         2000, "Export: longest a request waits for others to fill a batch "
         "(small against one forward pass: tens of ms on a CPU, ~5 ms on a "
-        "GPU).", check="non-negative")
+        "GPU).", check="non-negative", most=INT32_MAX)
     serve_batch_threads: int = knob(2, "Export: batches computed at once by "
-                                    "the in-graph batching.", check="positive")
+                                    "the in-graph batching.", check="positive",
+                                    most=1024)
 
 
 @dataclasses.dataclass(frozen=True)

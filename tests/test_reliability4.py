@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from efficientlab_tf import training
 from tests import helpers
+from tests import tf_serving_emulation as emulation
 
 
 # --- 1: divergence found by an evaluation is the NaN stop, not a traceback ------
@@ -83,3 +84,57 @@ def test_el_train_logs_the_progress_line_with_its_eta(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("step 2/2 |") and "ETA" in line for line in lines), lines
     assert absl_logging.get_verbosity() == before  # Restored after the call.
+
+
+# --- 8 and 11: knobs that wrapped, and config gaps ------------------------------
+
+@pytest.mark.parametrize("knobs,message", [
+    # 8: int32/int64 graph constants that wrapped (3e9 -> -1294967296) and
+    # made the export refuse every request and fail its own warmup.
+    (dict(max_request_steps=3_000_000_000), "--max_request_steps` must be at most 2147483647"),
+    (dict(max_request_images=3_000_000_000), "--max_request_images` must be at most 2147483647"),
+    (dict(max_request_pixels=2**63), "--max_request_pixels` must be at most 4611686018427387904"),
+    (dict(serve_batch_threads=3_000_000_000), "--serve_batch_threads` must be at most 1024"),
+    # 11: None for knobs that are not optional failed later (KeyError,
+    # TypeError); learned_lr_step had no check; seeds out of range gave a
+    # numpy traceback; cpu_devices=3e9 a MemoryError.
+    (dict(mode=None), "--mode` must be a string; got None"),
+    (dict(meta_iters=None), "--meta_iters` must be an integer; got None"),
+    (dict(learned_lr_step=float("nan")), "--learned_lr_step` must be a finite number"),
+    (dict(learned_lr_step=float("inf")), "--learned_lr_step` must be a finite number"),
+    (dict(learned_lr_step=-1.0), "--learned_lr_step` must be positive"),
+    (dict(seed=-1), r"--seed` must be in \[0, 2147483647\]"),
+    (dict(seed=2**63), r"--seed` must be in \[0, 2147483647\]"),
+    (dict(split_seed=-1), r"--split_seed` must be in \[0, 2147483647\]"),
+    (dict(cpu_devices=3_000_000_000), "--cpu_devices` must be at most 256"),
+])
+def test_out_of_range_knobs_are_refused_by_name(knobs, message):
+    import efficientlab_tf as el
+
+    with pytest.raises(ValueError, match=message):
+        el.configure("smoke", **knobs)
+
+
+def test_the_largest_accepted_limits_export_and_serve(tmp_path):
+    # The bounds are the graph's: at the bound itself nothing wraps.
+    from efficientlab_tf.config import ExportConfig
+    from efficientlab_tf.config import INT32_MAX
+    from efficientlab_tf.config import Omega
+    from efficientlab_tf.export.saved_model import export_saved_model
+    from efficientlab_tf.segmentation import build_adapter
+
+    model = helpers.tiny_efficientlab(bn_mode="running")
+    limits = ExportConfig(max_request_steps=INT32_MAX, max_request_images=INT32_MAX,
+                          max_request_pixels=2**62, serve_batch_size=0)
+    path = export_saved_model(model, str(tmp_path / "m"), 32, limits=limits,
+                              few_shot_adapter=build_adapter(model, Omega(batch_size=2)),
+                              omega=helpers.OMEGA, version=1)
+    # Loading replays the export's warmup through every signature, as the
+    # model server does (a failing record fails the load).
+    servable = emulation.Servable("m", 1, path)
+    served = servable.predict("few_shot_omega", {
+        "support_images": np.zeros((1, 32, 32, 3), np.uint8),
+        "support_masks": np.full((1, 32, 32), 255, np.uint8),
+        "query_images": np.zeros((2, 32, 32, 3), np.uint8),
+        "lr": np.array([0.01], np.float32), "steps": np.array([2], np.int32)})
+    assert served["masks"].shape == (2, 32, 32)
