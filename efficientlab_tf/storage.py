@@ -117,6 +117,15 @@ def remove_stale(folder, stem):
     return removed
 
 
+def usual_mode(bits=0o666):
+    """`bits` less the umask: the mode open() would have given a new file
+    (0o777 for a folder). mkstemp/mkdtemp create 0600/0700 files, which a
+    job of another user (TF Serving, a shared shard folder) cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return bits & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path; renames it to `path` if the block succeeds.
@@ -133,10 +142,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
-        # mkstemp creates 0600 files; give the file the umask's usual mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, usual_mode())  # mkstemp creates 0600 files.
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -138,3 +138,24 @@ def test_the_largest_accepted_limits_export_and_serve(tmp_path):
         "query_images": np.zeros((2, 32, 32, 3), np.uint8),
         "lr": np.array([0.01], np.float32), "steps": np.array([2], np.int32)})
     assert served["masks"].shape == (2, 32, 32)
+
+
+# --- 10: shards follow the umask ------------------------------------------------
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_shards_follow_the_umask(umask, mode, tmp_path):
+    # Since the unpredictable temporary names (mkstemp), shards were 0600:
+    # a training job of another user could not read a shared shard folder.
+    import stat
+
+    from efficientlab_tf.data import tfrecords
+
+    root = helpers.make_tree(classes=("cat", "dog"), pairs=2)
+    old = os.umask(umask)
+    try:
+        tfrecords.write_shards(root, str(tmp_path / "shards"), num_shards=2)
+    finally:
+        os.umask(old)
+    for name in os.listdir(tmp_path / "shards"):
+        got = stat.S_IMODE(os.stat(tmp_path / "shards" / name).st_mode)
+        assert got == mode, (name, oct(got))

@@ -97,6 +97,7 @@ def write_entries(entries, out_dir, num_shards=8, dataset="fss1000"):
                 for w in writers:
                     w.close()
             for t, n in zip(tmp, names):
+                os.chmod(t, storage.usual_mode())  # mkstemp's 0600 otherwise.
                 os.replace(t, os.path.join(out_dir, n))
     except BaseException:  # Interrupted or failed: no temporary shard left.
         for t in tmp:

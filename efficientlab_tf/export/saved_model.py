@@ -467,10 +467,8 @@ def export_saved_model(model, base_dir, image_size, version=None,
                         image_size, few_shot=few_shot_adapter is not None,
                         omega=omega))
         # mkdtemp makes the folder 0700; give it the umask's usual mode.
-        umask = os.umask(0)
-        os.umask(umask)
         with storage.writing("the SavedModel", final):
-            os.chmod(tmp, 0o777 & ~umask)
+            os.chmod(tmp, storage.usual_mode(0o777))
             os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
