@@ -159,3 +159,52 @@ def test_shards_follow_the_umask(umask, mode, tmp_path):
     for name in os.listdir(tmp_path / "shards"):
         got = stat.S_IMODE(os.stat(tmp_path / "shards" / name).st_mode)
         assert got == mode, (name, oct(got))
+
+
+# --- 9: a crafted .pth may not ask for unbounded memory -------------------------
+
+def _views_of_one_storage(path, entries, side):
+    """A legacy torch.save file whose `entries` tensors are all the
+    transposed [side, side] view of one side*side float storage (the
+    opcodes of tests/torch_writer.py, one storage key shared)."""
+    import pickle
+    import struct
+
+    from efficientlab_tf.pretrained import torch_legacy
+    from tests import torch_writer as w
+
+    storage = w._op_tuple([w._op_string("storage"), w._op_global("torch", "FloatStorage"),
+                           w._op_string("k"), w._op_string("cpu"),
+                           w._op_int(side * side), b"N"]) + b"Q"
+    body = [b"\x80\x02", w._op_global("collections", "OrderedDict"), b")R("]
+    for i in range(entries):
+        body += [w._op_string(f"t{i}"), w._op_global("torch._utils", "_rebuild_tensor_v2"),
+                 w._op_tuple([storage, w._op_int(0),
+                              w._op_tuple([w._op_int(side)] * 2),
+                              w._op_tuple([w._op_int(1), w._op_int(side)]),
+                              b"\x89", w._op_global("collections", "OrderedDict") + b")R"]) + b"R"]
+    body.append(b"u.")
+    with open(path, "wb") as f:
+        for header in (torch_legacy.MAGIC_NUMBER, torch_legacy.PROTOCOL_VERSION,
+                       {"little_endian": True}):
+            pickle.dump(header, f, protocol=2)
+        f.write(b"".join(body))
+        pickle.dump(["k"], f, protocol=2)
+        f.write(struct.pack("<q", side * side))
+        f.write(np.arange(side * side, dtype="<f4").tobytes())
+    return str(path)
+
+
+def test_many_views_of_one_storage_are_refused(tmp_path):
+    # 40 transposed views of a 1 MiB storage: 40 MiB asked for from a ~1 MiB
+    # file (the round's 3,000 views of 4 MiB asked for 12 GiB).
+    from efficientlab_tf.pretrained import torch_legacy
+
+    path = _views_of_one_storage(tmp_path / "views.pth", 40, 512)
+    with pytest.raises(torch_legacy.TorchFileError,
+                       match=r"would take more than \d+ bytes once read"):
+        torch_legacy.load_state_dict(path)
+    # Two views fit the budget, and read the transposed values.
+    got = torch_legacy.load_state_dict(_views_of_one_storage(tmp_path / "two.pth", 2, 512))
+    expected = np.arange(512 * 512, dtype=np.float32).reshape(512, 512).T
+    np.testing.assert_array_equal(got["t1"], expected)
