@@ -46,6 +46,11 @@ RESUME_KEYS = (
     ("model", "decoder"),
     ("model", "decoder_filters"),
     ("model", "num_classes"),
+    # MTL's scales and shifts, the learned inner learning rates: variables
+    # that exist only with the flag (without this check, resuming with one
+    # added failed as "no checkpoint could be restored", like corruption).
+    ("model", "mtl"),
+    ("model", "learned_lr"),
     ("meta", "meta_optimizer"),
 )
 

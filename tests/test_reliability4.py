@@ -208,3 +208,22 @@ def test_many_views_of_one_storage_are_refused(tmp_path):
     got = torch_legacy.load_state_dict(_views_of_one_storage(tmp_path / "two.pth", 2, 512))
     expected = np.arange(512 * 512, dtype=np.float32).reshape(512, 512).T
     np.testing.assert_array_equal(got["t1"], expected)
+
+
+# --- 12: resuming with a variable-adding flag names the flag ----------------------
+
+@pytest.mark.parametrize("flag", ["mtl", "learned_lr"])
+def test_resuming_with_mtl_or_learned_lr_added_names_the_flag(flag, tmp_path):
+    import dataclasses as dc
+
+    from efficientlab_tf import workdir as workdir_lib
+
+    config = helpers.tiny_experiment(str(tmp_path))
+    os.makedirs(tmp_path / "checkpoints")
+    (tmp_path / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-2"\n')
+    (tmp_path / "config.json").write_text(__import__("json").dumps(dc.asdict(config)))
+    resumed = dc.replace(config, model=dc.replace(config.model, **{flag: True}))
+    with pytest.raises(workdir_lib.WorkdirError,
+                       match=rf"--{flag}: stored False, given True.*--flagfile="):
+        workdir_lib.check_resumable(str(tmp_path), dc.asdict(resumed))
+    workdir_lib.check_resumable(str(tmp_path), dc.asdict(config))  # Same flags: fine.
