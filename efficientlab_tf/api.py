@@ -7,12 +7,12 @@
   `el.export_model(config)`, `el.run(config)`: the modes of `efficientlab`,
   returning their results dicts. (Not `el.config` or `el.export`: those
   names are the package's modules.)
-* `el.load(path) -> Segmenter`: an exported model (a SavedModel, an export
-  folder or a training run folder); `Segmenter.segment(support_images,
-  support_masks, query_images)` adapts inside the model's `few_shot`
-  signature, as TF Serving would serve it, and returns one mask per query
-  at the query's own size; `Segmenter.segment_folder(...)` is
-  `efficientlab segment`.
+* `el.load(path=None) -> Segmenter` (export/segmenter.py): an exported
+  model (a SavedModel, an export folder or a training run folder; none:
+  the shipped model); `Segmenter.segment(support_images, support_masks,
+  query_images)` adapts once inside the model's `few_shot` signature, as
+  TF Serving would serve it, and returns one mask per query at the query's
+  own size; `Segmenter.segment_folder(...)` is `efficientlab segment`.
 * The meta-learning core for any Keras model: `TaskFns` (the contract: a
   loss, a prediction and a per-example metric), `MetaLearner`
   (`meta_step`, `joint_step`, `eval_fn(omega)`), `MetaConfig`, `Omega`,
@@ -27,6 +27,7 @@ from efficientlab_tf.config import ExperimentConfig  # noqa: F401
 from efficientlab_tf.config import MetaConfig  # noqa: F401
 from efficientlab_tf.config import Omega  # noqa: F401
 from efficientlab_tf.data.tasks import TaskBatch  # noqa: F401
+from efficientlab_tf.export.segmenter import Segmenter  # noqa: F401
 from efficientlab_tf.meta.contract import TaskFns  # noqa: F401
 from efficientlab_tf.meta.contract import make_adapter  # noqa: F401
 from efficientlab_tf.meta.learner import MetaLearner  # noqa: F401
@@ -93,52 +94,10 @@ train, evaluate, compare, export_model = (
     _mode(m) for m in ("train", "evaluate", "compare", "export"))
 
 
-def load(path):
+def load(path=None):
     """A `Segmenter` of the SavedModel `path` names (itself, an export
-    folder's newest version, or a training run's)."""
-    return Segmenter(path)
+    folder's newest version, or a training run's); no path: the model
+    shipped with the package (`efficientlab_tf.shipped`)."""
+    from efficientlab_tf import shipped
 
-
-class Segmenter:
-    """An exported EfficientLab, called in this process as TF Serving would
-    serve it (`few_shot`: adapt to the support set inside the request)."""
-
-    def __init__(self, path):
-        import tensorflow as tf
-
-        from efficientlab_tf.runners.segment import saved_model_path
-
-        self.path = saved_model_path(path)
-        self._model = tf.saved_model.load(self.path)
-
-    def segment(self, support_images, support_masks, query_images, lr=None,
-                steps=None):
-        """Masks (uint8 {0, 1}, [H, W] at each query's size) of
-        `query_images`, after adapting to the support set with the exported
-        omega (or `lr` and `steps`, within the export's limits).
-
-        Args:
-            support_images: uint8 [H, W, 3] images (any sizes: sent resized
-                to the first one's, as `efficientlab-client` does).
-            support_masks: their masks, [H, W], 0/1 or 0/255.
-            query_images: uint8 [H, W, 3] images, each its own request.
-        """
-        from efficientlab_tf.export import client
-
-        if len(support_images) != len(support_masks) or not len(support_images):
-            raise ValueError(f"support_images and support_masks must be as many "
-                             f"and not none; got {len(support_images)} and "
-                             f"{len(support_masks)}.")
-        support = client.stack_support(support_images, support_masks)
-        return [client.few_shot_masks("local", self._model, None, support,
-                                      [client.check_image(q, "query_images[i]")],
-                                      lr, steps)[0]
-                for q in query_images]
-
-    def segment_folder(self, support, images, out_dir="segmented"):
-        """`efficientlab segment`: masks, overlays and a contact sheet of
-        `images` (files, folders, globs) in `out_dir`; returns its results."""
-        return run(ExperimentConfig.build(
-            "paper", mode="segment", segment_model=self.path,
-            segment_support=support, segment_images=list(images),
-            segment_out_dir=out_dir))
+    return Segmenter(path or shipped.model_path())

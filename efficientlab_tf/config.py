@@ -767,11 +767,17 @@ class SegmentConfig(_Section):
     model: str = knob(
         "", "segment: an exported SavedModel (<dir>/<version>), an export "
         "folder (its newest version) or a training run folder (its "
-        "saved_model/).")
+        "saved_model/); empty: the model shipped with the package.")
     support: str = knob("", "segment: folder of <n>.jpg + <n>.png support "
                         "pairs (the loaders' mask rule).")
     images: tuple[str, ...] = knob(
         (), "segment: query photos: files, folders (their images) or globs.")
+    chunk: int = knob(16, "segment: photos per few_shot request (the support "
+                      "set is adapted to once per request; each photo is "
+                      "predicted on its own).", check="positive", most=4096)
+    coco: bool = knob(False, "segment: also write annotations.json (COCO "
+                      "run-length-encoded masks; needs pycocotools: pip "
+                      "install \"efficientlab-tf[coco]\").")
     out_dir: str = knob("segmented", "segment: folder of <name>_mask.png, "
                         "<name>_overlay.png and contact_sheet.png.")
 

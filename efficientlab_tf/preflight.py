@@ -45,6 +45,10 @@ def requirements(config, mode, uses_imagenet=False):
     if mode in FIGURE_MODES:
         needs.append(("matplotlib", f"the --mode={mode} figure",
                       "pip install matplotlib"))
+    if mode == "segment" and config.segment.coco:
+        needs.append(("pycocotools", "--segment_coco (annotations.json)",
+                      "pip install 'efficientlab-tf[coco]' (or pip install "
+                      "pycocotools)"))
     model = config.model
     lite_weights = model.encoder == "efficientnet_lite0" and (
         model.encoder_weights == "imagenet" or uses_imagenet)

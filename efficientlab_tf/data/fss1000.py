@@ -184,7 +184,10 @@ def split_classes(names, val_classes, test_classes, split_seed, fold=-1,
         rest = [n for i, n in enumerate(shuffled) if i % num_folds != fold]
         val, train = sorted(rest[:val_classes]), sorted(rest[val_classes:])
         if not train:
-            raise ValueError(f"no meta-train classes left in fold {fold}.")
+            raise ValueError(f"no meta-train classes left in fold {fold}: "
+                             f"{len(rest)} classes outside it, --val_classes="
+                             f"{val_classes} of them meta-val; lower "
+                             "--val_classes or --num_folds.")
         return train, val, test
     listed = set(read_class_list("fss1000_test_classes.txt") if official else ())
     test = [n for n in names if n in listed]
@@ -197,7 +200,10 @@ def split_classes(names, val_classes, test_classes, split_seed, fold=-1,
     if not train:
         raise ValueError(
             f"no meta-train classes left: {len(names)} classes, "
-            f"{len(val)} meta-val, {len(test)} meta-test.")
+            f"{len(val)} meta-val (--val_classes={val_classes}), {len(test)} "
+            f"meta-test ({'FSS-1000 test classes' if official and set(test) <= listed else f'--test_classes={test_classes}'}); "
+            "lower --val_classes (the synthetic recipes set 32), or "
+            "--test_classes.")
     return train, val, test
 
 

@@ -33,31 +33,35 @@ import numpy as np
 from PIL import Image
 
 from efficientlab_tf import storage
+from efficientlab_tf.export import photos
+from efficientlab_tf.export.photos import mask_names
+from efficientlab_tf.export.photos import write_mask_png
 
 SIGNATURES = ("serve_bytes", "serving_default", "few_shot")
 
 
+# Longest side of an image the client sends: the network resizes every
+# image to S x S (S <= 1024), so larger pixels only cost JSON (a 4032 px
+# photo as JSON numbers was 1.3 GB); masks come back at the photo's size.
+MAX_SIDE = 1024
+
+
 def load_image(path):
-    """uint8 [H, W, 3] from an image file (a clear error if unreadable)."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image {path!r} does not exist.") from None
-    except Exception as e:  # noqa: BLE001 (PIL raises many types)
-        raise ValueError(f"image {path!r} cannot be decoded: {e}") from None
+    """uint8 [H, W, 3], upright (`photos.read_photo`: one decode, EXIF
+    orientation, size limits); FileNotFoundError or photos.BadFile."""
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"image {path!r} does not exist.")
+    return photos.read_photo(path)
 
 
-def check_image(image, name="image"):
-    """uint8 [H, W, 3] or a ValueError/TypeError that says what is wrong."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise TypeError(f"{name} must be uint8; got {image.dtype}.")
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"{name} must have shape [H, W, 3]; got {image.shape}.")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {image.shape}.")
-    return image
+def fit(image, side=MAX_SIDE, resample=Image.BILINEAR):
+    """`image` (uint8 [H, W, ...]) with its longer side at most `side`."""
+    height, width = image.shape[:2]
+    scale = side / max(height, width)
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, resample))
 
 
 def check_server(server):
@@ -75,7 +79,7 @@ def check_server(server):
 
 def rest_request_body(image, signature="serving_default"):
     """Predict request for one decoded image: a JSON-able dict."""
-    image = check_image(image)
+    image = photos.check_image(image, "image")
     return {"signature_name": signature, "inputs": {"images": [image.tolist()]}}
 
 
@@ -85,30 +89,27 @@ def rest_bytes_body(encoded):
         {"b64": base64.b64encode(e).decode("ascii")} for e in encoded]}}
 
 
-def read_support(folder, size=None):
-    """(images uint8 [K, H, W, 3], masks uint8 [K, H, W]) of a folder of
-    <n>.jpg + <n>.png pairs, resized to the first image's size (or `size`
-    (H, W)): one support tensor for the request."""
-    from efficientlab_tf.data import fss1000
-
-    pairs = fss1000.read_class_folder(folder)
-    return stack_support([Image.open(i).convert("RGB") for i, _ in pairs],
-                         [Image.open(m).convert("L") for _, m in pairs], size)
+def read_support(folder, skip_bad=False):
+    """(images uint8 [K, H, W, 3], masks uint8 {0, 1} [K, H, W]) of a folder
+    of <n>.jpg + <n>.png pairs (`photos.read_support`), as one support tensor
+    for a request (`stack_support`)."""
+    images, masks, _ = photos.read_support(folder, skip_bad)
+    return stack_support(images, masks)
 
 
-def stack_support(images, masks, size=None):
+def stack_support(images, masks):
     """One support tensor for a request: (images uint8 [K, H, W, 3], masks
-    uint8 [K, H, W]), every pair resized to the first image's size (or
-    `size` (H, W)); images bilinear, masks nearest. Accepts PIL images or
-    uint8 arrays."""
-    def pil(x):
-        return x if isinstance(x, Image.Image) else Image.fromarray(
-            np.asarray(x, np.uint8))
-    images, masks = [pil(i) for i in images], [pil(m) for m in masks]
-    height, width = size or (images[0].height, images[0].width)
-    return (np.stack([np.asarray(i.resize((width, height), Image.BILINEAR), np.uint8)
-                      for i in images]),
-            np.stack([np.asarray(m.resize((width, height), Image.NEAREST), np.uint8)
+    uint8 [K, H, W]). Every pair is resized to the largest height and width
+    among the pairs (each side at most MAX_SIDE): images bilinear, masks
+    nearest; a small first pair never shrinks the others."""
+    images = [fit(photos.check_image(x, f"support image {i}"))
+              for i, x in enumerate(images)]
+    masks = [fit(np.asarray(m, np.uint8), resample=Image.NEAREST) for m in masks]
+    height = max(x.shape[0] for x in images)
+    width = max(x.shape[1] for x in images)
+    return (np.stack([np.asarray(Image.fromarray(x).resize((width, height), Image.BILINEAR))
+                      for x in images]),
+            np.stack([np.asarray(Image.fromarray(m).resize((width, height), Image.NEAREST))
                       for m in masks]))
 
 
@@ -130,27 +131,30 @@ def few_shot_body(support_images, support_masks, query_images, lr=None,
 
 def few_shot_masks(protocol, server, model, support, queries, lr=None,
                    steps=None, label=None, names=None):
-    """One few_shot (few_shot_omega with lr and steps) request: masks uint8
-    [H, W] of `queries` (uint8 [H, W, 3] arrays, sent resized to the first
-    one's size), each at its own size. `support`: (images [K, H, W, 3], masks
-    [K, H, W]) as `read_support` gives."""
+    """few_shot (few_shot_omega with lr and steps) requests, one per query
+    (so no photo's mask depends on another's, or on another's size): masks
+    uint8 [H, W] of `queries` (uint8 [H, W, 3]), each at its own size.
+    `support`: (images [K, H, W, 3], masks [K, H, W]) as `read_support`
+    gives. (`efficientlab segment` adapts once per chunk of photos instead,
+    in-process: export/segmenter.py.)"""
     support_images, support_masks = support
-    size = queries[0].shape[:2]
-    batch = np.stack([np.asarray(Image.fromarray(q).resize(
-        (size[1], size[0]), Image.BILINEAR)) for q in queries])
-    body = few_shot_body(support_images, support_masks, batch, lr, steps)
-    dtypes = {"lr": np.float32, "steps": np.int32}
-    inputs = {k: np.asarray(v, dtypes.get(k, np.uint8))
-              for k, v in body["inputs"].items()}
-    out = _call(protocol, server, model, body["signature_name"], inputs, body,
-                label)
-    answered = np.asarray(out["masks"])
-    if answered.ndim != 3 or len(answered) != len(queries):
-        raise ValueError(f"TF Serving returned masks of shape {answered.shape} "
-                         f"for {len(queries)} query images.")
     names = names or [f"query {i}" for i in range(len(queries))]
-    return [_mask_at(mask, *query.shape[:2], name, batch.shape[1:3])
-            for name, query, mask in zip(names, queries, answered)]
+    out_masks = []
+    for name, query in zip(names, queries):
+        sent = fit(query)[None]
+        body = few_shot_body(support_images, support_masks, sent, lr, steps)
+        dtypes = {"lr": np.float32, "steps": np.int32}
+        inputs = {k: np.asarray(v, dtypes.get(k, np.uint8))
+                  for k, v in body["inputs"].items()}
+        out = _call(protocol, server, model, body["signature_name"], inputs,
+                    body, label)
+        answered = np.asarray(out["masks"])
+        if answered.ndim != 3 or len(answered) != 1:
+            raise ValueError(f"TF Serving returned masks of shape "
+                             f"{answered.shape} for one query image.")
+        out_masks.append(_mask_at(answered[0], *query.shape[:2], name,
+                                  sent.shape[1:3]))
+    return out_masks
 
 
 def outputs_of(response):
@@ -252,22 +256,13 @@ def post_grpc(server, request, timeout=60):
 
 def predict_grpc(server, model, image, timeout=60):
     """serving_default over gRPC for one decoded image; returns (probs, mask)."""
-    out = post_grpc(server, grpc_request({"images": check_image(image)[None]},
+    out = post_grpc(server, grpc_request({"images": photos.check_image(image, "image")[None]},
                                          model), timeout)
     return out["probabilities"][0], out["masks"][0]
 
 
 def _call(protocol, server, model, signature, inputs, rest_body, label):
-    """{output: array} of one request over REST (`rest_body`), gRPC, or
-    "local": `server` is a loaded SavedModel whose signature is called in
-    this process (`efficientlab segment`), the request served as TF Serving
-    would, without one."""
-    if protocol == "local":
-        import tensorflow as tf
-
-        outputs = server.signatures[signature](
-            **{k: tf.constant(v) for k, v in inputs.items()})
-        return {k: v.numpy() for k, v in outputs.items()}
+    """{output: array} of one request over REST (`rest_body`) or gRPC."""
     if protocol == "grpc":
         return post_grpc(server, grpc_request(inputs, model, signature, label))
     outputs = outputs_of(post_rest(server, model, rest_body, label))
@@ -290,22 +285,14 @@ def _mask_at(mask, height, width, path, expected=None):
         (width, height), Image.NEAREST))
 
 
-def write_mask_png(mask, path):
-    """Writes a {0, 1} mask as a 0/255 PNG, atomically."""
-    with storage.atomic_path(path) as tmp:
-        Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255,
-                        "L").save(tmp, format="PNG")
-
-
 def segment(server, model, image_paths, protocol="rest", signature="serve_bytes",
             support=None, lr=None, steps=None, label=None):
     """{image path: mask uint8 [H, W] at the image's size}. `protocol` is
-    "rest", "grpc" or "local" (`server`: a loaded SavedModel)."""
+    "rest" or "grpc"."""
     if signature not in SIGNATURES:
         raise ValueError(f"--signature must be one of {list(SIGNATURES)}; got "
                          f"{signature!r}.")
-    if protocol != "local":
-        check_server(server)
+    check_server(server)
     masks = {}
     if signature == "few_shot":
         if support is None or (isinstance(support, str) and not support):
@@ -332,30 +319,11 @@ def segment(server, model, image_paths, protocol="rest", signature="serve_bytes"
         else:
             image = load_image(path)
             out = _call(protocol, server, model, "serving_default",
-                        {"images": check_image(image)[None]},
+                        {"images": photos.check_image(image, path)[None]},
                         rest_request_body(image), label)
             masks[path] = _mask_at(np.asarray(out["masks"])[0], *image.shape[:2],
                                    path, image.shape[:2])
     return masks
-
-
-def mask_names(image_paths):
-    """{image path: `<name>_mask.png`}, one distinct file per distinct image.
-
-    The name is the image's stem; images whose stems collide (`a/x.jpg`,
-    `b/x.png`) are named by their path below the images' common folder
-    instead, separators as `__` and the extension kept (`a__x.jpg_mask.png`),
-    so no mask overwrites another.
-    """
-    unique = list(dict.fromkeys(os.path.abspath(p) for p in image_paths))
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in unique]
-    common = os.path.commonpath(unique) if len(unique) > 1 else None
-    names = {}
-    for path, stem in zip(unique, stems):
-        if stems.count(stem) > 1:
-            stem = os.path.relpath(path, common).replace(os.sep, "__")
-        names[path] = f"{stem}_mask.png"
-    return {p: names[os.path.abspath(p)] for p in image_paths}
 
 
 def run_client(server, model, image_paths, out_dir, protocol="rest",

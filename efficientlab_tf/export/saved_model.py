@@ -263,10 +263,18 @@ def _serve_bytes_fn(core, size, limits):
     return serve_bytes
 
 
-def _adapt_and_predict_fn(adapter, size):
+def _adapt_and_predict_fn(adapter, size, per_image=False):
     """U(theta; support, omega), then the queries' probabilities: one
     tf.function on S x S tensors that both few-shot signatures call, so the
-    adaptation loop is traced and stored once (an export traced it twice)."""
+    adaptation loop is traced and stored once (an export traced it twice).
+
+    The support set is adapted to once per request; each query is predicted
+    on its own account: with `per_image` (a network that normalises with
+    batch statistics) each query runs as a batch of one, as in
+    `serving_default`, so a photo's mask never depends on the other photos
+    of its request. (The evaluation protocol's query sets are still
+    normalised together: an evaluation choice, never a serving one.)
+    """
 
     @tf.function(input_signature=[
         tf.TensorSpec([None, size, size, 3], tf.float32),
@@ -276,9 +284,13 @@ def _adapt_and_predict_fn(adapter, size):
     def adapt_and_predict(images, masks, queries, lr, steps):
         adapted, _ = adapter.adapt(images, masks, lr, steps,
                                    tf.constant(_FEW_SHOT_SEED, tf.int32))
+        if per_image:
+            probs = tf.map_fn(lambda q: adapter.predict(adapted, q[None])[0],
+                              queries, fn_output_signature=tf.float32)
+        else:
+            probs = adapter.predict(adapted, queries)
         return tf.debugging.check_numerics(
-            adapter.predict(adapted, queries),
-            "few_shot: the adapted network predicts NaN/Inf (lower lr)")
+            probs, "few_shot: the adapted network predicts NaN/Inf (lower lr)")
 
     return adapt_and_predict
 
@@ -368,6 +380,38 @@ def _few_shot_omega_fn(adapt_and_predict, size, limits):
     return few_shot_omega
 
 
+RECORD = os.path.join("assets.extra", "efficientlab_export.json")
+
+
+def write_record(path, image_size, omega, limits):
+    """`assets.extra/efficientlab_export.json` of the version at `path`: the
+    network size S, the `few_shot` omega and the request limits, so an
+    in-process caller (`export/segmenter.py`) checks a request before the
+    first call instead of meeting an in-graph error. (assets.extra is the
+    SavedModel folder for files beside the graph; TF Serving reads only
+    its warmup file there.)"""
+    storage.write_json(os.path.join(path, RECORD), {
+        "image_size": int(image_size),
+        "omega": omega.to_dict() if omega is not None else None,
+        "limits": {k: getattr(limits, k) for k in (
+            "max_request_lr", "max_request_steps", "max_request_images",
+            "max_request_pixels", "max_image_pixels")},
+    })
+
+
+def read_record(path):
+    """The dict `write_record` wrote in the SavedModel at `path`, or None
+    (an export of an earlier version of the package, or a foreign model)."""
+    import json
+
+    try:
+        with open(os.path.join(path, RECORD)) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "image_size" in record else None
+
+
 def export_saved_model(model, base_dir, image_size, version=None,
                        few_shot_adapter=None, omega=None, limits=None,
                        warmup=True):
@@ -440,7 +484,8 @@ def export_saved_model(model, base_dir, image_size, version=None,
             few_shot_inputs = [uint8_any("support_images"),
                                uint8_any("support_masks"),
                                uint8_any("query_images")]
-            adapt_and_predict = _adapt_and_predict_fn(few_shot_adapter, image_size)
+            adapt_and_predict = _adapt_and_predict_fn(
+                few_shot_adapter, image_size, _uses_batch_statistics(model))
             archive.add_endpoint(
                 "few_shot",
                 _few_shot_fn(adapt_and_predict, image_size, omega,
@@ -457,6 +502,8 @@ def export_saved_model(model, base_dir, image_size, version=None,
                 ])
         with storage.writing("the SavedModel", final):
             archive.write_out(tmp, verbose=False)
+            write_record(tmp, image_size, omega if few_shot_adapter else None,
+                         limits)
         if warmup:
             from efficientlab_tf.export import warmup as warmup_lib  # noqa: PLC0415
 

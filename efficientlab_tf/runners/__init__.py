@@ -66,9 +66,12 @@ def run(config, record_fn=None, model=None):
     module = importlib.import_module(
         f"efficientlab_tf.runners.{MODULES[config.run.mode]}")
     record_fn = record_fn or write_config_record
-    if config.run.mode == "segment":  # Its folder is where it writes.
+    if config.run.mode == "segment":  # Its record and lock: a hidden
+        # subfolder of the output folder, never among the user's masks.
+        from efficientlab_tf.runners.segment import RECORD_DIR
+
         config = dataclasses.replace(config, run=dataclasses.replace(
-            config.run, workdir=config.segment.out_dir))
+            config.run, workdir=os.path.join(config.segment.out_dir, RECORD_DIR)))
     folder = config.run.workdir
     if not distribute.is_chief(config.run):
         # A non-chief worker writes nothing of the run's; it locks its own
