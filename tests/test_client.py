@@ -97,14 +97,16 @@ class ClientTest(tf.test.TestCase):
         self.assertFalse(np.array_equal(canary[paths[0]], stable[paths[0]]))
 
     def test_few_shot_from_the_client(self):
-
+        # One request per photo, at the photo's own size (issue 34: three
+        # photos in one request, resized to the first one's, gave masks that
+        # depended on each other); the support pairs at their common size.
         server = self._serve()
         support = os.path.join(helpers.make_tree(classes=("cat",), pairs=2), "cat")
         folder = tempfile.mkdtemp()
-        paths = write_photos(folder, size=(32, 32))
+        paths = write_photos(folder, size=(32, 32)) + [
+            write_photos(tempfile.mkdtemp(), count=1, size=(24, 40))[0]]
         images, masks = client.read_support(support)
         self.assertEqual(images.shape, (2, 32, 32, 3))
-        queries = np.stack([np.asarray(Image.open(p)) for p in paths])
         for lr, steps, name in ((None, None, "few_shot"), (0.2, 2, "few_shot_omega")):
             out_dir = os.path.join(folder, name)
             written = client.run_client(server, "efficientlab", paths, out_dir,
@@ -112,27 +114,44 @@ class ClientTest(tf.test.TestCase):
                                         lr=lr, steps=steps)
             kwargs = {} if lr is None else {"lr": tf.constant([lr]),
                                             "steps": tf.constant([steps])}
-            expected = self.loaded.signatures[name](
-                support_images=tf.constant(images), support_masks=tf.constant(masks),
-                query_images=tf.constant(queries), **kwargs)["masks"].numpy()
-            for out, want in zip(written, expected):
-                np.testing.assert_array_equal(np.asarray(Image.open(out)), want * 255)
+            for out, path in zip(written, paths):
+                alone = self.loaded.signatures[name](
+                    support_images=tf.constant(images), support_masks=tf.constant(masks),
+                    query_images=tf.constant(np.asarray(Image.open(path))[None]),
+                    **kwargs)["masks"].numpy()[0]
+                np.testing.assert_array_equal(np.asarray(Image.open(out)), alone * 255)
         with self.assertRaisesRegex(ValueError, "needs --support"):
             client.run_client(server, "efficientlab", paths, folder,
                               signature="few_shot")
 
+    def _served_answer(self, segmenter, support, photo, lr=None, steps=None):
+        """The served few_shot's mask for `photo` over REST, sent as the
+        segmenter sends it: the S x S resize (photos.to_network), alone in
+        its request; the answer resized back to the photo's size."""
+        from efficientlab_tf.export import photos
+
+        query = photos.to_network(photo, segmenter.image_size)[None]
+        body = json.loads(json.dumps(client.few_shot_body(*support, query, lr, steps)))
+        status, response = emulation.rest_predict(
+            self.emulated, "/v1/models/efficientlab:predict", body)
+        self.assertEqual(status, 200, response)
+        probs = np.asarray(response["outputs"]["probabilities"], np.float32)[0]
+        return (photos.to_photo_size(probs, *photo.shape[:2]) >= 0.5).astype(np.uint8)
+
     def test_segment_mode_equals_the_served_few_shot(self):
-        # Issue 25: `efficientlab segment` (protocol "local") writes, per
-        # photo, the mask the served few_shot answers over REST for the same
-        # photo (one request each, at its own size), with --omega_file's lr
-        # and steps through few_shot_omega; an unreadable photo is listed.
+        # `efficientlab segment` writes, per photo, the mask the served
+        # few_shot answers over REST for the same request (the photo at S x
+        # S, alone), with --omega_file's lr and steps through few_shot_omega;
+        # photos go in chunks, and a chunk's answer equals each photo's
+        # alone (issue 34); an unreadable photo is listed and skipped.
         import json as json_lib
 
         from efficientlab_tf import runners
         from efficientlab_tf.config import ExperimentConfig
+        from efficientlab_tf.export import photos
+        from efficientlab_tf.export.segmenter import Segmenter
 
-        server = self._serve()
-        support = os.path.join(helpers.make_tree(classes=("cat",), pairs=3), "cat")
+        support_dir = os.path.join(helpers.make_tree(classes=("cat",), pairs=3), "cat")
         folder = tempfile.mkdtemp()
         paths = write_photos(folder, count=2, size=(40, 32))
         tall = os.path.join(tempfile.mkdtemp(), "tall.png")
@@ -140,49 +159,51 @@ class ClientTest(tf.test.TestCase):
         paths.append(tall)
         with open(os.path.join(folder, "broken.jpg"), "w") as f:
             f.write("not a photo")
-        omega_file = os.path.join(folder, "omega.json")
+        omega_file = os.path.join(tempfile.mkdtemp(), "omega.json")
         with open(omega_file, "w") as f:
             json_lib.dump({"lr": 0.2, "steps": 2}, f)
         base = os.path.dirname(self.loaded_path)
+        segmenter = Segmenter(base)
+        images, masks, _ = photos.read_support(support_dir)
+        support = segmenter.support(images, masks)
         for lr, steps, extra in ((None, None, {}), (0.2, 2, {"omega_file": omega_file})):
             out_dir = tempfile.mkdtemp()
             result = runners.run(ExperimentConfig.build(
-                "paper", mode="segment", segment_model=base,
-                segment_support=support, segment_images=[folder, paths[2]],
+                "paper", mode="segment", segment_model=base, segment_chunk=2,
+                segment_support=support_dir, segment_images=[folder, paths[2]],
                 segment_out_dir=out_dir, **extra))
             self.assertEqual(result["saved_model"], self.loaded_path)
             self.assertLen(result["masks"], 3)
             self.assertLen(result["bad_files"], 1)
             for path in paths:
-                # One request per photo over REST, as segment sends them.
-                one = client.segment(server, "efficientlab", [path],
-                                     signature="few_shot", support=support,
-                                     lr=lr, steps=steps)[path]
+                photo = photos.read_photo(path)
+                want = self._served_answer(segmenter, support, photo, lr, steps)
                 stem = os.path.splitext(os.path.basename(path))[0]
                 got = np.asarray(Image.open(os.path.join(out_dir, f"{stem}_mask.png")))
-                np.testing.assert_array_equal(got, one * 255)
-                image = np.asarray(Image.open(path))
+                np.testing.assert_array_equal(got, want * 255)
                 overlay = np.asarray(Image.open(os.path.join(out_dir, f"{stem}_overlay.png")))
-                self.assertEqual(overlay.shape, image.shape)
+                self.assertEqual(overlay.shape, photo.shape)
             self.assertTrue(os.path.isfile(os.path.join(out_dir, "contact_sheet.png")))
             self.assertIn("broken.jpg", open(os.path.join(out_dir, "bad_files.txt")).read())
+            self.assertTrue(os.path.isfile(os.path.join(out_dir, ".efficientlab",
+                                                        "config_segment.json")))
 
     def test_python_api_segmenter_equals_the_served_few_shot(self):
         import efficientlab_tf as el
+        from efficientlab_tf.export import photos
 
-        server = self._serve()
-        support = os.path.join(helpers.make_tree(classes=("cat",), pairs=2), "cat")
-        images, masks = client.read_support(support)
-        paths = write_photos(tempfile.mkdtemp(), count=2, size=(40, 32))
+        support_dir = os.path.join(helpers.make_tree(classes=("cat",), pairs=2), "cat")
+        images, masks, _ = photos.read_support(support_dir)
+        paths = write_photos(tempfile.mkdtemp(), count=3, size=(40, 32))
         queries = [np.asarray(Image.open(p)) for p in paths]
         segmenter = el.load(os.path.dirname(self.loaded_path))
-        got = segmenter.segment(list(images), list(masks), queries)
-        for path, mask in zip(paths, got):
-            want = client.segment(server, "efficientlab", [path],
-                                  signature="few_shot", support=support)[path]
-            np.testing.assert_array_equal(mask, want)
-        with self.assertRaisesRegex(TypeError, "query_images\\[i\\] must be uint8"):
-            segmenter.segment(list(images), list(masks), [queries[0].astype(np.float32)])
+        support = segmenter.support(images, masks)
+        got = segmenter.segment(images, masks, queries)
+        for query, mask in zip(queries, got):
+            np.testing.assert_array_equal(
+                mask, self._served_answer(segmenter, support, query))
+        with self.assertRaisesRegex(TypeError, r"query_images\[0\] must be uint8"):
+            segmenter.segment(images, masks, [queries[0].astype(np.float32)])
 
     def test_grpc_end_to_end(self):
         folder = tempfile.mkdtemp()
@@ -205,14 +226,14 @@ class ClientTest(tf.test.TestCase):
             client.rest_request_body(np.zeros((4, 4, 3), np.float32))
         with self.assertRaisesRegex(ValueError, r"shape \[H, W, 3\]"):
             client.rest_request_body(np.zeros((4, 4, 4), np.uint8))
-        with self.assertRaisesRegex(ValueError, "is empty"):
+        with self.assertRaisesRegex(ValueError, r"H, W >= 1; got \(0, 4, 3\)"):
             client.rest_request_body(np.zeros((0, 4, 3), np.uint8))
         with self.assertRaisesRegex(FileNotFoundError, "/no/such.png"):
             client.load_image("/no/such.png")
         bad = os.path.join(tempfile.mkdtemp(), "bad.jpg")
         with open(bad, "wb") as f:
             f.write(b"\xff\xd8 truncated")
-        with self.assertRaisesRegex(ValueError, "cannot be decoded"):
+        with self.assertRaisesRegex(ValueError, r"bad.jpg: not an image \(JPEG, PNG"):
             client.load_image(bad)
         with self.assertRaisesRegex(ValueError, "no 'outputs.masks'"):
             client.masks_from_rest_response({"error": "Servable not found"})
