@@ -69,10 +69,11 @@ def query_paths(specs):
     return list(dict.fromkeys(paths))
 
 
-def check_out_dir(out_dir, inputs):
-    """Refuses an output folder that is, or is inside, an input folder (a
-    rerun would segment its own outputs; the user's `x_mask.png` could be
-    overwritten)."""
+def check_out_dir(out_dir, inputs, photo_folders=()):
+    """Refuses an output folder that is, or is inside, an input folder
+    (`inputs`: the support folder, folders and glob roots of the photos: a
+    rerun would segment its own outputs), or that is the folder of a photo
+    named on its own (its `x_mask.png` could be the user's)."""
     out = os.path.realpath(out_dir)
     for folder in inputs:
         real = os.path.realpath(folder)
@@ -81,6 +82,11 @@ def check_out_dir(out_dir, inputs):
                 f"--segment_out_dir={out_dir!r} is inside the input folder "
                 f"{folder!r}; choose a folder outside the photos and the "
                 "support examples.")
+    for folder in photo_folders:
+        if out == os.path.realpath(folder):
+            raise ValueError(
+                f"--segment_out_dir={out_dir!r} is the folder of the photos; "
+                "choose another (the masks would land among them).")
 
 
 def overlay(photo, mask):
@@ -169,8 +175,10 @@ def run(config, record_fn, model=None):
                          "folders or globs>.")
     photo_paths = query_paths(seg.images)
     folders = [seg.support] + [s for s in seg.images if os.path.isdir(s)]
-    folders += sorted({os.path.dirname(os.path.abspath(p)) for p in photo_paths})
-    check_out_dir(seg.out_dir, folders)
+    folders += [os.path.dirname(s) or "." for s in seg.images
+                if not os.path.lexists(s) and any(c in s for c in "*?[")]
+    check_out_dir(seg.out_dir, folders,
+                  {os.path.dirname(os.path.abspath(p)) for p in photo_paths})
     segmenter = Segmenter(seg.model or shipped.model_path())
     images, masks, bad = photos.read_support(seg.support,
                                             config.data.skip_bad_examples)
