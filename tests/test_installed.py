@@ -96,6 +96,15 @@ def test_the_installed_package_trains_segments_and_runs_the_docs():
         assert mask.size == (64, 48)
         assert os.path.isfile(os.path.join(work, "segmented", f"photo{n}_overlay.png"))
     assert os.path.isfile(os.path.join(work, "segmented", "contact_sheet.png"))
+    # Issue 33: no model argument: the shipped model, installed with the wheel.
+    assert "was made by realfss62_ship" in listing
+    proc = run(*efficientlab, "segment", "--segment_support=support",
+               "--segment_images=photos", "--segment_out_dir=shipped")
+    assert os.path.join(site, "efficientlab_tf", "models", "efficientlab_realfss62") \
+        in proc.stdout, proc.stdout
+    for n in (6, 7, 8):
+        mask = Image.open(os.path.join(work, "shipped", f"photo{n}_mask.png"))
+        assert mask.size == (64, 48)
     os.remove(os.path.join(work, "photos", "notes.jpg"))  # The docs' photos/.
     # docs/python_api.md, every block in order, in one process.
     script = os.path.join(work, "python_api.py")

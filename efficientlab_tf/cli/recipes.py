@@ -93,5 +93,10 @@ def listing():
         first = re.sub(rf"^flags/{re.escape(name)}\.flags:\s*", "", text[0]) if text else ""
         rest = "".join(f"\n    {line}" for line in text[1:])
         blocks.append(f"{name}\n    {first}{rest}")
+    from efficientlab_tf import shipped
+
     return (f"Recipes ({recipes_dir()}); use one with "
-            "`efficientlab train --recipe=NAME`:\n\n" + "\n\n".join(blocks) + "\n")
+            "`efficientlab train --recipe=NAME`. The shipped model "
+            f"({shipped.NAME}: `efficientlab segment` and `el.load()` without "
+            f"a model) was made by {shipped.RECIPE}.\n\n"
+            + "\n\n".join(blocks) + "\n")
