@@ -27,7 +27,7 @@ from efficientlab_tf.config import ExperimentConfig  # noqa: F401
 from efficientlab_tf.config import MetaConfig  # noqa: F401
 from efficientlab_tf.config import Omega  # noqa: F401
 from efficientlab_tf.data.tasks import TaskBatch  # noqa: F401
-from efficientlab_tf.export.segmenter import Segmenter  # noqa: F401
+from efficientlab_tf.export import segmenter as segmenter_lib
 from efficientlab_tf.meta.contract import TaskFns  # noqa: F401
 from efficientlab_tf.meta.contract import make_adapter  # noqa: F401
 from efficientlab_tf.meta.learner import MetaLearner  # noqa: F401
@@ -101,3 +101,17 @@ def load(path=None):
     from efficientlab_tf import shipped
 
     return Segmenter(path or shipped.model_path())
+
+
+class Segmenter(segmenter_lib.Segmenter):
+    """An exported EfficientLab in this process (`export/segmenter.py`:
+    `support`, `probabilities`, `segment` on arrays), plus the folder tool."""
+
+    def segment_folder(self, support, images, out_dir="segmented", **knobs):
+        """`efficientlab segment`: masks, overlays, segments.csv and a
+        contact sheet of `images` (files, folders) in `out_dir`; returns
+        its results. `knobs`: more flags by name (e.g. segment_coco=True)."""
+        return run(ExperimentConfig.build(
+            "paper", mode="segment", segment_model=self.path,
+            segment_support=support, segment_images=list(images),
+            segment_out_dir=out_dir, **knobs))

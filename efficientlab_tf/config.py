@@ -353,6 +353,11 @@ class DataConfig(_Section):
     test_classes: int = knob(
         32, "Meta-test classes (synthetic, or a folder dataset without the "
         "official FSS-1000 test classes).", check="non-negative")
+    train_classes: int = knob(
+        0, "Folder datasets: meta-train on this many of the meta-train classes "
+        "(a seeded choice by --split_seed; the splits of the others are "
+        "unchanged, so a task-diversity study keeps its test folds); 0: all.",
+        check="non-negative")
     official_test_classes: bool = knob(
         True, "Folder datasets (--fold=-1): folders named like one of "
         "FSS-1000's 240 official test classes are meta-test. false: they are "

@@ -244,3 +244,45 @@ class RealFSSTest(tf.test.TestCase):
         fg = masks.mean(axis=(1, 2, 3))
         # PROVENANCE.md: every crop keeps 3-90% foreground.
         self.assertTrue(np.all(fg > 0.02) and np.all(fg < 0.95), fg)
+
+
+def test_several_data_dirs_pool_their_classes_and_train_classes_subsets(tmp_path):
+    """--data_dir=a,b pools the classes of both roots (a name in both is
+    refused); --train_classes keeps a seeded subset of meta-train and leaves
+    meta-val and meta-test as they were (issue 33's task-diversity study)."""
+    import dataclasses
+
+    from efficientlab_tf.config import DataConfig
+    from efficientlab_tf.data import fss1000
+
+    a = helpers.make_tree(classes=("cat", "dog", "bus"), pairs=2, root=str(tmp_path / "a"))
+    b = helpers.make_tree(classes=("emu", "ant", "owl", "yak", "elk"), pairs=2,
+                          root=str(tmp_path / "b"))
+    config = DataConfig(dataset="fss1000", data_dir=f"{a},{b}", fold=0,
+                        num_folds=2, val_classes=1, test_classes=0)
+    full = fss1000.folder_table(config)
+    assert sorted(full.pairs) == ["ant", "bus", "cat", "dog", "elk", "emu", "owl", "yak"]
+    assert full.pairs["emu"][0][0].startswith(b)
+    half = fss1000.folder_table(dataclasses.replace(config, train_classes=2))
+    assert half.splits["test"] == full.splits["test"]
+    assert half.splits["val"] == full.splits["val"]
+    assert len(half.splits["train"]) == 2
+    assert set(half.splits["train"]) <= set(full.splits["train"])
+    with pytest.raises(ValueError, match="only 3 meta-train classes"):
+        fss1000.folder_table(dataclasses.replace(config, train_classes=4))
+    c = helpers.make_tree(classes=("dog",), pairs=2, root=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="class 'dog' is in two --data_dir folders"):
+        fss1000.folder_table(dataclasses.replace(config, data_dir=f"{a},{c}"))
+
+
+def test_official_test_class_names_can_train():
+    # realfss-extra's `flamingo` and realfss-train's `bus`, `motorbike` are
+    # FSS-1000 test-class names: --official_test_classes=false with
+    # --test_classes=0 trains on every class (the shipped model).
+    names = ["bus", "cat", "dog", "flamingo", "motorbike"]
+    train, val, test = fss1000.split_classes(names, 0, 0, 0)
+    assert test == ["bus", "flamingo", "motorbike"]
+    train, val, test = fss1000.split_classes(names, 0, 0, 0, official=False)
+    assert (sorted(train), val, test) == (names, [], [])
+    train, val, test = fss1000.split_classes(names, 1, 2, 0, official=False)
+    assert len(test) == 2 and len(val) == 1 and len(train) == 2

@@ -10,7 +10,7 @@ PACKAGE = os.path.dirname(efficientlab_tf.__file__)
 
 # Lowest first. Same-floor imports are allowed.
 FLOORS = [
-    {"config", "storage", "resources", "workdir"},
+    {"config", "storage", "resources", "workdir", "shipped"},
     {"model", "pretrained", "meta"},   # the network and its weights; meta-learning
     {"data"},                          # (reads model's constants: IGNORE_LABEL)
     {"evaluation", "export", "segmentation", "distribute", "hard_tasks",

@@ -207,6 +207,19 @@ def split_classes(names, val_classes, test_classes, split_seed, fold=-1,
     return train, val, test
 
 
+def subset_train(splits, data_config):
+    """`splits` with meta-train cut to `--train_classes` seeded classes."""
+    n = data_config.train_classes
+    if not n:
+        return splits
+    train = splits["train"]
+    if n > len(train):
+        raise ValueError(f"`--train_classes={n}` but only {len(train)} meta-train "
+                         "classes exist.")
+    order = np.random.RandomState(data_config.split_seed + 1).permutation(len(train))
+    return dict(splits, train=sorted(train[i] for i in order[:n]))
+
+
 def folder_table(data_config, skip_bad=False):
     """ExampleTable of an FSS-1000-layout folder (every pair checked)."""
     root, pairs = scan_roots(data_config.data_dir, skip_bad)
@@ -214,6 +227,7 @@ def folder_table(data_config, skip_bad=False):
         sorted(pairs), data_config.val_classes, data_config.test_classes,
         data_config.split_seed, data_config.fold, data_config.num_folds,
         data_config.official_test_classes)))
+    splits = subset_train(splits, data_config)
     return ExampleTable(root=root, pairs=pairs, splits=splits,
                         read_fn=tf.io.read_file)
 

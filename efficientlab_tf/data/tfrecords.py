@@ -186,6 +186,7 @@ def shard_source(data_config, image_size, skip_bad=False):
         sorted(pairs), data_config.val_classes, data_config.test_classes,
         data_config.split_seed, data_config.fold, data_config.num_folds,
         data_config.official_test_classes)))
+    splits = fss1000.subset_train(splits, data_config)
     source = TableSource(
         ExampleTable(root=data_config.data_dir, pairs=pairs, splits=splits,
                      read_fn=tf.identity), image_size, skip_bad)

@@ -173,15 +173,3 @@ class Segmenter:
             lr, steps, chunk)
         return [(photos.to_photo_size(p, *q.shape[:2]) >= 0.5).astype(np.uint8)
                 for p, q in zip(probs, queries)]
-
-    def segment_folder(self, support, images, out_dir="segmented", **knobs):
-        """`efficientlab segment`: masks, overlays, segments.csv and a
-        contact sheet of `images` (files, folders) in `out_dir`; returns
-        its results. `knobs`: more flags by name (e.g. segment_coco=True)."""
-        from efficientlab_tf import runners
-        from efficientlab_tf.config import ExperimentConfig
-
-        return runners.run(ExperimentConfig.build(
-            "paper", mode="segment", segment_model=self.path,
-            segment_support=support, segment_images=list(images),
-            segment_out_dir=out_dir, **knobs))
