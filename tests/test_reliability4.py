@@ -227,3 +227,16 @@ def test_resuming_with_mtl_or_learned_lr_added_names_the_flag(flag, tmp_path):
                        match=rf"--{flag}: stored False, given True.*--flagfile="):
         workdir_lib.check_resumable(str(tmp_path), dc.asdict(resumed))
     workdir_lib.check_resumable(str(tmp_path), dc.asdict(config))  # Same flags: fine.
+
+
+# --- 7: the error of a synthetic recipe on a folder dataset names the flag --------
+
+def test_too_few_classes_for_the_split_names_val_classes():
+    from efficientlab_tf.data import fss1000
+
+    names = [f"c{i}" for i in range(34)]
+    with pytest.raises(ValueError, match=r"32 meta-val \(--val_classes=32\).*lower "
+                       "--val_classes"):
+        fss1000.split_classes(names, 32, 2, 0)
+    with pytest.raises(ValueError, match="--val_classes=3 of them meta-val"):
+        fss1000.split_classes(names[:4], 3, 0, 0, fold=0, num_folds=4)

@@ -35,6 +35,19 @@ RUNS=(
   "fomaml_jointlong|--algo=fomaml --meta_iters=100 --eval_every=100 --image_every=100 --init_from=@/joint_joint"
 )
 
+# Stage 2 (after the curves of stage 1): a larger candidate, the shipped
+# method at 128 px (1.8x the pixels), and task diversity: the joint and
+# FOMAML rows trained on half of the meta-train classes (--train_classes=22
+# of 44; meta-val and meta-test unchanged). Each is scored by its own final
+# evaluation on the fold's meta-test tasks (`results` pairs them by task).
+STAGE2=(
+  "joint1400_128|--algo=joint --encoder_weights=imagenet --image_size=128 --meta_iters=1400 --eval_every=1400 --image_every=1400"
+  "joint_imagenet_half|--algo=joint --encoder_weights=imagenet --train_classes=22"
+  "joint_joint_half|--algo=joint --train_classes=22 --meta_iters=800 --eval_every=800 --image_every=800 --init_from=@/joint_imagenet_half"
+  "joint_jointlong_half|--algo=joint --train_classes=22 --meta_iters=400 --eval_every=400 --image_every=400 --init_from=@/joint_joint_half"
+  "fomaml_jointlong_half|--algo=fomaml --train_classes=22 --meta_iters=100 --eval_every=100 --image_every=100 --init_from=@/joint_joint_half"
+)
+
 jobs=()
 for entry in "${RUNS[@]}"; do  # Method by method: each row's folds together.
   name=${entry%%|*}; args=${entry#*|}
@@ -52,6 +65,15 @@ for f in $FOLDS; do  # The adaptation curve of every row, 40 tasks per shot coun
     jobs+=("@/curve_${k}shot|compare_${k}shot.json|$needs|$COMMON --fold=$f --mode=compare --eval_shots_list=$k --eval_tasks=40 --random_steps_factor=0 --compare_reference=joint_imagenet --compare_curve_steps=0,1,2,3,5,10,20,50 --compare_runs=$runs")
   done
 done
+
+for entry in "${STAGE2[@]}"; do
+  name=${entry%%|*}; args=${entry#*|}
+  needs=""; [[ $args =~ --init_from=@/([a-z_]+) ]] && needs="@/${BASH_REMATCH[1]}/results.json"
+  for f in $FOLDS; do
+    jobs+=("@/$name|results.json|$needs|$COMMON --fold=$f $args")
+  done
+done
+RUNS+=("${STAGE2[@]}")  # For `list`, `bench` and `results`.
 
 # shellcheck source=docs/studies/queue.sh
 . "$(dirname "$0")/queue.sh"
