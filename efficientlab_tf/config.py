@@ -495,6 +495,9 @@ class EvalConfig(_Section):
     inner_batch: Optional[int] = knob(
         None, "omega batch size at test time (default: --inner_batch).",
         check="positive")
+    inner_optimizer: Optional[str] = knob(
+        None, "omega optimizer at test time (default: --inner_optimizer); "
+        "--omega_file sets it from the file.", choices=INNER_OPTIMIZERS)
     every: int = knob(500, "Meta-iterations between meta-val evaluations "
                       "(0: at the end only).", check="non-negative")
     seed: int = knob(1234, "Seed of the evaluation tasks.", check="seed")
@@ -891,13 +894,16 @@ class ExperimentConfig:
             steps=train.steps if e.inner_iters is None else e.inner_iters,
             batch_size=(train.batch_size if e.inner_batch is None
                         else e.inner_batch),
+            optimizer=(train.optimizer if e.inner_optimizer is None
+                       else e.inner_optimizer),
             scope=train.scope if e.adapt_scope is None else e.adapt_scope)
 
     def with_eval_omega(self, omega, source=None) -> "ExperimentConfig":
         """This config with evaluation omega `omega` (from `source`, a file)."""
         return dataclasses.replace(self, eval=dataclasses.replace(
             self.eval, inner_lr=omega.lr, inner_iters=omega.steps,
-            inner_batch=omega.batch_size, adapt_scope=omega.scope,
+            inner_batch=omega.batch_size, inner_optimizer=omega.optimizer,
+            adapt_scope=omega.scope,
             omega_file=source or self.eval.omega_file))
 
     @classmethod

@@ -240,3 +240,29 @@ def test_too_few_classes_for_the_split_names_val_classes():
         fss1000.split_classes(names, 32, 2, 0)
     with pytest.raises(ValueError, match="--val_classes=3 of them meta-val"):
         fss1000.split_classes(names[:4], 3, 0, 0, fold=0, num_folds=4)
+
+
+# --- issue 36 (3): the omega file's optimizer reaches evaluation and export -------
+
+def test_the_omega_files_optimizer_reaches_evaluation_and_export(tmp_path):
+    # Before, --omega_file was split into the lr, steps and batch fields and
+    # rebuilt without its optimizer: evaluate and export silently used SGD.
+    import json
+
+    from efficientlab_tf import config as config_lib
+    from efficientlab_tf.experiment import Experiment
+    from efficientlab_tf.export.saved_model import read_record
+
+    omega_file = tmp_path / "omega.json"
+    omega_file.write_text(json.dumps({"lr": 0.01, "steps": 3, "batch_size": 2,
+                                      "optimizer": "adam"}))
+    base = helpers.tiny_experiment(str(tmp_path / "run"))
+    config = config_lib.ExperimentConfig.build(
+        "demo", omega_file=str(omega_file), workdir=str(tmp_path / "run"))
+    assert config.eval_omega.optimizer == "adam"
+    assert (config.eval_omega.lr, config.eval_omega.steps) == (0.01, 3)
+    config = base.with_eval_omega(config.eval_omega, source=str(omega_file))
+    assert config.eval_omega.optimizer == "adam"
+    exp = Experiment(config, helpers.tiny_efficientlab(bn_mode="batch"))
+    path = exp.export(str(tmp_path / "export"))
+    assert read_record(path)["omega"]["optimizer"] == "adam"
