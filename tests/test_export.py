@@ -81,7 +81,10 @@ class ExportTest(tf.test.TestCase):
             tf.cast(support, tf.float32),
             tf.cast(masks[..., None] > 0, tf.float32), helpers.OMEGA.lr, helpers.OMEGA.steps,
             tf.constant([0, 0]))
-        expected = self.adapter.predict(state, tf.cast(query, tf.float32))
+        # Each query predicted on its own (issue 34: a batch-statistics
+        # network normalises each served query by itself).
+        expected = tf.concat([self.adapter.predict(state, tf.cast(q[None], tf.float32))
+                              for q in query], 0)
         self.assertAllClose(out["probabilities"], expected, atol=1e-4)
         # Adaptation changed the answer (the signature is not serving_default).
         plain = self.loaded.signatures["serving_default"](images=query)
@@ -225,7 +228,10 @@ class ExportTest(tf.test.TestCase):
         state, _ = self.adapter.adapt(
             tf.cast(support, tf.float32), tf.cast(masks[..., None] > 0, tf.float32),
             0.2, 4, tf.constant([0, 0]))
-        expected = self.adapter.predict(state, tf.cast(query, tf.float32))
+        # Each query predicted on its own (issue 34: a batch-statistics
+        # network normalises each served query by itself).
+        expected = tf.concat([self.adapter.predict(state, tf.cast(q[None], tf.float32))
+                              for q in query], 0)
         self.assertAllClose(out["probabilities"], expected, atol=1e-4)
         # ... and the exported omega gives few_shot's answer.
         same = sig(support_images=support, support_masks=masks, query_images=query,

@@ -14,7 +14,11 @@ SERVING = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_models_config_has_a_version_policy_and_labels():
     with open(os.path.join(SERVING, "models.config")) as f:
         config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
-    (model,) = config.model_config_list.config
+    shipped_model, model = config.model_config_list.config
+    # The shipped model, served as it is (issue 33): its newest version.
+    assert shipped_model.name == "efficientlab_realfss62"
+    assert shipped_model.base_path == "/models/efficientlab_realfss62"
+    assert shipped_model.model_version_policy.WhichOneof("policy_choice") is None
     assert model.name == "efficientlab"
     assert model.base_path == "/models/efficientlab"
     assert list(model.model_version_policy.specific.versions) == [1, 2]
