@@ -12,7 +12,7 @@
 # equals this chain: joint training has no schedule), and FOMAML warm-started
 # from the 1000-iteration model (100 iterations, about the minutes of the
 # 400 further joint iterations: its time-matched control is joint_jointlong).
-# Per fold the adaptation curve (0-50 steps of the shared omega, which holds
+# Per fold the adaptation curve (0-10 steps of the shared omega, which holds
 # the comparison at omega's 5 steps) scores every row on the fold's meta-test
 # tasks with the data-only baselines (centred box, all foreground).
 #   FOLDS="0 1" bash docs/studies/realfss62.sh RUNS_DIR 0
@@ -62,7 +62,7 @@ for f in $FOLDS; do  # The adaptation curve of every row, 40 tasks per shot coun
     name=${entry%%|*}; runs+="${runs:+,}@/$name"; needs+="${needs:+,}@/$name/results.json"
   done
   for k in 5 1; do
-    jobs+=("@/curve_${k}shot|compare_${k}shot.json|$needs|$COMMON --fold=$f --mode=compare --eval_shots_list=$k --eval_tasks=40 --random_steps_factor=0 --compare_reference=joint_imagenet --compare_curve_steps=0,1,2,3,5,10,20,50 --compare_runs=$runs")
+    jobs+=("@/curve_${k}shot|compare_${k}shot.json|$needs|$COMMON --fold=$f --mode=compare --eval_shots_list=$k --eval_tasks=40 --random_steps_factor=0 --compare_reference=joint_imagenet --compare_curve_steps=0,1,2,3,5,10 --compare_runs=$runs")
   done
 done
 
