@@ -107,6 +107,13 @@ def preview(pixels, longest=PREVIEW):
     return np.asarray(image)
 
 
+def thumbnail(image):
+    """uint8 [h, w, 3] within THUMBNAIL x THUMBNAIL (a contact-sheet cell)."""
+    thumb = Image.fromarray(image)
+    thumb.thumbnail((THUMBNAIL, THUMBNAIL))
+    return np.asarray(thumb)
+
+
 def contact_sheet(overlays, columns=6):
     """One image of thumbnails of `overlays` (uint8 arrays), row by row."""
     columns = max(1, min(columns, len(overlays)))
@@ -124,22 +131,27 @@ def _save_png(image, path):
         Image.fromarray(image).save(tmp, format="PNG")
 
 
-def coco_annotations(rows, category):
-    """A COCO results dict: one image and one RLE annotation per photo."""
+def run_length(mask):
+    """COCO's run-length encoding of a {0, 1} mask (pycocotools), with its
+    area and box: what annotations.json keeps of a photo's mask (a 12 MP
+    mask is 12 MB; its RLE a few KB)."""
     from pycocotools import mask as mask_utils
 
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    area, box = float(mask_utils.area(rle)), [float(v) for v in mask_utils.toBbox(rle)]
+    rle["counts"] = rle["counts"].decode("ascii")
+    return {"segmentation": rle, "area": area, "bbox": box}
+
+
+def coco_annotations(rows, category):
+    """A COCO results dict: one image and one RLE annotation per photo."""
     images, annotations = [], []
     for i, row in enumerate(rows, 1):
-        rle = mask_utils.encode(np.asfortranarray(row["mask"]))
-        rle["counts"] = rle["counts"].decode("ascii")
         images.append({"id": i, "file_name": photos.show(row["photo"]),
-                       "height": int(row["mask"].shape[0]),
-                       "width": int(row["mask"].shape[1])})
-        annotations.append({
-            "id": i, "image_id": i, "category_id": 1, "segmentation": rle,
-            "area": float(mask_utils.area(rle)),
-            "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-            "iscrowd": 0, "score": row["confidence"]})
+                       "height": row["height"], "width": row["width"]})
+        annotations.append({"id": i, "image_id": i, "category_id": 1,
+                            **row["rle"], "iscrowd": 0,
+                            "score": row["confidence"]})
     return {"images": images, "annotations": annotations,
             "categories": [{"id": 1, "name": category}]}
 
@@ -217,10 +229,14 @@ def run(config, record_fn, model=None):
                 small.shape[1::-1], Image.NEAREST))
             picture = overlay(small, small_mask)
             _save_png(picture, mask_file[:-len("_mask.png")] + "_overlay.png")
-            overlays.append(picture)
-            rows.append({"photo": path, "mask": mask, "mask_file": mask_file,
+            # Kept for the summary files: a thumbnail and a few numbers, never
+            # the full-size mask (100 phone photos kept 1.2 GB of masks).
+            overlays.append(thumbnail(picture))
+            rows.append({"photo": path, "mask_file": mask_file,
+                         "height": height, "width": width,
                          "confidence": float(np.mean(np.maximum(p, 1 - p))),
-                         "foreground": float(mask.mean())})
+                         "foreground": float(mask.mean()),
+                         "rle": run_length(mask) if seg.coco else None})
             progress.step()
     sys.stderr.write("\n")
     _write_outputs(seg, rows, overlays, bad)
@@ -243,7 +259,7 @@ def _write_outputs(seg, rows, overlays, bad):
                      "confidence"])
     for r in rows:
         writer.writerow([photos.show(r["photo"]), os.path.basename(r["mask_file"]),
-                         r["mask"].shape[0], r["mask"].shape[1],
+                         r["height"], r["width"],
                          f"{r['foreground']:.4f}", f"{r['confidence']:.4f}"])
     storage.write_text(os.path.join(seg.out_dir, "segments.csv"), text.getvalue())
     if seg.coco:
