@@ -16,6 +16,7 @@ from tests import tf_serving_emulation as emulation
 
 # --- 1: divergence found by an evaluation is the NaN stop, not a traceback ------
 
+@pytest.mark.slow  # Three short trainings (about 25 s each).
 @pytest.mark.parametrize("phase,run,every,iters", [
     ("the meta-val image summary", {"image_every": 1}, 0, 2),
     ("meta-validation", {}, 1, 2),
@@ -70,6 +71,7 @@ def test_dir_of_the_package_lists_the_api():
         assert name in names
 
 
+@pytest.mark.slow  # A short training.
 def test_el_train_logs_the_progress_line_with_its_eta(caplog):
     # Outside app.run absl shows warnings only: el.train printed nothing for
     # the whole run before. The records reach caplog's root handler only if
@@ -115,6 +117,7 @@ def test_out_of_range_knobs_are_refused_by_name(knobs, message):
         el.configure("smoke", **knobs)
 
 
+@pytest.mark.slow  # An export and its warmup.
 def test_the_largest_accepted_limits_export_and_serve(tmp_path):
     # The bounds are the graph's: at the bound itself nothing wraps.
     from efficientlab_tf.config import ExportConfig
@@ -244,6 +247,7 @@ def test_too_few_classes_for_the_split_names_val_classes():
 
 # --- issue 36 (3): the omega file's optimizer reaches evaluation and export -------
 
+@pytest.mark.slow  # An export.
 def test_the_omega_files_optimizer_reaches_evaluation_and_export(tmp_path):
     # Before, --omega_file was split into the lr, steps and batch fields and
     # rebuilt without its optimizer: evaluate and export silently used SGD.

@@ -25,6 +25,9 @@ from tests import helpers
 
 SHARED = os.path.join(helpers.ROOT, "..", "shared", "data", "realfss-train")
 
+# Exports a model and runs segment end to end, test by test (about 90 s in all).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def export():

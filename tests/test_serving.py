@@ -475,6 +475,7 @@ def test_request_limits_refuse_a_flood_before_decoding(tmp_path):
     assert ok["masks"].shape == (4, 32, 32)
 
 
+@pytest.mark.slow  # Two exports served through the emulation.
 @pytest.mark.parametrize("bn_mode", ["running", "batch"])
 def test_requests_larger_than_the_serving_batch_are_split(bn_mode, tmp_path):
     """Issue 35 (2): the in-graph BatchFunction took `serve_batch_size` as
