@@ -306,9 +306,11 @@ class Servable:
         tensors = {k: tf.constant(v, specs[k].dtype) for k, v in inputs.items()}
         for k, v in tensors.items():
             # The feed must fit the placeholder the signature declares (e.g.
-            # few_shot_omega's lr [1]); the model server reports a misfit as
-            # INVALID_ARGUMENT (the session refuses it before any op runs;
-            # whichever check refuses it, no graph code sees the value).
+            # few_shot_omega's lr [1]). Simplification, named: the server
+            # hands the request's tensors to its session as feeds, and where
+            # the refusal happens there (the feed, or the graph's own
+            # one-value check) was not verified against the binary; either
+            # way the answer is INVALID_ARGUMENT, which is what this raises.
             if not specs[k].shape.is_compatible_with(v.shape):
                 raise ServingError(
                     "INVALID_ARGUMENT", f"input {k!r} has shape "

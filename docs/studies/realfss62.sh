@@ -49,13 +49,16 @@ STAGE2=(
 )
 
 jobs=()
-for entry in "${RUNS[@]}"; do  # Method by method: each row's folds together.
-  name=${entry%%|*}; args=${entry#*|}
-  needs=""; [[ $args =~ --init_from=@/([a-z_]+) ]] && needs="@/${BASH_REMATCH[1]}/results.json"
-  for f in $FOLDS; do
-    jobs+=("@/$name|results.json|$needs|$COMMON --fold=$f $args")
+train_jobs() {  # Method by method: each row's folds together.
+  for entry in "$@"; do
+    name=${entry%%|*}; args=${entry#*|}
+    needs=""; [[ $args =~ --init_from=@/([a-z_]+) ]] && needs="@/${BASH_REMATCH[1]}/results.json"
+    for f in $FOLDS; do
+      jobs+=("@/$name|results.json|$needs|$COMMON --fold=$f $args")
+    done
   done
-done
+}
+train_jobs "${RUNS[@]}"
 for f in $FOLDS; do  # The adaptation curve of every row, 40 tasks per shot count.
   runs=""; needs=""
   for entry in "${RUNS[@]}"; do
@@ -66,13 +69,7 @@ for f in $FOLDS; do  # The adaptation curve of every row, 40 tasks per shot coun
   done
 done
 
-for entry in "${STAGE2[@]}"; do
-  name=${entry%%|*}; args=${entry#*|}
-  needs=""; [[ $args =~ --init_from=@/([a-z_]+) ]] && needs="@/${BASH_REMATCH[1]}/results.json"
-  for f in $FOLDS; do
-    jobs+=("@/$name|results.json|$needs|$COMMON --fold=$f $args")
-  done
-done
+train_jobs "${STAGE2[@]}"
 RUNS+=("${STAGE2[@]}")  # For `list`, `bench` and `results`.
 
 # shellcheck source=docs/studies/queue.sh

@@ -36,7 +36,7 @@ from efficientlab_tf.data import decode
 CACHE_VERSION = 2
 
 
-def _mask_values_problem(values):
+def mask_values_problem(values):
     values = set(values.tolist())
     if values <= {0, 255} or values <= {0, 1}:
         return None
@@ -80,7 +80,7 @@ def check_pair(image_path, mask_path):
     if image.shape[:2] != mask.shape:
         problems.append(f"{mask_path}: mask size {mask.shape[::-1]} differs "
                         f"from image size {image.shape[1::-1]} (width, height)")
-    problem = _mask_values_problem(np.unique(mask))
+    problem = mask_values_problem(np.unique(mask))
     if problem:
         problems.append(f"{mask_path}: {problem}")
     threshold = 1 if mask.max(initial=0) <= 1 else 128  # decode.binarize_mask

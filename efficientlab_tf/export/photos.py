@@ -137,7 +137,7 @@ def read_mask(path, image_shape=None):
         raise BadFile(f"{show(path)}: a 16-bit PNG mask; save masks as 8-bit "
                       "PNGs (values 0/255 or 0/1)")
     mask = _ORIENT.get(orientation, lambda a: a)(_decode(data, path, 1))[..., 0]
-    problem = validate._mask_values_problem(np.unique(mask))  # noqa: SLF001
+    problem = validate.mask_values_problem(np.unique(mask))
     if problem:
         raise BadFile(f"{show(path)}: {problem}")
     if image_shape is not None and mask.shape != tuple(image_shape[:2]):
@@ -145,6 +145,12 @@ def read_mask(path, image_shape=None):
             f"{show(path)}: mask size {mask.shape[1]} x {mask.shape[0]} differs "
             f"from its image's {image_shape[1]} x {image_shape[0]} (width x "
             "height, after EXIF orientation); masks are never stretched")
+    return binarize(mask)
+
+
+def binarize(mask):
+    """uint8 {0, 1} of a 0/1 or 0/255 mask: `decode.binarize_mask`'s rule
+    (a mask whose largest value is <= 1 is a 0/1 mask) on a numpy array."""
     threshold = 1 if mask.max(initial=0) <= 1 else decode.MASK_THRESHOLD
     return (mask >= threshold).astype(np.uint8)
 
@@ -198,11 +204,12 @@ def check_mask(mask, name, image_shape):
     if array.shape != tuple(image_shape[:2]):
         raise ValueError(f"{name} has shape {array.shape}; its image is "
                          f"{tuple(image_shape[:2])} (masks are never stretched).")
-    values = set(np.unique(array).tolist())
-    if not (values <= {0, 1} or values <= {0, 255}):
-        raise ValueError(f"{name} must hold 0/1 or 0/255 values; got "
-                         f"{sorted(values)[:6]}.")
-    return (array >= (1 if array.max(initial=0) <= 1 else 128)).astype(np.uint8)
+    from efficientlab_tf.data import validate
+
+    problem = validate.mask_values_problem(np.unique(array))
+    if problem:
+        raise ValueError(f"{name} must hold 0/1 or 0/255 values: {problem}.")
+    return binarize(array)
 
 
 def read_support(folder, skip_bad=False):
